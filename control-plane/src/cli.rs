@@ -1,0 +1,176 @@
+//! Command line: `control-plane run` starts a master.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use raft_store::{member_id, Member, Store};
+
+#[derive(Parser)]
+#[command(name = "control-plane", version, about = "The Skiff master")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a master: the replicated store and the etcd v3 API.
+    Run(RunArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ClusterState {
+    /// Form a new cluster from --initial-cluster (ignored if the data dir holds one).
+    New,
+    /// Join a running cluster that already lists this member (`etcdctl member add`).
+    Existing,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// This master's name; must match its entry in --initial-cluster.
+    #[arg(long)]
+    name: String,
+    /// Where the Raft log, the state machine and snapshots live.
+    #[arg(long, default_value = "skiff-data")]
+    data_dir: PathBuf,
+    /// etcd v3 gRPC API.
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    listen_client: SocketAddr,
+    /// Raft RPCs between masters.
+    #[arg(long, default_value = "127.0.0.1:2380")]
+    listen_peer: SocketAddr,
+    /// HTTP: /metrics (Prometheus) and /health.
+    #[arg(long, default_value = "127.0.0.1:2381")]
+    listen_metrics: SocketAddr,
+    /// Peer URL other masters use (default: http://<listen-peer>).
+    #[arg(long)]
+    advertise_peer_url: Option<String>,
+    /// Client URL shown in `member list` (default: http://<listen-client>).
+    #[arg(long)]
+    advertise_client_url: Option<String>,
+    /// Initial members as name=peer-url,... (like etcd's --initial-cluster).
+    #[arg(long, default_value = "")]
+    initial_cluster: String,
+    #[arg(long, value_enum, default_value = "new")]
+    initial_cluster_state: ClusterState,
+    /// Hashed into member and cluster ids; the same on every master.
+    #[arg(long, default_value = "skiff")]
+    initial_cluster_token: String,
+    /// Leader heartbeat interval.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_ms: u64,
+    /// A follower starts an election after hearing nothing for a random time
+    /// between this and twice this.
+    #[arg(long, default_value_t = 500)]
+    election_timeout_ms: u64,
+    /// Applied entries between snapshots (the log is purged behind each).
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_count: u64,
+}
+
+fn parse_initial_cluster(s: &str) -> anyhow::Result<Vec<(String, String)>> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            let (name, url) = pair.split_once('=').with_context(|| format!("bad --initial-cluster entry {pair:?}"))?;
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("peer URL {url:?} must start with http:// or https://");
+            }
+            Ok((name.trim().to_string(), url.trim().to_string()))
+        })
+        .collect()
+}
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Run(args) => run(args).await,
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let initial = parse_initial_cluster(&args.initial_cluster)?;
+    let peer_url = match (&args.advertise_peer_url, initial.iter().find(|(n, _)| *n == args.name)) {
+        (Some(u), _) => u.clone(),
+        (None, Some((_, u))) => u.clone(),
+        (None, None) => format!("http://{}", args.listen_peer),
+    };
+    let client_url = args.advertise_client_url.clone().unwrap_or_else(|| format!("http://{}", args.listen_client));
+    let metrics = crate::metrics_http::install()?;
+
+    let mut config = raft_store::Config::new(&args.name, args.data_dir.clone(), args.listen_peer);
+    config.peer_url = peer_url;
+    config.client_urls = vec![client_url];
+    config.cluster_token = args.initial_cluster_token.clone();
+    config.heartbeat = Duration::from_millis(args.heartbeat_ms);
+    config.election_timeout =
+        (Duration::from_millis(args.election_timeout_ms), Duration::from_millis(args.election_timeout_ms * 2));
+    config.snapshot_entries = args.snapshot_count;
+    let client_listener = tokio::net::TcpListener::bind(args.listen_client)
+        .await
+        .with_context(|| format!("binding the client address {}", args.listen_client))?;
+    let metrics_listener = tokio::net::TcpListener::bind(args.listen_metrics)
+        .await
+        .with_context(|| format!("binding the metrics address {}", args.listen_metrics))?;
+    let store = Store::start(config).await.context("starting the store")?;
+
+    if args.initial_cluster_state == ClusterState::New && !initial.is_empty() {
+        if !initial.iter().any(|(n, _)| *n == args.name) {
+            bail!("--name {} is not in --initial-cluster", args.name);
+        }
+        let members: BTreeMap<_, _> = initial
+            .iter()
+            .map(|(name, url)| {
+                (member_id(url, &args.initial_cluster_token), Member { name: name.clone(), peer_url: url.clone() })
+            })
+            .collect();
+        store.initialize(members).await.context("forming the cluster")?;
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let etcd = tokio::spawn(crate::etcd::serve(store.clone(), client_listener, stopped(stop_rx.clone())));
+    let http = tokio::spawn(crate::metrics_http::serve(metrics_listener, metrics, store.clone(), stopped(stop_rx)));
+    tracing::info!(
+        name = %args.name,
+        client = %args.listen_client,
+        peer = %args.listen_peer,
+        metrics = %args.listen_metrics,
+        "master serving"
+    );
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let drain = async {
+        let _ = etcd.await;
+        let _ = http.await;
+    };
+    if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+        tracing::warn!("servers did not drain within 5s");
+    }
+    store.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

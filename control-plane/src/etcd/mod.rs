@@ -1,0 +1,88 @@
+//! The etcd v3 gRPC API on every master, backed by the embedded store.
+//!
+//! One file per etcd service: [`kv`], [`watch`], [`lease`], [`cluster`],
+//! [`maintenance`]; [`convert`] maps wire types to store types and
+//! [`errors`] maps store errors to etcd's gRPC statuses.
+
+pub mod cluster;
+pub mod convert;
+pub mod errors;
+pub mod kv;
+pub mod lease;
+pub mod maintenance;
+pub mod watch;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use proto::etcd::cluster_server::ClusterServer;
+use proto::etcd::kv_server::KvServer;
+use proto::etcd::lease_server::LeaseServer;
+use proto::etcd::maintenance_server::MaintenanceServer;
+use proto::etcd::watch_server::WatchServer;
+use proto::etcd::ResponseHeader;
+use raft_store::Store;
+use tonic::Status;
+
+/// etcd's `--max-request-bytes` default: larger writes are refused.
+pub const MAX_REQUEST_BYTES: usize = 3 * 1024 * 1024 / 2;
+/// gRPC messages above this are refused by the transport itself (etcd adds
+/// 512 KiB of headroom over the request limit in the same way).
+pub const MAX_GRPC_BYTES: usize = MAX_REQUEST_BYTES + 512 * 1024;
+
+/// What every service needs: the store and how to stamp a response header.
+#[derive(Clone)]
+pub struct Api {
+    pub store: Arc<Store>,
+}
+
+impl Api {
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.store.cluster_id(),
+            member_id: self.store.id(),
+            revision,
+            raft_term: self.store.term(),
+        }
+    }
+
+    pub fn current_header(&self) -> ResponseHeader {
+        self.header(self.store.revision())
+    }
+}
+
+/// Count and time one unary call by method and gRPC code.
+pub async fn observe<T>(
+    method: &'static str,
+    call: impl Future<Output = Result<T, Status>>,
+) -> Result<tonic::Response<T>, Status> {
+    let started = Instant::now();
+    let result = call.await;
+    let code = match &result {
+        Ok(_) => "OK".to_string(),
+        Err(s) => format!("{:?}", s.code()),
+    };
+    metrics::counter!("skiff_grpc_requests_total", "method" => method, "code" => code).increment(1);
+    metrics::histogram!("skiff_grpc_request_seconds", "method" => method).record(started.elapsed().as_secs_f64());
+    result.map(tonic::Response::new)
+}
+
+/// Serve the etcd API on `addr` until `shutdown` resolves.
+pub async fn serve(
+    store: Arc<Store>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let api = Api { store };
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(KvServer::new(api.clone()).max_decoding_message_size(MAX_GRPC_BYTES))
+        .add_service(WatchServer::new(api.clone()).max_decoding_message_size(MAX_GRPC_BYTES))
+        .add_service(LeaseServer::new(api.clone()).max_decoding_message_size(MAX_GRPC_BYTES))
+        .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(MAX_GRPC_BYTES))
+        .add_service(MaintenanceServer::new(api).max_decoding_message_size(MAX_GRPC_BYTES))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}

@@ -1,0 +1,86 @@
+//! The one RocksDB instance a master keeps: the Raft log and the state
+//! machine live in column families of the same database, so they share one
+//! write-ahead log. Syncing the WAL for a log append therefore also makes every
+//! earlier state-machine write durable, which is what lets the state machine
+//! write without syncing of its own.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
+
+/// Raft log entries by index (big-endian u64).
+pub const CF_LOGS: &str = "logs";
+/// Raft metadata: vote, committed, last purged.
+pub const CF_RAFT: &str = "raft";
+/// State machine metadata: last applied, membership, revision, compaction point.
+pub const CF_SM: &str = "sm";
+/// Live keys and their current version.
+pub const CF_LATEST: &str = "latest";
+/// Every version of every key, by key then revision.
+pub const CF_INDEX: &str = "index";
+/// Every change by revision, for watch replay.
+pub const CF_HISTORY: &str = "history";
+/// Leases by id.
+pub const CF_LEASES: &str = "leases";
+/// (lease id, key) pairs: the keys attached to each lease.
+pub const CF_LEASE_KEYS: &str = "lease_keys";
+/// Member attributes published through the log (name, client URLs).
+pub const CF_MEMBERS: &str = "members";
+
+/// Column families that make up the state machine, and so the snapshot.
+pub const SM_FAMILIES: [&str; 7] = [CF_SM, CF_LATEST, CF_INDEX, CF_HISTORY, CF_LEASES, CF_LEASE_KEYS, CF_MEMBERS];
+
+const ALL_FAMILIES: [&str; 9] = [
+    CF_LOGS,
+    CF_RAFT,
+    CF_SM,
+    CF_LATEST,
+    CF_INDEX,
+    CF_HISTORY,
+    CF_LEASES,
+    CF_LEASE_KEYS,
+    CF_MEMBERS,
+];
+
+pub fn open(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_max_background_jobs(2);
+    opts.increase_parallelism(2);
+    // Writes are small and many; a larger write buffer means fewer flushes.
+    opts.set_write_buffer_size(64 << 20);
+    let families = ALL_FAMILIES.iter().map(|name| {
+        let mut cf_opts = Options::default();
+        cf_opts.set_write_buffer_size(32 << 20);
+        ColumnFamilyDescriptor::new(*name, cf_opts)
+    });
+    Ok(Arc::new(DB::open_cf_descriptors(&opts, path, families)?))
+}
+
+/// Handle of a column family created by [`open`].
+pub fn cf<'a>(db: &'a DB, name: &str) -> &'a ColumnFamily {
+    db.cf_handle(name).expect("every column family is created by db::open")
+}
+
+/// Approximate bytes on disk of the whole database.
+pub fn size_on_disk(db: &DB) -> u64 {
+    ALL_FAMILIES
+        .iter()
+        .filter_map(|name| {
+            db.property_int_value_cf(cf(db, name), "rocksdb.total-sst-files-size").ok().flatten()
+        })
+        .sum::<u64>()
+        + ALL_FAMILIES
+            .iter()
+            .filter_map(|name| db.property_int_value_cf(cf(db, name), "rocksdb.size-all-mem-tables").ok().flatten())
+            .sum::<u64>()
+}
+
+/// Compact every column family (reclaims space after deletes).
+pub fn compact_all(db: &DB) {
+    for name in ALL_FAMILIES {
+        db.compact_range_cf(cf(db, name), None::<&[u8]>, None::<&[u8]>);
+    }
+}

@@ -1,0 +1,33 @@
+//! The replicated store behind every Skiff master: etcd's data model on
+//! openraft and RocksDB, embedded in the master process.
+//!
+//! Map of the crate:
+//! - [`types`]: the Raft type configuration and the replicated [`Command`]s.
+//! - [`db`]: the RocksDB instance and its column families.
+//! - [`log_store`]: the Raft log (appends acknowledged after a WAL sync).
+//! - [`mvcc`]: the key-value model with revisions: layout, reads, writes.
+//! - [`state_machine`]: applies commands; [`snapshot`] dumps and loads it.
+//! - [`lease`]: lease deadlines; [`watch`]: the watch hub and watchers.
+//! - [`network`]: peer RPCs over tonic (Raft messages, forwarding).
+//! - [`node`]: [`Store`], a master's handle tying it all together.
+//! - `jobs`: background work (lease expiry, compaction, metrics, publishing).
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod db;
+pub mod error;
+mod jobs;
+pub mod lease;
+pub mod log_store;
+pub mod mvcc;
+pub mod network;
+pub mod node;
+pub mod snapshot;
+pub mod state_machine;
+pub mod types;
+pub mod watch;
+
+pub use error::StoreError;
+pub use node::{member_id, Config, MemberInfo, Status, Store};
+pub use types::{ApplyError, Command, Member, NodeId, Outcome, Response};

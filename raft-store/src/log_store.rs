@@ -1,0 +1,193 @@
+//! The Raft log in RocksDB (`logs` and `raft` column families).
+//!
+//! Appends are written to RocksDB at once (so they can be read back) and
+//! acknowledged to openraft only after the WAL is synced. A dedicated thread
+//! does the syncing: every append waiting when it wakes is covered by one
+//! fsync, which is how concurrent clients share the cost of durability.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader, StorageIOError};
+use rocksdb::{WriteBatch, WriteOptions, DB};
+
+use crate::db::{cf, CF_LOGS, CF_RAFT};
+use crate::mvcc::codec;
+use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_PURGED: &[u8] = b"purged";
+
+type Vote = openraft::Vote<NodeId>;
+
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+    committed: Arc<AtomicU64>,
+    flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+fn read_err(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::read_logs(&std::io::Error::other(e.to_string())).into()
+}
+
+fn write_err(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::write_logs(&std::io::Error::other(e.to_string())).into()
+}
+
+fn vote_err(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::write_vote(&std::io::Error::other(e.to_string())).into()
+}
+
+impl LogStore {
+    pub fn new(db: Arc<DB>) -> Self {
+        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let flush_db = db.clone();
+        std::thread::Builder::new()
+            .name("raft-log-sync".into())
+            .spawn(move || sync_loop(flush_db, rx))
+            .expect("spawning the log sync thread");
+        LogStore { db, committed: Arc::new(AtomicU64::new(0)), flusher: tx }
+    }
+
+    /// The highest log index known to be committed.
+    pub fn committed_index(&self) -> u64 {
+        self.committed.load(Ordering::Acquire)
+    }
+
+    fn get_meta<T: for<'de> serde::Deserialize<'de>>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        match self.db.get_cf(cf(&self.db, CF_RAFT), key).map_err(read_err)? {
+            Some(v) => Ok(Some(codec::decode(&v).map_err(read_err)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_meta<T: serde::Serialize>(&self, key: &[u8], value: &T, sync: bool) -> Result<(), rocksdb::Error> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        self.db.put_cf_opt(cf(&self.db, CF_RAFT), key, codec::encode(value), &opts)
+    }
+}
+
+/// Sync the WAL for every append waiting, then acknowledge them in order.
+fn sync_loop(db: Arc<DB>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = rx.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(rx.try_iter());
+        let started = Instant::now();
+        let result = db.flush_wal(true);
+        metrics::histogram!("skiff_store_wal_fsync_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("skiff_store_wal_fsync_batch").record(waiting.len() as f64);
+        for cb in waiting {
+            let r = result.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
+            cb.log_io_completed(r);
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let mut it = self.db.raw_iterator_cf(cf(&self.db, CF_LOGS));
+        it.seek(codec::u64_key(start));
+        let mut out = Vec::new();
+        while let Some((k, v)) = it.item() {
+            let index = u64::from_be_bytes(k.try_into().map_err(read_err)?);
+            if !range.contains(&index) {
+                break;
+            }
+            out.push(codec::decode::<Entry>(v).map_err(read_err)?);
+            it.next();
+        }
+        it.status().map_err(read_err)?;
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId> = self.get_meta(KEY_PURGED)?;
+        let mut it = self.db.raw_iterator_cf(cf(&self.db, CF_LOGS));
+        it.seek_to_last();
+        let last = match it.value() {
+            Some(v) => Some(codec::decode::<Entry>(v).map_err(read_err)?.log_id),
+            None => None,
+        };
+        it.status().map_err(read_err)?;
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last.or(last_purged) })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        // The vote must be on disk before it is granted.
+        self.put_meta(KEY_VOTE, vote, true).map_err(vote_err)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.get_meta(KEY_VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // A hint for faster restarts; losing it only means re-learning it.
+        let index = committed.map(|l| l.index).unwrap_or(0);
+        self.committed.store(index, Ordering::Release);
+        metrics::gauge!("skiff_raft_commit_index").set(index as f64);
+        self.put_meta(KEY_COMMITTED, &committed, false).map_err(write_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let started = Instant::now();
+        let mut batch = WriteBatch::default();
+        let logs = cf(&self.db, CF_LOGS);
+        for entry in entries {
+            batch.put_cf(logs, codec::u64_key(entry.log_id.index), codec::encode(&entry));
+        }
+        // Readable now; durable once the sync thread has flushed the WAL,
+        // which is when openraft is told (through `callback`).
+        self.db.write(batch).map_err(write_err)?;
+        metrics::histogram!("skiff_store_log_append_seconds").record(started.elapsed().as_secs_f64());
+        self.flusher.send(callback).map_err(|_| write_err("log sync thread stopped"))?;
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Ordered before any later append in the WAL, so synced with it.
+        self.db
+            .delete_range_cf(cf(&self.db, CF_LOGS), codec::u64_key(log_id.index), codec::u64_key(u64::MAX))
+            .map_err(write_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // The snapshot covering these entries is already synced to its file.
+        self.put_meta(KEY_PURGED, &log_id, false).map_err(write_err)?;
+        self.db
+            .delete_range_cf(cf(&self.db, CF_LOGS), codec::u64_key(0), codec::u64_key(log_id.index + 1))
+            .map_err(write_err)
+    }
+}

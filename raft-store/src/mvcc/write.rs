@@ -1,0 +1,232 @@
+//! Applying one command's key-value changes into a RocksDB write batch.
+//!
+//! Every change of one command shares one new revision (`base + 1`); the
+//! sub-revision orders changes within it. Reads made while applying (txn
+//! compares, ranges inside a txn, previous values) see the command's own
+//! earlier changes through an overlay, as etcd's write transactions do.
+
+use std::collections::{BTreeMap, HashSet};
+
+use rocksdb::{WriteBatch, DB};
+
+use super::codec::{self, HistoryRecord, Stored};
+use super::read::{compare_one, finish_range, View};
+use super::{CompareTarget, DeleteRequest, Event, EventKind, KeyRange, KeyValue, Op, OpResult, PutRequest, TxnRequest};
+use crate::db::{cf, CF_HISTORY, CF_INDEX, CF_LATEST, CF_LEASES, CF_LEASE_KEYS};
+use crate::error::Result;
+use crate::types::ApplyError;
+
+pub struct Writer<'a> {
+    db: &'a DB,
+    view: &'a View<'a>,
+    batch: &'a mut WriteBatch,
+    /// The revision this command writes at.
+    rev: i64,
+    /// Changes made so far; also the next sub-revision.
+    sub: u32,
+    overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    pub events: Vec<Event>,
+}
+
+impl<'a> Writer<'a> {
+    pub fn new(db: &'a DB, view: &'a View<'a>, batch: &'a mut WriteBatch, base_revision: i64) -> Self {
+        Writer { db, view, batch, rev: base_revision + 1, sub: 0, overlay: BTreeMap::new(), events: Vec::new() }
+    }
+
+    /// Whether anything was changed (and so the revision moves).
+    pub fn changed(&self) -> bool {
+        self.sub > 0
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.rev
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
+        match self.overlay.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.view.get(key),
+        }
+    }
+
+    /// Live keys in `range` including this command's changes, in key order.
+    fn live(&self, range: &KeyRange) -> Result<Vec<KeyValue>> {
+        if range.is_single() {
+            return Ok(self.get(&range.key)?.into_iter().collect());
+        }
+        let mut merged: BTreeMap<Vec<u8>, KeyValue> =
+            self.view.range_latest(range)?.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+        for (k, v) in self.overlay.iter().filter(|(k, _)| range.contains(k)) {
+            match v {
+                Some(kv) => merged.insert(k.clone(), kv.clone()),
+                None => merged.remove(k),
+            };
+        }
+        Ok(merged.into_values().collect())
+    }
+
+    fn lease_exists(&self, id: i64) -> Result<bool> {
+        Ok(self.db.get_cf(cf(self.db, CF_LEASES), codec::u64_key(id as u64))?.is_some())
+    }
+
+    fn record(&mut self, kind: EventKind, kv: &KeyValue, prev: Option<KeyValue>) {
+        let stored = Stored::from_kv(kind, kv);
+        let sub = self.sub;
+        self.sub += 1;
+        self.batch.put_cf(cf(self.db, CF_INDEX), codec::index_key(&kv.key, self.rev, sub), codec::encode(&stored));
+        let history = HistoryRecord { key: kv.key.clone(), stored };
+        self.batch.put_cf(cf(self.db, CF_HISTORY), codec::rev_key(self.rev, sub), codec::encode(&history));
+        match kind {
+            EventKind::Put => {
+                self.batch.put_cf(cf(self.db, CF_LATEST), &kv.key, codec::encode(&history.stored));
+                self.overlay.insert(kv.key.clone(), Some(kv.clone()));
+            }
+            EventKind::Delete => {
+                self.batch.delete_cf(cf(self.db, CF_LATEST), &kv.key);
+                self.overlay.insert(kv.key.clone(), None);
+            }
+        }
+        self.events.push(Event { kind, kv: kv.clone(), prev_kv: prev });
+    }
+
+    fn attach(&mut self, lease: i64, key: &[u8]) {
+        self.batch.put_cf(cf(self.db, CF_LEASE_KEYS), lease_key(lease, key), []);
+    }
+
+    fn detach(&mut self, lease: i64, key: &[u8]) {
+        self.batch.delete_cf(cf(self.db, CF_LEASE_KEYS), lease_key(lease, key));
+    }
+
+    pub fn put(&mut self, req: &PutRequest) -> Result<OpResult> {
+        let prev = self.get(&req.key)?;
+        let value = if req.ignore_value {
+            prev.as_ref().ok_or(ApplyError::KeyNotFound)?.value.clone()
+        } else {
+            req.value.clone()
+        };
+        let lease = if req.ignore_lease { prev.as_ref().ok_or(ApplyError::KeyNotFound)?.lease } else { req.lease };
+        if lease != 0 && !self.lease_exists(lease)? {
+            return Err(ApplyError::LeaseNotFound.into());
+        }
+        let kv = KeyValue {
+            key: req.key.clone(),
+            create_revision: prev.as_ref().map(|p| p.create_revision).unwrap_or(self.rev),
+            mod_revision: self.rev,
+            version: prev.as_ref().map(|p| p.version).unwrap_or(0) + 1,
+            value,
+            lease,
+        };
+        if let Some(p) = prev.as_ref().filter(|p| p.lease != 0 && p.lease != lease) {
+            self.detach(p.lease, &p.key);
+        }
+        if lease != 0 {
+            self.attach(lease, &kv.key);
+        }
+        self.record(EventKind::Put, &kv, prev.clone());
+        Ok(OpResult::Put { prev_kv: if req.prev_kv { prev } else { None } })
+    }
+
+    /// Delete one live key at this command's revision.
+    pub fn delete_key(&mut self, prev: KeyValue) {
+        if prev.lease != 0 {
+            self.detach(prev.lease, &prev.key);
+        }
+        let tomb = KeyValue { key: prev.key.clone(), mod_revision: self.rev, ..KeyValue::default() };
+        self.record(EventKind::Delete, &tomb, Some(prev));
+    }
+
+    pub fn delete(&mut self, req: &DeleteRequest) -> Result<OpResult> {
+        let doomed = self.live(&req.range)?;
+        let deleted = doomed.len() as i64;
+        let prev_kvs = if req.prev_kv { doomed.clone() } else { Vec::new() };
+        for kv in doomed {
+            self.delete_key(kv);
+        }
+        Ok(OpResult::Delete { deleted, prev_kvs })
+    }
+
+    pub fn txn(&mut self, t: &TxnRequest) -> Result<OpResult> {
+        check_duplicates(&t.success)?;
+        check_duplicates(&t.failure)?;
+        let mut succeeded = true;
+        for c in &t.compare {
+            let kvs = self.live(&c.range)?;
+            let holds = if kvs.is_empty() {
+                !matches!(c.target, CompareTarget::Value(_)) && compare_one(c, &KeyValue::default())
+            } else {
+                kvs.iter().all(|kv| compare_one(c, kv))
+            };
+            if !holds {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded { &t.success } else { &t.failure };
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            results.push(self.op(op)?);
+        }
+        Ok(OpResult::Txn { succeeded, results })
+    }
+
+    fn op(&mut self, op: &Op) -> Result<OpResult> {
+        match op {
+            Op::Put(p) => self.put(p),
+            Op::Delete(d) => self.delete(d),
+            Op::Txn(t) => self.txn(t),
+            Op::Range(r) => {
+                if r.revision > 0 && r.revision < self.rev {
+                    Ok(OpResult::Range(self.view.range(r)?))
+                } else {
+                    Ok(OpResult::Range(finish_range(self.live(&r.range)?, r)))
+                }
+            }
+        }
+    }
+
+    /// Delete every key attached to `lease` and the lease itself.
+    pub fn revoke_lease(&mut self, lease: i64) -> Result<()> {
+        for key in super::read::lease_keys(self.db, lease)? {
+            if let Some(kv) = self.get(&key)? {
+                self.delete_key(kv);
+            }
+        }
+        self.batch.delete_cf(cf(self.db, CF_LEASES), codec::u64_key(lease as u64));
+        Ok(())
+    }
+}
+
+pub fn lease_key(lease: i64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&codec::u64_key(lease as u64));
+    k.extend_from_slice(key);
+    k
+}
+
+/// etcd refuses a branch that puts one key twice, or puts a key it also deletes.
+fn check_duplicates(ops: &[Op]) -> Result<()> {
+    let mut puts: HashSet<&[u8]> = HashSet::new();
+    for op in ops {
+        if let Op::Put(p) = op {
+            if !puts.insert(&p.key) {
+                return Err(ApplyError::DuplicateKey.into());
+            }
+        }
+    }
+    for op in ops {
+        if let Op::Delete(d) = op {
+            if puts.iter().any(|k| d.range.contains(k)) {
+                return Err(ApplyError::DuplicateKey.into());
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Writer<'_> {
+    /// The batch this command writes into, for changes outside the key space
+    /// (leases, compaction point, member attributes).
+    pub fn batch_mut(&mut self) -> &mut WriteBatch {
+        self.batch
+    }
+}

@@ -1,0 +1,45 @@
+//! Requests a follower forwards to the leader, and the replies.
+
+use serde::{Deserialize, Serialize};
+
+use crate::lease::LeaseTtl;
+use crate::types::{Command, NodeId, Response};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Forwarded {
+    Write(Command),
+    /// The leader confirms its leadership and returns the index to wait for.
+    ReadIndex,
+    LeaseKeepAlive(i64),
+    LeaseTimeToLive(i64),
+    AddMember { peer_url: String, learner: bool },
+    RemoveMember(NodeId),
+    PromoteMember(NodeId),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Reply {
+    Write(Response),
+    ReadIndex(u64),
+    /// The lease's TTL, or None if it does not exist.
+    LeaseKeepAlive(Option<i64>),
+    LeaseTimeToLive(Option<(i64, i64)>),
+    Member(NodeId),
+    Done,
+}
+
+/// Why a forwarded request failed on the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ForwardError {
+    /// The receiver is not (or no longer) the leader.
+    NotLeader,
+    MemberNotFound(NodeId),
+    Invalid(String),
+    Other(String),
+}
+
+impl From<LeaseTtl> for Reply {
+    fn from(t: LeaseTtl) -> Self {
+        Reply::LeaseTimeToLive(Some((t.granted, t.remaining)))
+    }
+}

@@ -1,0 +1,518 @@
+//! [`Store`]: one master's handle on the replicated store. It owns the Raft
+//! instance, serves the peer RPCs, and offers the operations the etcd API and
+//! (later) the Kubernetes API are built on. Writes made on a follower are
+//! forwarded to the leader; linearizable reads use the leader's read index.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use proto::raft::raft_peer_server::RaftPeerServer;
+use tokio::sync::watch;
+
+use crate::error::{Result, StoreError};
+use crate::lease::LeaseTtl;
+use crate::log_store::LogStore;
+use crate::mvcc::read::View;
+use crate::mvcc::write::Writer;
+use crate::mvcc::{OpResult, RangeRequest, RangeResponse, TxnRequest};
+use crate::network::client::Peers;
+use crate::network::forward::{Forwarded, Reply};
+use crate::network::server::PeerService;
+use crate::state_machine::{Shared, StateMachine};
+use crate::types::{ApplyError, Command, Member, NodeId, Raft, Response};
+use crate::watch::{WatchSpec, Watcher};
+use crate::{db, jobs, snapshot};
+
+/// How a master runs its part of the Raft group.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// Where the peer RPC server listens.
+    pub peer_listen: SocketAddr,
+    /// How other masters reach this one, e.g. `http://127.0.0.11:2380`.
+    pub peer_url: String,
+    /// How clients reach this master (published to `member list`).
+    pub client_urls: Vec<String>,
+    /// Hashed into member and cluster ids, like etcd's `--initial-cluster-token`.
+    pub cluster_token: String,
+    pub heartbeat: Duration,
+    pub election_timeout: (Duration, Duration),
+    /// Build a snapshot (and purge the log) after this many applied entries.
+    pub snapshot_entries: u64,
+    /// Log entries kept behind the snapshot for followers that lag a little.
+    pub keep_entries: u64,
+}
+
+impl Config {
+    pub fn new(name: &str, data_dir: PathBuf, peer_listen: SocketAddr) -> Self {
+        Config {
+            name: name.to_string(),
+            data_dir,
+            peer_listen,
+            peer_url: format!("http://{peer_listen}"),
+            client_urls: Vec::new(),
+            cluster_token: "skiff".into(),
+            heartbeat: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(500), Duration::from_millis(900)),
+            snapshot_entries: 10_000,
+            keep_entries: 1_000,
+        }
+    }
+
+    pub fn member_id(&self) -> NodeId {
+        member_id(&self.peer_url, &self.cluster_token)
+    }
+}
+
+/// A member's id: a hash of its peer URL and the cluster token, never 0.
+pub fn member_id(peer_url: &str, token: &str) -> NodeId {
+    fnv1a(&[token.as_bytes(), b"/", peer_url.as_bytes()]).max(1)
+}
+
+pub fn cluster_id(token: &str) -> u64 {
+    fnv1a(&[b"cluster/", token.as_bytes()])
+}
+
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in parts.iter().flat_map(|p| p.iter()) {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// One row of `member list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub id: NodeId,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub is_learner: bool,
+}
+
+/// What `endpoint status` reports.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub id: NodeId,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub revision: i64,
+    pub db_size: u64,
+    pub is_learner: bool,
+}
+
+pub struct Store {
+    id: NodeId,
+    config: Config,
+    raft: Raft,
+    shared: Arc<Shared>,
+    peers: Peers,
+    log: LogStore,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Store {
+    /// Open the data directory, start Raft and the peer RPC server.
+    pub async fn start(config: Config) -> Result<Arc<Store>> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let db = db::open(&config.data_dir.join("db"))?;
+        let snap_dir = snapshot::dir_for(&config.data_dir);
+        snapshot::recover(&db, &snap_dir)?;
+        let shared = Shared::new(db.clone(), snap_dir)?;
+        let log = LogStore::new(db);
+        let sm = StateMachine::new(shared.clone());
+        let raft_config = openraft::Config {
+            cluster_name: config.cluster_token.clone(),
+            heartbeat_interval: config.heartbeat.as_millis() as u64,
+            election_timeout_min: config.election_timeout.0.as_millis() as u64,
+            election_timeout_max: config.election_timeout.1.as_millis() as u64,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
+            max_in_snapshot_log_to_keep: config.keep_entries,
+            max_payload_entries: 1000,
+            snapshot_max_chunk_size: 1 << 20,
+            install_snapshot_timeout: 5_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let id = config.member_id();
+        let peers = Peers::default();
+        let raft = Raft::new(id, Arc::new(raft_config), peers.clone(), log.clone(), sm)
+            .await
+            .map_err(|e| StoreError::Raft(e.to_string()))?;
+        let (shutdown, _) = watch::channel(false);
+        let store = Arc::new(Store { id, config, raft, shared, peers, log, shutdown });
+        store.serve_peers().await?;
+        jobs::spawn_all(&store);
+        tracing::info!(id = format_args!("{id:x}"), name = %store.config.name, peer = %store.config.peer_url, "store started");
+        Ok(store)
+    }
+
+    async fn serve_peers(self: &Arc<Self>) -> Result<()> {
+        let listener = tokio::net::TcpListener::bind(self.config.peer_listen).await?;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let service = RaftPeerServer::new(PeerService::new(self.clone()))
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let mut stop = self.shutdown.subscribe();
+        tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!("peer server stopped: {e}");
+            }
+        });
+        Ok(())
+    }
+
+    /// Form a new cluster from `members` (safe to call on every initial member).
+    pub async fn initialize(&self, members: BTreeMap<NodeId, Member>) -> Result<()> {
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(StoreError::Raft(e.to_string())),
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        cluster_id(&self.config.cluster_token)
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    pub fn current_leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    /// The applied store revision.
+    pub fn revision(&self) -> i64 {
+        self.shared.revision.load(Ordering::Acquire)
+    }
+
+    /// The leader's id and peer URL, waiting up to one election for one to emerge.
+    async fn leader(&self) -> Result<(NodeId, String)> {
+        let wait = self.config.election_timeout.1 * 2;
+        let metrics = self
+            .raft
+            .wait(Some(wait))
+            .metrics(|m| m.current_leader.is_some(), "leader known")
+            .await
+            .map_err(|_| StoreError::NoLeader)?;
+        let leader = metrics.current_leader.ok_or(StoreError::NoLeader)?;
+        let url = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|m| m.peer_url.clone())
+            .ok_or(StoreError::NoLeader)?;
+        Ok((leader, url))
+    }
+
+    /// Send a request to the leader, unless this master is the leader.
+    async fn to_leader(&self, fwd: Forwarded) -> Result<Reply> {
+        let (leader, url) = self.leader().await?;
+        if leader == self.id {
+            return self.serve_forwarded(fwd).await;
+        }
+        self.peers.forward(leader, &url, &fwd).await
+    }
+
+    /// Replicate a command and return its result once applied here.
+    pub async fn write(&self, cmd: Command) -> Result<Response> {
+        let resp = match self.to_leader(Forwarded::Write(cmd)).await? {
+            Reply::Write(r) => r,
+            other => return Err(StoreError::Raft(format!("unexpected reply {other:?}"))),
+        };
+        // Read-your-writes on this master: wait until it has applied the revision.
+        self.wait_revision(resp.revision).await?;
+        Ok(resp)
+    }
+
+    async fn wait_revision(&self, revision: i64) -> Result<()> {
+        if self.revision() >= revision {
+            return Ok(());
+        }
+        let mut metrics = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.revision() < revision {
+            if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
+                return Err(StoreError::Raft("timed out waiting for the local apply".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Serve a request as the leader (from a follower, or from this master).
+    pub(crate) async fn serve_forwarded(&self, fwd: Forwarded) -> Result<Reply> {
+        match fwd {
+            Forwarded::Write(cmd) => match self.raft.client_write(cmd).await {
+                Ok(r) => Ok(Reply::Write(r.data)),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(StoreError::NoLeader),
+                Err(e) => Err(StoreError::Raft(e.to_string())),
+            },
+            Forwarded::ReadIndex => {
+                let (read, _) = self.raft.get_read_log_id().await.map_err(|_| StoreError::NoLeader)?;
+                Ok(Reply::ReadIndex(read.map(|l| l.index).unwrap_or(0)))
+            }
+            Forwarded::LeaseKeepAlive(id) => {
+                self.ensure_leader()?;
+                Ok(Reply::LeaseKeepAlive(self.shared.leases.renew(id)))
+            }
+            Forwarded::LeaseTimeToLive(id) => {
+                self.ensure_leader()?;
+                Ok(self.shared.leases.ttl(id).map(Reply::from).unwrap_or(Reply::LeaseTimeToLive(None)))
+            }
+            Forwarded::AddMember { peer_url, learner } => self.add_member_as_leader(peer_url, learner).await,
+            Forwarded::RemoveMember(id) => self.remove_member_as_leader(id).await,
+            Forwarded::PromoteMember(id) => {
+                self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await?;
+                Ok(Reply::Done)
+            }
+        }
+    }
+
+    fn ensure_leader(&self) -> Result<()> {
+        if self.is_leader() {
+            Ok(())
+        } else {
+            Err(StoreError::NoLeader)
+        }
+    }
+
+    /// Wait until this master has applied everything committed before the call
+    /// (the read index), so that a read from local state is linearizable.
+    pub async fn read_barrier(&self) -> Result<()> {
+        let index = match self.to_leader(Forwarded::ReadIndex).await? {
+            Reply::ReadIndex(i) => i,
+            other => return Err(StoreError::Raft(format!("unexpected reply {other:?}"))),
+        };
+        if self.shared.applied_index.load(Ordering::Acquire) >= index {
+            return Ok(());
+        }
+        self.raft
+            .wait(Some(Duration::from_secs(5)))
+            .applied_index_at_least(Some(index), "read index")
+            .await
+            .map_err(|e| StoreError::Raft(e.to_string()))?;
+        Ok(())
+    }
+
+    /// A consistent view of this master's applied state.
+    pub fn view(&self) -> View<'_> {
+        View::new(&self.shared.db)
+    }
+
+    /// Range over the store; returns the response and the revision it was read at.
+    pub async fn range(&self, req: &RangeRequest, serializable: bool) -> Result<(RangeResponse, i64)> {
+        if !serializable {
+            self.read_barrier().await?;
+        }
+        let view = self.view();
+        let rev = view.revision()?;
+        Ok((view.range(req)?, rev))
+    }
+
+    /// Evaluate a transaction with no writes against local state (after a
+    /// read barrier unless `serializable`); returns (succeeded, results, revision).
+    pub async fn txn_read(&self, t: &TxnRequest, serializable: bool) -> Result<(bool, Vec<OpResult>, i64)> {
+        if !serializable {
+            self.read_barrier().await?;
+        }
+        let view = self.view();
+        let rev = view.revision()?;
+        let mut scratch = rocksdb::WriteBatch::default();
+        let mut writer = Writer::new(&self.shared.db, &view, &mut scratch, rev);
+        match writer.txn(t)? {
+            OpResult::Txn { succeeded, results } => Ok((succeeded, results, rev)),
+            other => Err(StoreError::Raft(format!("unexpected txn result {other:?}"))),
+        }
+    }
+
+    pub fn watch(&self, spec: WatchSpec, buffer: usize) -> Watcher {
+        crate::watch::spawn(self.shared.clone(), spec, buffer)
+    }
+
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<Option<i64>> {
+        match self.to_leader(Forwarded::LeaseKeepAlive(id)).await? {
+            Reply::LeaseKeepAlive(ttl) => Ok(ttl),
+            other => Err(StoreError::Raft(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    pub async fn lease_time_to_live(&self, id: i64) -> Result<Option<LeaseTtl>> {
+        match self.to_leader(Forwarded::LeaseTimeToLive(id)).await? {
+            Reply::LeaseTimeToLive(t) => Ok(t.map(|(granted, remaining)| LeaseTtl { granted, remaining })),
+            other => Err(StoreError::Raft(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    pub fn lease_ids(&self) -> Vec<i64> {
+        self.shared.leases.ids()
+    }
+
+    /// Keys attached to a lease, from local applied state.
+    pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>> {
+        crate::mvcc::read::lease_keys(&self.shared.db, id)
+    }
+
+    pub async fn grant_lease(&self, id: i64, ttl: i64) -> Result<(i64, i64)> {
+        let id = if id == 0 { new_lease_id() } else { id };
+        let resp = self.write(Command::LeaseGrant { id, ttl }).await?;
+        match resp.outcome? {
+            crate::types::Outcome::LeaseGranted { id, ttl } => Ok((id, ttl)),
+            other => Err(StoreError::Raft(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let attrs = self.shared.member_attrs();
+        membership
+            .nodes()
+            .map(|(id, node)| {
+                let a = attrs.get(id).cloned().unwrap_or_default();
+                MemberInfo {
+                    id: *id,
+                    name: if a.name.is_empty() { node.name.clone() } else { a.name },
+                    peer_urls: vec![node.peer_url.clone()],
+                    client_urls: a.client_urls,
+                    is_learner: !voters.contains(id),
+                }
+            })
+            .collect()
+    }
+
+    /// Add a master (etcd's `member add`): it becomes a learner, then a voter
+    /// unless `learner` is asked for. The new master is started afterwards with
+    /// `--initial-cluster-state existing`.
+    pub async fn add_member(&self, peer_url: String, learner: bool) -> Result<NodeId> {
+        match self.to_leader(Forwarded::AddMember { peer_url, learner }).await? {
+            Reply::Member(id) => Ok(id),
+            other => Err(StoreError::Raft(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    pub async fn remove_member(&self, id: NodeId) -> Result<()> {
+        self.to_leader(Forwarded::RemoveMember(id)).await.map(|_| ())
+    }
+
+    pub async fn promote_member(&self, id: NodeId) -> Result<()> {
+        self.to_leader(Forwarded::PromoteMember(id)).await.map(|_| ())
+    }
+
+    async fn add_member_as_leader(&self, peer_url: String, learner: bool) -> Result<Reply> {
+        let id = member_id(&peer_url, &self.config.cluster_token);
+        if self.members().iter().any(|m| m.id == id || m.peer_urls.contains(&peer_url)) {
+            return Err(StoreError::Invalid("peerURL exists".into()));
+        }
+        let node = Member { name: String::new(), peer_url };
+        self.raft.add_learner(id, node, false).await.map_err(|e| StoreError::Raft(e.to_string()))?;
+        if !learner {
+            self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await?;
+        }
+        Ok(Reply::Member(id))
+    }
+
+    async fn remove_member_as_leader(&self, id: NodeId) -> Result<Reply> {
+        let member = self.members().into_iter().find(|m| m.id == id).ok_or(StoreError::MemberNotFound(id))?;
+        if member.is_learner {
+            self.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await?;
+        } else {
+            self.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id]))).await?;
+        }
+        Ok(Reply::Done)
+    }
+
+    async fn change_membership(&self, change: ChangeMembers<NodeId, Member>) -> Result<()> {
+        self.raft.change_membership(change, false).await.map_err(|e| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => StoreError::NoLeader,
+            other => StoreError::Raft(other.to_string()),
+        })?;
+        Ok(())
+    }
+
+    pub fn status(&self) -> Result<Status> {
+        let m = self.raft.metrics().borrow().clone();
+        let is_learner = !m.membership_config.membership().voter_ids().any(|v| v == self.id);
+        Ok(Status {
+            id: self.id,
+            leader: m.current_leader,
+            term: m.current_term,
+            commit_index: self.log.committed_index().max(m.last_applied.map(|l| l.index).unwrap_or(0)),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            revision: self.revision(),
+            db_size: db::size_on_disk(&self.shared.db),
+            is_learner,
+        })
+    }
+
+    /// Reject a write with a clear error when it names a lease that does not exist.
+    pub fn check_lease(&self, id: i64) -> Result<()> {
+        if id != 0 && self.shared.leases.ttl(id).is_none() {
+            return Err(ApplyError::LeaseNotFound.into());
+        }
+        Ok(())
+    }
+
+    /// Rewrite RocksDB's files to reclaim space (etcd's defragment).
+    pub fn compact_disk(&self) {
+        db::compact_all(&self.shared.db);
+    }
+
+    /// Stop serving and shut Raft down.
+    pub async fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+    }
+}
+
+fn new_lease_id() -> i64 {
+    // Positive, non-zero, random: chosen before proposing so every master applies the same id.
+    (rand::random::<u64>() >> 1).max(1) as i64
+}

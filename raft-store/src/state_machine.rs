@@ -1,0 +1,274 @@
+//! The Raft state machine: applies committed commands to the MVCC store in
+//! RocksDB, one write batch per entry (with `last_applied` in the same batch),
+//! and publishes each new revision to the watch hub.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use rocksdb::{WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+
+use crate::db::{cf, CF_LEASES, CF_MEMBERS, CF_SM};
+use crate::error::{Result, StoreError};
+use crate::lease::{LeaseRecord, Lessor, MIN_TTL};
+use crate::mvcc::codec::{self, meta};
+use crate::mvcc::read::View;
+use crate::mvcc::write::Writer;
+use crate::snapshot;
+use crate::types::{
+    ApplyError, Command, Entry, LogId, NodeId, Outcome, Response, Snapshot, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig,
+};
+use crate::watch::{RevisionBatch, WatchHub};
+
+/// Attributes a member publishes about itself through the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberAttrs {
+    pub name: String,
+    pub client_urls: Vec<String>,
+}
+
+/// State shared between the state machine, readers and watchers.
+pub struct Shared {
+    pub db: Arc<DB>,
+    /// Applied store revision. Updated after the batch is written and before
+    /// it is published, so watchers never see a revision that is not on disk.
+    pub revision: AtomicI64,
+    pub compacted: AtomicI64,
+    pub applied_index: AtomicU64,
+    pub hub: WatchHub,
+    pub leases: Lessor,
+    pub members: Mutex<BTreeMap<NodeId, MemberAttrs>>,
+    pub snapshot_dir: PathBuf,
+}
+
+impl Shared {
+    pub fn new(db: Arc<DB>, snapshot_dir: PathBuf) -> Result<Arc<Self>> {
+        let shared = Arc::new(Shared {
+            db,
+            revision: AtomicI64::new(0),
+            compacted: AtomicI64::new(0),
+            applied_index: AtomicU64::new(0),
+            hub: WatchHub::default(),
+            leases: Lessor::default(),
+            members: Mutex::new(BTreeMap::new()),
+            snapshot_dir,
+        });
+        shared.reload()?;
+        Ok(shared)
+    }
+
+    /// Refresh the in-memory mirrors from RocksDB (start-up, snapshot install).
+    pub fn reload(&self) -> Result<()> {
+        let view = View::new(&self.db);
+        self.revision.store(view.revision()?, Ordering::Release);
+        self.compacted.store(view.compacted()?, Ordering::Release);
+        let applied: Option<LogId> = read_meta(&self.db, meta::APPLIED)?;
+        self.applied_index.store(applied.map(|l| l.index).unwrap_or(0), Ordering::Release);
+        let mut leases = Vec::new();
+        for item in self.db.iterator_cf(cf(&self.db, CF_LEASES), rocksdb::IteratorMode::Start) {
+            let (k, v) = item?;
+            let id = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::corrupt("leases", "bad key"))?);
+            let rec: LeaseRecord = codec::decode(&v).map_err(|e| StoreError::corrupt("leases", e))?;
+            leases.push((id as i64, rec));
+        }
+        self.leases.reset(leases);
+        let mut members = BTreeMap::new();
+        for item in self.db.iterator_cf(cf(&self.db, CF_MEMBERS), rocksdb::IteratorMode::Start) {
+            let (k, v) = item?;
+            let id = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::corrupt("members", "bad key"))?);
+            members.insert(id, codec::decode(&v).map_err(|e| StoreError::corrupt("members", e))?);
+        }
+        *self.members.lock().unwrap_or_else(|p| p.into_inner()) = members;
+        Ok(())
+    }
+
+    pub fn member_attrs(&self) -> BTreeMap<NodeId, MemberAttrs> {
+        self.members.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+pub fn read_meta<T: for<'de> Deserialize<'de>>(db: &DB, key: &[u8]) -> Result<Option<T>> {
+    match db.get_cf(cf(db, CF_SM), key)? {
+        Some(v) => Ok(Some(codec::decode(&v).map_err(|e| StoreError::corrupt("sm meta", e))?)),
+        None => Ok(None),
+    }
+}
+
+pub struct StateMachine {
+    shared: Arc<Shared>,
+}
+
+impl StateMachine {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        StateMachine { shared }
+    }
+
+    /// Apply one entry: everything it changes goes into one write batch.
+    fn apply_entry(&self, entry: &Entry) -> Result<(Response, Option<RevisionBatch>)> {
+        let db = &*self.shared.db;
+        let view = View::new(db);
+        let base = view.revision()?;
+        let mut batch = WriteBatch::default();
+        let (outcome, events, revision) = match &entry.payload {
+            EntryPayload::Blank => (Ok(Outcome::None), Vec::new(), base),
+            EntryPayload::Membership(m) => {
+                let stored = StoredMembership::new(Some(entry.log_id), m.clone());
+                batch.put_cf(cf(db, CF_SM), meta::MEMBERSHIP, codec::encode(&stored));
+                (Ok(Outcome::None), Vec::new(), base)
+            }
+            EntryPayload::Normal(cmd) => {
+                let mut cmd_batch = WriteBatch::default();
+                let mut writer = Writer::new(db, &view, &mut cmd_batch, base);
+                match self.execute(cmd, &view, &mut writer) {
+                    Ok(outcome) => {
+                        let revision = if writer.changed() { writer.revision() } else { base };
+                        let events = std::mem::take(&mut writer.events);
+                        batch = cmd_batch;
+                        (Ok(outcome), events, revision)
+                    }
+                    // A refused command writes nothing but its log position.
+                    Err(StoreError::Rejected(e)) => (Err(e), Vec::new(), base),
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        if revision != base {
+            batch.put_cf(cf(db, CF_SM), meta::REVISION, revision.to_be_bytes());
+        }
+        batch.put_cf(cf(db, CF_SM), meta::APPLIED, codec::encode(&Some(entry.log_id)));
+        let mut opts = WriteOptions::default();
+        // Durable through the shared WAL: the log append that carried this
+        // entry was synced, and a later sync covers this write too.
+        opts.set_sync(false);
+        db.write_opt(batch, &opts)?;
+        let published = (!events.is_empty()).then_some(RevisionBatch { revision, events });
+        Ok((Response { revision, outcome }, published))
+    }
+
+    fn execute(&self, cmd: &Command, view: &View<'_>, w: &mut Writer<'_>) -> Result<Outcome> {
+        let db = &*self.shared.db;
+        match cmd {
+            Command::Txn(t) => match w.txn(t)? {
+                crate::mvcc::OpResult::Txn { succeeded, results } => Ok(Outcome::Txn { succeeded, results }),
+                _ => Err(StoreError::Invalid("txn returned a non-txn result".into())),
+            },
+            Command::Compact { revision } => {
+                let current = view.revision()?;
+                if *revision <= view.compacted()? {
+                    return Err(ApplyError::Compacted.into());
+                }
+                if *revision > current {
+                    return Err(ApplyError::FutureRevision.into());
+                }
+                w_batch_put(w, cf(db, CF_SM), meta::COMPACTED, revision.to_be_bytes().to_vec());
+                Ok(Outcome::Compacted)
+            }
+            Command::LeaseGrant { id, ttl } => {
+                if db.get_cf(cf(db, CF_LEASES), codec::u64_key(*id as u64))?.is_some() {
+                    return Err(ApplyError::LeaseExists.into());
+                }
+                let ttl = (*ttl).max(MIN_TTL);
+                w_batch_put(w, cf(db, CF_LEASES), &codec::u64_key(*id as u64), codec::encode(&LeaseRecord { ttl }));
+                Ok(Outcome::LeaseGranted { id: *id, ttl })
+            }
+            Command::LeaseRevoke { id } => {
+                if db.get_cf(cf(db, CF_LEASES), codec::u64_key(*id as u64))?.is_none() {
+                    return Err(ApplyError::LeaseNotFound.into());
+                }
+                w.revoke_lease(*id)?;
+                Ok(Outcome::LeaseRevoked)
+            }
+            Command::Publish { id, name, client_urls } => {
+                let attrs = MemberAttrs { name: name.clone(), client_urls: client_urls.clone() };
+                w_batch_put(w, cf(db, CF_MEMBERS), &codec::u64_key(*id), codec::encode(&attrs));
+                Ok(Outcome::Published)
+            }
+        }
+    }
+
+    /// In-memory effects of an applied command, after its batch is on disk.
+    fn after_apply(&self, entry: &Entry, resp: &Response) {
+        if let (EntryPayload::Normal(cmd), Ok(_)) = (&entry.payload, &resp.outcome) {
+            match cmd {
+                Command::Compact { revision } => self.shared.compacted.store(*revision, Ordering::Release),
+                Command::LeaseGrant { id, ttl } => self.shared.leases.granted(*id, (*ttl).max(MIN_TTL)),
+                Command::LeaseRevoke { id } => self.shared.leases.revoked(*id),
+                Command::Publish { id, name, client_urls } => {
+                    let attrs = MemberAttrs { name: name.clone(), client_urls: client_urls.clone() };
+                    self.shared.members.lock().unwrap_or_else(|p| p.into_inner()).insert(*id, attrs);
+                }
+                Command::Txn(_) => {}
+            }
+        }
+    }
+}
+
+fn w_batch_put(w: &mut Writer<'_>, family: &rocksdb::ColumnFamily, key: &[u8], value: Vec<u8>) {
+    w.batch_mut().put_cf(family, key, value);
+}
+
+fn io_err(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::write_state_machine(&std::io::Error::other(e.to_string())).into()
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = snapshot::Builder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let db = &*self.shared.db;
+        let applied: Option<Option<LogId>> = read_meta(db, meta::APPLIED).map_err(io_err)?;
+        let membership: Option<StoredMembership> = read_meta(db, meta::MEMBERSHIP).map_err(io_err)?;
+        Ok((applied.flatten(), membership.unwrap_or_default()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut out = Vec::new();
+        for entry in entries {
+            let started = Instant::now();
+            let (resp, published) = self.apply_entry(&entry).map_err(io_err)?;
+            self.shared.applied_index.store(entry.log_id.index, Ordering::Release);
+            self.shared.revision.store(resp.revision, Ordering::Release);
+            self.after_apply(&entry, &resp);
+            if let Some(batch) = published {
+                self.shared.hub.publish(batch);
+            }
+            metrics::histogram!("skiff_store_apply_seconds").record(started.elapsed().as_secs_f64());
+            out.push(resp);
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        snapshot::Builder::new(self.shared.clone())
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        snapshot::begin_receiving(&self.shared.snapshot_dir).await.map_err(io_err)
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: Box<tokio::fs::File>) -> Result<(), StorageError> {
+        snapshot::install(&self.shared, meta, *data).await.map_err(io_err)?;
+        self.shared.reload().map_err(io_err)?;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        snapshot::current(&self.shared.snapshot_dir).await.map_err(io_err)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for snapshot::Builder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        self.build().await.map_err(io_err)
+    }
+}
