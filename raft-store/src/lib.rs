@@ -9,7 +9,8 @@
 //! - [`state_machine`]: applies commands; [`snapshot`] dumps and loads it.
 //! - [`lease`]: lease deadlines; [`watch`]: the watch hub and watchers.
 //! - [`network`]: peer RPCs over tonic (Raft messages, forwarding).
-//! - [`node`]: [`Store`], a master's handle tying it all together.
+//! - [`node`]: [`Store`], a master's handle tying it all together;
+//!   `proposer` batches concurrent writes into one log entry.
 //! - `jobs`: background work (lease expiry, compaction, metrics, publishing).
 
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod log_store;
 pub mod mvcc;
 pub mod network;
 pub mod node;
+mod proposer;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;

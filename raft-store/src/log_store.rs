@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError};
-use rocksdb::{WriteBatch, WriteOptions, DB};
+use rocksdb::{WriteBatch, DB};
 
 use crate::db::{cf, CF_LOGS, CF_RAFT};
 use crate::mvcc::codec;
@@ -69,9 +69,13 @@ impl LogStore {
     }
 
     fn put_meta<T: serde::Serialize>(&self, key: &[u8], value: &T, sync: bool) -> Result<(), rocksdb::Error> {
-        let mut opts = WriteOptions::default();
-        opts.set_sync(sync);
-        self.db.put_cf_opt(cf(&self.db, CF_RAFT), key, codec::encode(value), &opts)
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf(&self.db, CF_RAFT), key, codec::encode(value));
+        if sync {
+            crate::db::write_durable(&self.db, batch)
+        } else {
+            self.db.write(batch)
+        }
     }
 }
 

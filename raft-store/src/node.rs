@@ -24,6 +24,7 @@ use crate::mvcc::{OpResult, RangeRequest, RangeResponse, TxnRequest};
 use crate::network::client::Peers;
 use crate::network::forward::{Forwarded, Reply};
 use crate::network::server::PeerService;
+use crate::proposer::Proposer;
 use crate::state_machine::{Shared, StateMachine};
 use crate::types::{ApplyError, Command, Member, NodeId, Raft, Response};
 use crate::watch::{WatchSpec, Watcher};
@@ -119,6 +120,7 @@ pub struct Store {
     shared: Arc<Shared>,
     peers: Peers,
     log: LogStore,
+    proposer: Proposer,
     shutdown: watch::Sender<bool>,
 }
 
@@ -152,7 +154,8 @@ impl Store {
             .await
             .map_err(|e| StoreError::Raft(e.to_string()))?;
         let (shutdown, _) = watch::channel(false);
-        let store = Arc::new(Store { id, config, raft, shared, peers, log, shutdown });
+        let proposer = Proposer::start(raft.clone());
+        let store = Arc::new(Store { id, config, raft, shared, peers, log, proposer, shutdown });
         store.serve_peers().await?;
         jobs::spawn_all(&store);
         tracing::info!(id = format_args!("{id:x}"), name = %store.config.name, peer = %store.config.peer_url, "store started");
@@ -287,11 +290,7 @@ impl Store {
     /// Serve a request as the leader (from a follower, or from this master).
     pub(crate) async fn serve_forwarded(&self, fwd: Forwarded) -> Result<Reply> {
         match fwd {
-            Forwarded::Write(cmd) => match self.raft.client_write(cmd).await {
-                Ok(r) => Ok(Reply::Write(r.data)),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(StoreError::NoLeader),
-                Err(e) => Err(StoreError::Raft(e.to_string())),
-            },
+            Forwarded::Write(cmd) => Ok(Reply::Write(self.proposer.propose(cmd).await?)),
             Forwarded::ReadIndex => {
                 let (read, _) = self.raft.get_read_log_id().await.map_err(|_| StoreError::NoLeader)?;
                 Ok(Reply::ReadIndex(read.map(|l| l.index).unwrap_or(0)))

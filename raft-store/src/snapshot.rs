@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rocksdb::{WriteBatch, WriteOptions, DB};
+use rocksdb::{WriteBatch, DB};
 use tokio::io::AsyncWriteExt;
 
 use crate::db::{cf, CF_RAFT, SM_FAMILIES};
@@ -147,9 +147,9 @@ pub async fn install(shared: &Arc<Shared>, meta: &SnapshotMeta, mut data: tokio:
 /// Replace the state machine's families with the snapshot file's content.
 /// Interrupted loads are redone at start-up (see [`recover`]).
 pub fn load(db: &DB, path: &Path) -> Result<()> {
-    let mut sync = WriteOptions::default();
-    sync.set_sync(true);
-    db.put_cf_opt(cf(db, CF_RAFT), INSTALLING, [], &sync)?;
+    let mut marker = WriteBatch::default();
+    marker.put_cf(cf(db, CF_RAFT), INSTALLING, []);
+    crate::db::write_durable(db, marker)?;
     for family in SM_FAMILIES {
         let handle = cf(db, family);
         let mut batch = WriteBatch::default();
@@ -181,8 +181,9 @@ pub fn load(db: &DB, path: &Path) -> Result<()> {
         }
     }
     db.write(batch)?;
-    db.flush_wal(true)?;
-    db.delete_cf_opt(cf(db, CF_RAFT), INSTALLING, &sync)?;
+    let mut done = WriteBatch::default();
+    done.delete_cf(cf(db, CF_RAFT), INSTALLING);
+    crate::db::write_durable(db, done)?;
     Ok(())
 }
 

@@ -109,31 +109,78 @@ impl StateMachine {
         StateMachine { shared }
     }
 
-    /// Apply one entry: everything it changes goes into one write batch.
-    fn apply_entry(&self, entry: &Entry) -> Result<(Response, Option<RevisionBatch>)> {
+    /// Apply one entry. Each command is one RocksDB write batch that also
+    /// records how far the entry has been applied, so a crash part-way
+    /// through a batched entry resumes after the last command written.
+    fn apply_entry(&self, entry: &Entry) -> Result<Response> {
+        let db = &*self.shared.db;
+        let log_id = entry.log_id;
+        let finish = |b: &mut WriteBatch| b.put_cf(cf(db, CF_SM), meta::APPLIED, codec::encode(&Some(log_id)));
+        match &entry.payload {
+            EntryPayload::Blank => self.apply_command(None, finish),
+            EntryPayload::Membership(m) => {
+                let stored = StoredMembership::new(Some(log_id), m.clone());
+                self.apply_command(None, |b| {
+                    b.put_cf(cf(db, CF_SM), meta::MEMBERSHIP, codec::encode(&stored));
+                    finish(b);
+                })
+            }
+            EntryPayload::Normal(Command::Batch(cmds)) => {
+                let cursor: Option<(u64, usize)> = read_meta(db, meta::CURSOR)?;
+                let skip = match cursor {
+                    Some((index, done)) if index == log_id.index => done,
+                    _ => 0,
+                };
+                let mut responses = Vec::with_capacity(cmds.len());
+                for (i, cmd) in cmds.iter().enumerate() {
+                    if i < skip {
+                        // Applied before a crash; nobody is waiting for its result.
+                        responses.push(Response { revision: self.shared.revision.load(Ordering::Acquire), outcome: Ok(Outcome::None) });
+                        continue;
+                    }
+                    let resp = if i + 1 == cmds.len() {
+                        self.apply_command(Some(cmd), finish)?
+                    } else {
+                        self.apply_command(Some(cmd), |b| {
+                            b.put_cf(cf(db, CF_SM), meta::CURSOR, codec::encode(&(log_id.index, i + 1)))
+                        })?
+                    };
+                    responses.push(resp);
+                }
+                let revision = self.shared.revision.load(Ordering::Acquire);
+                Ok(Response { revision, outcome: Ok(Outcome::Batch(responses)) })
+            }
+            EntryPayload::Normal(cmd) => self.apply_command(Some(cmd), finish),
+        }
+    }
+
+    /// Apply one command (or none) in one write batch, then update the
+    /// in-memory mirrors and publish the revision's events.
+    fn apply_command(&self, cmd: Option<&Command>, finish: impl FnOnce(&mut WriteBatch)) -> Result<Response> {
         let db = &*self.shared.db;
         let view = View::new(db);
         let base = view.revision()?;
         let mut batch = WriteBatch::default();
-        let (outcome, events, revision) = match &entry.payload {
-            EntryPayload::Blank => (Ok(Outcome::None), Vec::new(), base),
-            EntryPayload::Membership(m) => {
-                let stored = StoredMembership::new(Some(entry.log_id), m.clone());
-                batch.put_cf(cf(db, CF_SM), meta::MEMBERSHIP, codec::encode(&stored));
-                (Ok(Outcome::None), Vec::new(), base)
-            }
-            EntryPayload::Normal(cmd) => {
-                let mut cmd_batch = WriteBatch::default();
-                let mut writer = Writer::new(db, &view, &mut cmd_batch, base);
+        let mut events = Vec::new();
+        let mut revision = base;
+        let outcome = match cmd {
+            None => Ok(Outcome::None),
+            Some(cmd) => {
+                let mut writer = Writer::new(db, &view, &mut batch, base);
                 match self.execute(cmd, &view, &mut writer) {
                     Ok(outcome) => {
-                        let revision = if writer.changed() { writer.revision() } else { base };
-                        let events = std::mem::take(&mut writer.events);
-                        batch = cmd_batch;
-                        (Ok(outcome), events, revision)
+                        if writer.changed() {
+                            revision = writer.revision();
+                        }
+                        events = std::mem::take(&mut writer.events);
+                        Ok(outcome)
                     }
                     // A refused command writes nothing but its log position.
-                    Err(StoreError::Rejected(e)) => (Err(e), Vec::new(), base),
+                    Err(StoreError::Rejected(e)) => {
+                        drop(writer);
+                        batch.clear();
+                        Err(e)
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -141,14 +188,21 @@ impl StateMachine {
         if revision != base {
             batch.put_cf(cf(db, CF_SM), meta::REVISION, revision.to_be_bytes());
         }
-        batch.put_cf(cf(db, CF_SM), meta::APPLIED, codec::encode(&Some(entry.log_id)));
+        finish(&mut batch);
         let mut opts = WriteOptions::default();
         // Durable through the shared WAL: the log append that carried this
         // entry was synced, and a later sync covers this write too.
         opts.set_sync(false);
         db.write_opt(batch, &opts)?;
-        let published = (!events.is_empty()).then_some(RevisionBatch { revision, events });
-        Ok((Response { revision, outcome }, published))
+        self.shared.revision.store(revision, Ordering::Release);
+        let resp = Response { revision, outcome };
+        if let (Some(cmd), Ok(_)) = (cmd, &resp.outcome) {
+            self.after_apply(cmd);
+        }
+        if !events.is_empty() {
+            self.shared.hub.publish(RevisionBatch { revision, events });
+        }
+        Ok(resp)
     }
 
     fn execute(&self, cmd: &Command, view: &View<'_>, w: &mut Writer<'_>) -> Result<Outcome> {
@@ -184,6 +238,7 @@ impl StateMachine {
                 w.revoke_lease(*id)?;
                 Ok(Outcome::LeaseRevoked)
             }
+            Command::Batch(_) => Err(StoreError::Invalid("nested command batch".into())),
             Command::Publish { id, name, client_urls } => {
                 let attrs = MemberAttrs { name: name.clone(), client_urls: client_urls.clone() };
                 w_batch_put(w, cf(db, CF_MEMBERS), &codec::u64_key(*id), codec::encode(&attrs));
@@ -193,8 +248,8 @@ impl StateMachine {
     }
 
     /// In-memory effects of an applied command, after its batch is on disk.
-    fn after_apply(&self, entry: &Entry, resp: &Response) {
-        if let (EntryPayload::Normal(cmd), Ok(_)) = (&entry.payload, &resp.outcome) {
+    fn after_apply(&self, cmd: &Command) {
+        {
             match cmd {
                 Command::Compact { revision } => self.shared.compacted.store(*revision, Ordering::Release),
                 Command::LeaseGrant { id, ttl } => self.shared.leases.granted(*id, (*ttl).max(MIN_TTL)),
@@ -203,7 +258,7 @@ impl StateMachine {
                     let attrs = MemberAttrs { name: name.clone(), client_urls: client_urls.clone() };
                     self.shared.members.lock().unwrap_or_else(|p| p.into_inner()).insert(*id, attrs);
                 }
-                Command::Txn(_) => {}
+                Command::Txn(_) | Command::Batch(_) => {}
             }
         }
     }
@@ -235,13 +290,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut out = Vec::new();
         for entry in entries {
             let started = Instant::now();
-            let (resp, published) = self.apply_entry(&entry).map_err(io_err)?;
+            let resp = self.apply_entry(&entry).map_err(io_err)?;
             self.shared.applied_index.store(entry.log_id.index, Ordering::Release);
-            self.shared.revision.store(resp.revision, Ordering::Release);
-            self.after_apply(&entry, &resp);
-            if let Some(batch) = published {
-                self.shared.hub.publish(batch);
-            }
             metrics::histogram!("skiff_store_apply_seconds").record(started.elapsed().as_secs_f64());
             out.push(resp);
         }

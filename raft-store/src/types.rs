@@ -53,6 +53,9 @@ pub enum Command {
     Compact { revision: i64 },
     LeaseGrant { id: i64, ttl: i64 },
     LeaseRevoke { id: i64 },
+    /// Several commands proposed together (one log entry, one fsync); each
+    /// is applied as if proposed alone, in order.
+    Batch(Vec<Command>),
     /// A member announces its name and client URLs once it has started.
     Publish {
         id: NodeId,
@@ -69,6 +72,7 @@ impl fmt::Display for Command {
             Command::LeaseGrant { id, ttl } => write!(f, "lease-grant({id:x}, {ttl}s)"),
             Command::LeaseRevoke { id } => write!(f, "lease-revoke({id:x})"),
             Command::Publish { id, name, .. } => write!(f, "publish({id:x}, {name})"),
+            Command::Batch(cmds) => write!(f, "batch({})", cmds.len()),
         }
     }
 }
@@ -88,8 +92,21 @@ pub enum Outcome {
     LeaseGranted { id: i64, ttl: i64 },
     LeaseRevoked,
     Published,
+    /// One result per command of a [`Command::Batch`], in order.
+    Batch(Vec<Response>),
     /// Membership entries and blanks carry no application result.
     None,
+}
+
+impl Command {
+    /// Rough size in bytes, to bound batches.
+    pub fn approx_size(&self) -> usize {
+        match self {
+            Command::Txn(t) => 64 + t.approx_size(),
+            Command::Batch(cmds) => cmds.iter().map(Command::approx_size).sum(),
+            _ => 64,
+        }
+    }
 }
 
 /// Why a command was refused by the state machine. Nothing was written.

@@ -204,6 +204,21 @@ impl TxnRequest {
         TxnRequest { compare: Vec::new(), success: vec![op], failure: Vec::new() }
     }
 
+    pub fn approx_size(&self) -> usize {
+        fn ops(ops: &[Op]) -> usize {
+            ops.iter()
+                .map(|op| match op {
+                    Op::Put(p) => p.key.len() + p.value.len(),
+                    Op::Delete(d) => d.range.key.len() + d.range.range_end.len(),
+                    Op::Range(r) => r.range.key.len() + r.range.range_end.len(),
+                    Op::Txn(t) => t.approx_size(),
+                })
+                .sum()
+        }
+        let compares: usize = self.compare.iter().map(|c| c.range.key.len() + 16).sum();
+        compares + ops(&self.success) + ops(&self.failure)
+    }
+
     /// Whether any branch writes (read-only transactions need not go through Raft).
     pub fn is_read_only(&self) -> bool {
         fn ro(ops: &[Op]) -> bool {

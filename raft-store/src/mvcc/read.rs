@@ -4,7 +4,7 @@
 
 use rocksdb::{ReadOptions, DB};
 
-use super::codec::{self, meta, HistoryRecord, Stored};
+use super::codec::{self, meta, Latest, Stored};
 use super::{Compare, CompareOp, CompareTarget, Event, EventKind, KeyRange, KeyValue, RangeRequest, RangeResponse};
 use super::{SortOrder, SortTarget};
 use crate::db::{cf, CF_HISTORY, CF_INDEX, CF_LATEST, CF_SM};
@@ -43,6 +43,21 @@ impl<'a> View<'a> {
 
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
         match self.snap.get_cf(cf(self.db, CF_LATEST), key)? {
+            Some(v) => Ok(Some(self.resolve(key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The value a `latest` record points at.
+    fn resolve(&self, key: &[u8], latest: &[u8]) -> Result<KeyValue> {
+        let l: Latest = codec::decode(latest).map_err(|e| StoreError::corrupt("latest", e))?;
+        self.version(key, l.mod_revision, l.sub)?
+            .ok_or_else(|| StoreError::corrupt("latest", "points at a missing version"))
+    }
+
+    /// One exact version from `index`.
+    fn version(&self, key: &[u8], rev: i64, sub: u32) -> Result<Option<KeyValue>> {
+        match self.snap.get_cf(cf(self.db, CF_INDEX), codec::index_key(key, rev, sub))? {
             Some(v) => Ok(Some(decode_stored(&v)?.into_kv(key.to_vec()))),
             None => Ok(None),
         }
@@ -99,7 +114,7 @@ impl<'a> View<'a> {
     pub fn range_latest(&self, range: &KeyRange) -> Result<Vec<KeyValue>> {
         let mut out = Vec::new();
         self.scan(range, |k, v| {
-            out.push(decode_stored(v)?.into_kv(k.to_vec()));
+            out.push(self.resolve(k, v)?);
             Ok(true)
         })?;
         Ok(out)
@@ -169,14 +184,15 @@ impl<'a> View<'a> {
             self.scan(&req.range, |k, v| {
                 resp.count += 1;
                 if !req.count_only && resp.kvs.len() < limit {
-                    resp.kvs.push(decode_stored(v)?.into_kv(k.to_vec()));
+                    let mut kv = self.resolve(k, v)?;
+                    if req.keys_only {
+                        kv.value.clear();
+                    }
+                    resp.kvs.push(kv);
                 }
                 Ok(true)
             })?;
             resp.more = resp.count as usize > resp.kvs.len() && !req.count_only;
-            if req.keys_only {
-                resp.kvs.iter_mut().for_each(|kv| kv.value.clear());
-            }
             return Ok(resp);
         }
         let kvs = if rev == current { self.range_latest(&req.range)? } else { self.range_at(&req.range, rev)? };
@@ -192,11 +208,15 @@ impl<'a> View<'a> {
         it.seek(codec::rev_key(from, 0));
         let mut out: Vec<(i64, Vec<Event>)> = Vec::new();
         while let Some((k, v)) = it.item() {
-            let (rev, _) = codec::parse_rev_key(k).ok_or_else(|| StoreError::corrupt("history", "bad key"))?;
-            let rec: HistoryRecord = codec::decode(v).map_err(|e| StoreError::corrupt("history", e))?;
-            let prev = if prev_kv { self.get_at(&rec.key, rev - 1)? } else { None };
-            let kind = rec.stored.kind;
-            let event = Event { kind, kv: rec.stored.into_kv(rec.key), prev_kv: prev };
+            let (rev, sub) = codec::parse_rev_key(k).ok_or_else(|| StoreError::corrupt("history", "bad key"))?;
+            let key = v.to_vec();
+            let stored = match self.snap.get_cf(cf(self.db, CF_INDEX), codec::index_key(&key, rev, sub))? {
+                Some(s) => decode_stored(&s)?,
+                None => return Err(StoreError::corrupt("history", "points at a missing version")),
+            };
+            let prev = if prev_kv { self.get_at(&key, rev - 1)? } else { None };
+            let kind = stored.kind;
+            let event = Event { kind, kv: stored.into_kv(key), prev_kv: prev };
             match out.last_mut() {
                 Some((r, events)) if *r == rev => events.push(event),
                 _ => out.push((rev, vec![event])),

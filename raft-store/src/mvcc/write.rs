@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use rocksdb::{WriteBatch, DB};
 
-use super::codec::{self, HistoryRecord, Stored};
+use super::codec::{self, Latest, Stored};
 use super::read::{compare_one, finish_range, View};
 use super::{CompareTarget, DeleteRequest, Event, EventKind, KeyRange, KeyValue, Op, OpResult, PutRequest, TxnRequest};
 use crate::db::{cf, CF_HISTORY, CF_INDEX, CF_LATEST, CF_LEASES, CF_LEASE_KEYS};
@@ -74,11 +74,11 @@ impl<'a> Writer<'a> {
         let sub = self.sub;
         self.sub += 1;
         self.batch.put_cf(cf(self.db, CF_INDEX), codec::index_key(&kv.key, self.rev, sub), codec::encode(&stored));
-        let history = HistoryRecord { key: kv.key.clone(), stored };
-        self.batch.put_cf(cf(self.db, CF_HISTORY), codec::rev_key(self.rev, sub), codec::encode(&history));
+        self.batch.put_cf(cf(self.db, CF_HISTORY), codec::rev_key(self.rev, sub), &kv.key);
         match kind {
             EventKind::Put => {
-                self.batch.put_cf(cf(self.db, CF_LATEST), &kv.key, codec::encode(&history.stored));
+                let latest = Latest { mod_revision: self.rev, sub };
+                self.batch.put_cf(cf(self.db, CF_LATEST), &kv.key, codec::encode(&latest));
                 self.overlay.insert(kv.key.clone(), Some(kv.clone()));
             }
             EventKind::Delete => {
