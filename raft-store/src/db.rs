@@ -31,7 +31,7 @@ pub const CF_MEMBERS: &str = "members";
 /// Column families that make up the state machine, and so the snapshot.
 pub const SM_FAMILIES: [&str; 7] = [CF_SM, CF_LATEST, CF_INDEX, CF_HISTORY, CF_LEASES, CF_LEASE_KEYS, CF_MEMBERS];
 
-const ALL_FAMILIES: [&str; 9] = [
+pub const ALL_FAMILIES: [&str; 9] = [
     CF_LOGS,
     CF_RAFT,
     CF_SM,

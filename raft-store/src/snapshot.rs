@@ -1,10 +1,16 @@
-//! Snapshots: the state-machine column families dumped from a RocksDB
-//! snapshot into a file, sent to lagging followers in chunks, and loaded back.
+//! Snapshots.
 //!
-//! File layout: a sequence of records `family: u8, key_len: u32, key,
-//! value_len: u32, value`, ending with the family byte 0xff. The current
-//! snapshot is `snapshot.data` beside its metadata `snapshot.meta`; both are
-//! written to temporary names, synced, then renamed.
+//! Building one is cheap: a RocksDB checkpoint (hard links to the immutable
+//! table files) taken at a consistent point. Only when a lagging follower
+//! needs it is the checkpoint dumped into a transferable file, which openraft
+//! sends in chunks. Installing loads such a file into the state-machine
+//! column families.
+//!
+//! File layout: records `family: u8, key_len: u32, key, value_len: u32,
+//! value`, ending with the family byte 0xff. Beside it, `snapshot.meta` holds
+//! the current snapshot's metadata and `snapshot.data.id` names the snapshot
+//! the data file was dumped from. Everything is written under a temporary
+//! name, synced, then renamed.
 
 use std::fs;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -15,14 +21,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rocksdb::{WriteBatch, DB};
 use tokio::io::AsyncWriteExt;
 
-use crate::db::{cf, CF_RAFT, SM_FAMILIES};
+use crate::db::{cf, CF_RAFT, CF_SM, SM_FAMILIES};
 use crate::error::{Result, StoreError};
 use crate::mvcc::codec::{self, meta};
 use crate::state_machine::Shared;
 use crate::types::{LogId, Snapshot, SnapshotMeta, StoredMembership};
 
 const DATA: &str = "snapshot.data";
+const DATA_ID: &str = "snapshot.data.id";
 const META: &str = "snapshot.meta";
+const CHECKPOINT: &str = "checkpoint";
 const INCOMING: &str = "incoming.data";
 const END: u8 = 0xff;
 /// Marker in the `raft` family while a snapshot is being loaded: if it is
@@ -41,29 +49,61 @@ impl Builder {
 
     pub async fn build(&mut self) -> Result<Snapshot> {
         let shared = self.shared.clone();
-        let meta = tokio::task::spawn_blocking(move || write_snapshot(&shared.db, &shared.snapshot_dir))
+        let meta = tokio::task::spawn_blocking(move || checkpoint(&shared.db, &shared.snapshot_dir))
             .await
             .map_err(|e| StoreError::Raft(e.to_string()))??;
         metrics::counter!("skiff_store_snapshots_total").increment(1);
-        let file = tokio::fs::File::open(self.shared.snapshot_dir.join(DATA)).await?;
-        Ok(Snapshot { meta, snapshot: Box::new(file) })
+        // openraft keeps only the metadata of a snapshot it asked us to build;
+        // the data is produced by `current` when a follower needs it.
+        let placeholder = tokio::fs::File::open(self.shared.snapshot_dir.join(META)).await?;
+        Ok(Snapshot { meta, snapshot: Box::new(placeholder) })
     }
 }
 
-fn write_snapshot(db: &DB, dir: &Path) -> Result<SnapshotMeta> {
+/// Take a checkpoint of the database and make it the current snapshot.
+fn checkpoint(db: &DB, dir: &Path) -> Result<SnapshotMeta> {
     fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!("{CHECKPOINT}.tmp"));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp)?;
+    }
+    rocksdb::checkpoint::Checkpoint::new(db)?.create_checkpoint(&tmp)?;
+    let meta = {
+        let ckpt = open_read_only(&tmp)?;
+        let snap = ckpt.snapshot();
+        let applied: Option<LogId> = match snap.get_cf(cf(&ckpt, CF_SM), meta::APPLIED)? {
+            Some(v) => codec::decode(&v).map_err(|e| StoreError::corrupt("sm meta", e))?,
+            None => None,
+        };
+        let membership: StoredMembership = match snap.get_cf(cf(&ckpt, CF_SM), meta::MEMBERSHIP)? {
+            Some(v) => codec::decode(&v).map_err(|e| StoreError::corrupt("sm meta", e))?,
+            None => StoredMembership::default(),
+        };
+        let millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let snapshot_id = match applied {
+            Some(l) => format!("{}-{}-{millis}", l.leader_id.term, l.index),
+            None => format!("0-0-{millis}"),
+        };
+        SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id }
+    };
+    let current = dir.join(CHECKPOINT);
+    if current.exists() {
+        fs::remove_dir_all(&current)?;
+    }
+    fs::rename(&tmp, &current)?;
+    write_meta(dir, &meta)?;
+    Ok(meta)
+}
+
+fn open_read_only(path: &Path) -> Result<DB> {
+    let opts = rocksdb::Options::default();
+    Ok(DB::open_cf_for_read_only(&opts, path, crate::db::ALL_FAMILIES, false)?)
+}
+
+/// Dump the state-machine families of `db` into `path`.
+fn dump(db: &DB, path: &Path) -> Result<()> {
     let snap = db.snapshot();
-    let sm = cf(db, crate::db::CF_SM);
-    let applied: Option<LogId> = match snap.get_cf(sm, meta::APPLIED)? {
-        Some(v) => codec::decode(&v).map_err(|e| StoreError::corrupt("sm meta", e))?,
-        None => None,
-    };
-    let membership: StoredMembership = match snap.get_cf(sm, meta::MEMBERSHIP)? {
-        Some(v) => codec::decode(&v).map_err(|e| StoreError::corrupt("sm meta", e))?,
-        None => StoredMembership::default(),
-    };
-    let tmp = dir.join(format!("{DATA}.tmp"));
-    let mut out = BufWriter::with_capacity(1 << 20, fs::File::create(&tmp)?);
+    let mut out = BufWriter::with_capacity(1 << 20, fs::File::create(path)?);
     for (i, family) in SM_FAMILIES.iter().enumerate() {
         let mut it = snap.raw_iterator_cf(cf(db, family));
         it.seek_to_first();
@@ -80,35 +120,47 @@ fn write_snapshot(db: &DB, dir: &Path) -> Result<SnapshotMeta> {
     out.write_all(&[END])?;
     let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
-    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-    let snapshot_id = match applied {
-        Some(l) => format!("{}-{}-{millis}", l.leader_id.term, l.index),
-        None => format!("0-0-{millis}"),
-    };
-    let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
-    fs::rename(&tmp, dir.join(DATA))?;
-    write_meta(dir, &meta)?;
-    Ok(meta)
+    Ok(())
 }
 
-fn write_meta(dir: &Path, meta: &SnapshotMeta) -> Result<()> {
-    let tmp = dir.join(format!("{META}.tmp"));
+/// Make sure `snapshot.data` holds the snapshot `id`, dumping the checkpoint if needed.
+fn ensure_data(dir: &Path, id: &str) -> Result<()> {
+    if fs::read_to_string(dir.join(DATA_ID)).map(|s| s == id).unwrap_or(false) {
+        return Ok(());
+    }
+    let tmp = dir.join(format!("{DATA}.tmp"));
+    {
+        let ckpt = open_read_only(&dir.join(CHECKPOINT))?;
+        dump(&ckpt, &tmp)?;
+    }
+    fs::rename(&tmp, dir.join(DATA))?;
+    write_synced(dir, DATA_ID, id.as_bytes())
+}
+
+fn write_synced(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
     let mut f = fs::File::create(&tmp)?;
-    f.write_all(&codec::encode(meta))?;
+    f.write_all(bytes)?;
     f.sync_all()?;
-    fs::rename(&tmp, dir.join(META))?;
+    fs::rename(&tmp, dir.join(name))?;
     fs::File::open(dir)?.sync_all()?;
     Ok(())
 }
 
+fn write_meta(dir: &Path, meta: &SnapshotMeta) -> Result<()> {
+    write_synced(dir, META, &codec::encode(meta))
+}
+
+/// The current snapshot with its data, dumped from the checkpoint on first use.
 pub async fn current(dir: &Path) -> Result<Option<Snapshot>> {
-    let meta_path = dir.join(META);
-    let bytes = match tokio::fs::read(&meta_path).await {
+    let bytes = match tokio::fs::read(dir.join(META)).await {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     let meta: SnapshotMeta = codec::decode(&bytes).map_err(|e| StoreError::corrupt("snapshot meta", e))?;
+    let (d, id) = (dir.to_path_buf(), meta.snapshot_id.clone());
+    tokio::task::spawn_blocking(move || ensure_data(&d, &id)).await.map_err(|e| StoreError::Raft(e.to_string()))??;
     let file = tokio::fs::File::open(dir.join(DATA)).await?;
     Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
 }
@@ -135,6 +187,7 @@ pub async fn install(shared: &Arc<Shared>, meta: &SnapshotMeta, mut data: tokio:
     let meta = meta.clone();
     tokio::task::spawn_blocking(move || -> Result<()> {
         fs::rename(dir.join(INCOMING), dir.join(DATA))?;
+        write_synced(&dir, DATA_ID, meta.snapshot_id.as_bytes())?;
         write_meta(&dir, &meta)?;
         load(&shared.db, &dir.join(DATA))
     })

@@ -27,6 +27,7 @@ pub struct Stored {
     pub mod_revision: i64,
     pub version: i64,
     pub lease: i64,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
 }
 
