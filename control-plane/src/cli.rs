@@ -71,6 +71,10 @@ struct RunArgs {
     /// Applied entries between snapshots (the log is purged behind each).
     #[arg(long, default_value_t = 10_000)]
     snapshot_count: u64,
+    /// Entries kept in the log behind a snapshot, for followers that lag a
+    /// little (like etcd's --experimental-snapshot-catchup-entries).
+    #[arg(long, default_value_t = 1_000)]
+    snapshot_catchup_entries: u64,
 }
 
 fn parse_initial_cluster(s: &str) -> anyhow::Result<Vec<(String, String)>> {
@@ -112,6 +116,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     config.election_timeout =
         (Duration::from_millis(args.election_timeout_ms), Duration::from_millis(args.election_timeout_ms * 2));
     config.snapshot_entries = args.snapshot_count;
+    config.keep_entries = args.snapshot_catchup_entries;
     let client_listener = tokio::net::TcpListener::bind(args.listen_client)
         .await
         .with_context(|| format!("binding the client address {}", args.listen_client))?;

@@ -123,7 +123,7 @@ impl<'a> View<'a> {
     /// Keys in `range` as they were at `rev`, in key order.
     pub fn range_at(&self, range: &KeyRange, rev: i64) -> Result<Vec<KeyValue>> {
         let mut opts = ReadOptions::default();
-        if let Some(end) = range.end() {
+        if let (false, Some(end)) = (range.is_single(), range.end()) {
             opts.set_iterate_upper_bound(codec::escape_key(end));
         }
         let mut it = self.snap.raw_iterator_cf_opt(cf(self.db, CF_INDEX), opts);

@@ -1,0 +1,208 @@
+//! A cluster of real `control-plane` processes for multi-process tests.
+//!
+//! Each cluster gets its own loopback addresses (127.<a>.<b>.<i>), so tests
+//! can run in parallel with the default ports and never collide.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use proto::etcd::kv_client::KvClient;
+use proto::etcd::maintenance_client::MaintenanceClient;
+use proto::etcd::{PutRequest, RangeRequest, StatusRequest};
+use tonic::transport::Channel;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub struct Master {
+    pub name: String,
+    pub ip: String,
+    pub child: Option<Child>,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+pub struct Cluster {
+    pub masters: Vec<Master>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Start `n` masters; `extra` flags go to every one.
+    pub async fn start(n: usize, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let slot = NEXT.fetch_add(1, Ordering::SeqCst);
+        let a = 20 + (std::process::id() % 200);
+        let base = format!("127.{a}.{}", slot + 1);
+        let initial: Vec<String> = (1..=n).map(|i| format!("m{i}=http://{base}.{i}:2380")).collect();
+        let initial = initial.join(",");
+        let masters = (1..=n)
+            .map(|i| {
+                let ip = format!("{base}.{i}");
+                let data = dir.path().join(format!("m{i}"));
+                let mut args: Vec<String> = vec![
+                    "run".into(),
+                    "--name".into(),
+                    format!("m{i}"),
+                    "--data-dir".into(),
+                    data.display().to_string(),
+                    "--listen-client".into(),
+                    format!("{ip}:2379"),
+                    "--listen-peer".into(),
+                    format!("{ip}:2380"),
+                    "--listen-metrics".into(),
+                    format!("{ip}:2381"),
+                    "--initial-cluster".into(),
+                    initial.clone(),
+                ];
+                args.extend(extra.iter().map(|s| s.to_string()));
+                Master { name: format!("m{i}"), ip, child: None, args, log: dir.path().join(format!("m{i}.log")) }
+            })
+            .collect();
+        let mut c = Cluster { masters, dir };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        c.wait_leader(Duration::from_secs(20)).await;
+        c
+    }
+
+    /// Start one more master that joins the running cluster (after `member add`).
+    pub fn add_master(&mut self) -> usize {
+        let i = self.masters.len() + 1;
+        let base = self.masters[0].ip.rsplit_once('.').map(|(b, _)| b.to_string()).unwrap_or_default();
+        let ip = format!("{base}.{i}");
+        let mut initial: Vec<String> = self.masters.iter().map(|m| format!("{}=http://{}:2380", m.name, m.ip)).collect();
+        initial.push(format!("m{i}=http://{ip}:2380"));
+        let data = self.dir.path().join(format!("m{i}"));
+        let args: Vec<String> = [
+            "run", "--name", &format!("m{i}"), "--data-dir", &data.display().to_string(),
+            "--listen-client", &format!("{ip}:2379"), "--listen-peer", &format!("{ip}:2380"),
+            "--listen-metrics", &format!("{ip}:2381"), "--initial-cluster", &initial.join(","),
+            "--initial-cluster-state", "existing",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        self.masters.push(Master { name: format!("m{i}"), ip, child: None, args, log: self.dir.path().join(format!("m{i}.log")) });
+        self.spawn(i - 1);
+        i - 1
+    }
+
+    pub fn spawn(&mut self, i: usize) {
+        let m = &mut self.masters[i];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&m.log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_control-plane"))
+            .args(&m.args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning control-plane");
+        m.child = Some(child);
+    }
+
+    /// kill -9 one master.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.masters[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("http://{}:2379", self.masters[i].ip)
+    }
+
+    pub fn endpoints(&self) -> String {
+        self.masters.iter().map(|m| format!("{}:2379", m.ip)).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn metrics_url(&self, i: usize) -> String {
+        format!("http://{}:2381/metrics", self.masters[i].ip)
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.masters[i].log).unwrap_or_default()
+    }
+
+    pub async fn kv(&self, i: usize) -> KvClient<Channel> {
+        // Lazy: connects (and reconnects) on use, so it works across restarts.
+        let ch = Channel::from_shared(self.endpoint(i)).expect("url").connect_lazy();
+        KvClient::new(ch).max_decoding_message_size(64 << 20)
+    }
+
+    pub async fn status(&self, i: usize) -> Option<proto::etcd::StatusResponse> {
+        let ch = Channel::from_shared(self.endpoint(i)).ok()?.connect_timeout(Duration::from_millis(300));
+        let ch = tokio::time::timeout(Duration::from_secs(1), ch.connect()).await.ok()?.ok()?;
+        let mut m = MaintenanceClient::new(ch);
+        tokio::time::timeout(Duration::from_secs(1), m.status(StatusRequest {})).await.ok()?.ok().map(|r| r.into_inner())
+    }
+
+    /// Index of the master that every running master agrees is leader.
+    pub async fn wait_leader(&self, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut leaders = Vec::new();
+            let mut ids = Vec::new();
+            for (i, m) in self.masters.iter().enumerate() {
+                if m.child.is_none() {
+                    continue;
+                }
+                if let Some(s) = self.status(i).await {
+                    leaders.push(s.leader);
+                    ids.push((i, s.header.map(|h| h.member_id).unwrap_or(0)));
+                } else {
+                    leaders.push(0);
+                }
+            }
+            if let Some(&l) = leaders.first() {
+                if l != 0 && leaders.iter().all(|x| *x == l) {
+                    if let Some((i, _)) = ids.iter().find(|(_, id)| *id == l) {
+                        return *i;
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("no leader within {within:?}; log of m1:\n{}", self.log(0));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.masters.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Put with retries across failovers; returns the revision once acknowledged.
+pub async fn put(kv: &mut KvClient<Channel>, key: &str, value: &str) -> Result<i64, tonic::Status> {
+    let req = PutRequest { key: key.into(), value: value.into(), ..Default::default() };
+    kv.put(req).await.map(|r| r.into_inner().header.map(|h| h.revision).unwrap_or(0))
+}
+
+pub async fn get(kv: &mut KvClient<Channel>, key: &str) -> Option<Vec<u8>> {
+    let req = RangeRequest { key: key.into(), ..Default::default() };
+    kv.range(req).await.ok()?.into_inner().kvs.pop().map(|kv| kv.value)
+}
+
+pub fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .env_remove("ETCDCTL_ENDPOINTS")
+        .arg(format!("--endpoints={endpoints}"))
+        .args(args)
+        .output()
+        .expect("running etcdctl (apt-get install etcd-client)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

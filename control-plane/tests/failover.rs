@@ -1,0 +1,102 @@
+//! Real `control-plane` processes: elections, kill -9, catch-up through a
+//! snapshot, and durability of every acknowledged write after killing all.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{get, put, Cluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kill_then_catch_up_through_snapshot() {
+    // Snapshot every 50 entries so that the restarted master must be sent one.
+    let mut c = Cluster::start(3, &["--snapshot-count", "50", "--snapshot-catchup-entries", "10"]).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let follower = (leader + 1) % 3;
+    let mut kv = c.kv(follower).await;
+    for i in 0..20 {
+        put(&mut kv, &format!("/before/{i}"), "v").await.expect("put before kill");
+    }
+
+    c.kill(leader);
+    let new_leader = c.wait_leader(Duration::from_secs(10)).await;
+    assert_ne!(new_leader, leader, "a new leader is elected");
+    let mut kv = c.kv(new_leader).await;
+    // Enough writes, one at a time (one log entry each), to pass several snapshots.
+    for i in 0..300 {
+        put(&mut kv, &format!("/after/{i}"), &format!("{i}")).await.expect("put after kill");
+    }
+
+    c.spawn(leader);
+    let mut old = c.kv(leader).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if get(&mut old, "/after/299").await.as_deref() == Some(b"299".as_slice()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "restarted master did not catch up:\n{}", c.log(leader));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for i in 0..20 {
+        assert!(get(&mut old, &format!("/before/{i}")).await.is_some(), "/before/{i} survives");
+    }
+    let metrics = reqwest_text(&c.metrics_url(leader)).await;
+    assert!(
+        metrics.contains("skiff_store_snapshots_installed_total"),
+        "the restarted master caught up through a snapshot"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_all_keeps_every_acknowledged_write() {
+    let mut c = Cluster::start(3, &[]).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    // Concurrent writers; record every acknowledged key.
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let mut kv = c.kv((leader + w) % 3).await;
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..100_000 {
+                let key = format!("/acked/{w}/{i}");
+                match put(&mut kv, &key, "x").await {
+                    Ok(_) => acked.push(key),
+                    Err(_) => break,
+                }
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for i in 0..3 {
+        c.kill(i);
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.expect("writer"));
+    }
+    assert!(acked.len() > 100, "writers made progress ({} acks)", acked.len());
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let mut kv = c.kv(leader).await;
+    let resp = kv
+        .range(proto::etcd::RangeRequest {
+            key: b"/acked/".to_vec(),
+            range_end: b"/acked0".to_vec(),
+            keys_only: true,
+            ..Default::default()
+        })
+        .await
+        .expect("range")
+        .into_inner();
+    let present: std::collections::HashSet<Vec<u8>> = resp.kvs.into_iter().map(|kv| kv.key).collect();
+    let lost: Vec<&String> = acked.iter().filter(|k| !present.contains(k.as_bytes())).collect();
+    assert!(lost.is_empty(), "{} of {} acknowledged writes lost, e.g. {:?}", lost.len(), acked.len(), lost.first());
+}
+
+async fn reqwest_text(url: &str) -> String {
+    let out = tokio::process::Command::new("curl").args(["-sf", url]).output().await.expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
