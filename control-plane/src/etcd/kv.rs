@@ -7,7 +7,7 @@ use raft_store::mvcc::{Op, OpResult, TxnRequest};
 use raft_store::{Command, Outcome};
 use tonic::{Request, Response, Status};
 
-use super::{convert, errors, observe, Api, MAX_REQUEST_BYTES};
+use super::{convert, errors, observe, Api, MAX_GRPC_BYTES, MAX_REQUEST_BYTES};
 
 impl Api {
     /// Replicate a transaction; returns (succeeded, results, revision).
@@ -27,6 +27,11 @@ impl Api {
 }
 
 fn check_size(len: usize) -> Result<(), Status> {
+    if len > MAX_GRPC_BYTES {
+        return Err(Status::resource_exhausted(format!(
+            "grpc: received message larger than max ({len} vs. {MAX_GRPC_BYTES})"
+        )));
+    }
     if len > MAX_REQUEST_BYTES {
         return Err(errors::too_large());
     }

@@ -27,9 +27,12 @@ use tonic::Status;
 
 /// etcd's `--max-request-bytes` default: larger writes are refused.
 pub const MAX_REQUEST_BYTES: usize = 3 * 1024 * 1024 / 2;
-/// gRPC messages above this are refused by the transport itself (etcd adds
-/// 512 KiB of headroom over the request limit in the same way).
+/// Messages above this are refused as ResourceExhausted, as etcd's gRPC
+/// server does (it allows 512 KiB of headroom over the request limit).
 pub const MAX_GRPC_BYTES: usize = MAX_REQUEST_BYTES + 512 * 1024;
+/// What the transport decodes at all; between [`MAX_GRPC_BYTES`] and this,
+/// the handlers answer with etcd's status.
+const MAX_DECODE_BYTES: usize = 8 << 20;
 
 /// What every service needs: the store and how to stamp a response header.
 #[derive(Clone)]
@@ -78,11 +81,11 @@ pub async fn serve(
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .add_service(KvServer::new(api.clone()).max_decoding_message_size(MAX_GRPC_BYTES))
-        .add_service(WatchServer::new(api.clone()).max_decoding_message_size(MAX_GRPC_BYTES))
-        .add_service(LeaseServer::new(api.clone()).max_decoding_message_size(MAX_GRPC_BYTES))
-        .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(MAX_GRPC_BYTES))
-        .add_service(MaintenanceServer::new(api).max_decoding_message_size(MAX_GRPC_BYTES))
+        .add_service(KvServer::new(api.clone()).max_decoding_message_size(MAX_DECODE_BYTES))
+        .add_service(WatchServer::new(api.clone()).max_decoding_message_size(MAX_DECODE_BYTES))
+        .add_service(LeaseServer::new(api.clone()).max_decoding_message_size(MAX_DECODE_BYTES))
+        .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(MAX_DECODE_BYTES))
+        .add_service(MaintenanceServer::new(api).max_decoding_message_size(MAX_DECODE_BYTES))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
