@@ -164,7 +164,9 @@ impl Store {
 
     async fn serve_peers(self: &Arc<Self>) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(self.config.peer_listen).await?;
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Nagle's algorithm would hold small replies back for tens of milliseconds.
+        let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
+            .map_err(|e| StoreError::Raft(e.to_string()))?;
         let service = RaftPeerServer::new(PeerService::new(self.clone()))
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);

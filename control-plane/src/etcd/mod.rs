@@ -76,9 +76,11 @@ pub async fn serve(
     store: Arc<Store>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let api = Api { store };
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Nagle's algorithm would hold small replies back for tens of milliseconds.
+    let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(KvServer::new(api.clone()).max_decoding_message_size(MAX_DECODE_BYTES))
@@ -87,5 +89,6 @@ pub async fn serve(
         .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(MAX_DECODE_BYTES))
         .add_service(MaintenanceServer::new(api).max_decoding_message_size(MAX_DECODE_BYTES))
         .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+        .await?;
+    Ok(())
 }

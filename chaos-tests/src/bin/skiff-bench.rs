@@ -1,0 +1,105 @@
+//! `skiff-bench`: load generators for any etcd v3 endpoint (Skiff or etcd),
+//! used by `deploy/bench-etcd` to run the same load against both.
+//!
+//! `skiff-bench read --endpoints a:2379,b:2379 --clients 64 --duration 10s`
+//! fills a small key space, then has each client issue linearizable reads
+//! (etcd's default) round-robin over the endpoints, and prints one line:
+//! `reads/s=<n> p99_ms=<n> max_ms=<n>`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use proto::etcd::kv_client::KvClient;
+use proto::etcd::{PutRequest, RangeRequest};
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Concurrent linearizable single-key reads.
+    Read {
+        #[arg(long)]
+        endpoints: String,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value = "10s")]
+        duration: String,
+        #[arg(long, default_value_t = 1000)]
+        keys: usize,
+        /// Serve reads from any member's applied state (etcd's --consistency=s).
+        #[arg(long)]
+        serializable: bool,
+    },
+}
+
+fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().with_context(|| format!("bad duration {s:?}"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" => Duration::from_secs(60 * n),
+        _ => anyhow::bail!("bad duration unit in {s:?}"),
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Read { endpoints, clients, duration, keys, serializable } => {
+            let duration = parse_duration(&duration)?;
+            let channels: Vec<Channel> = endpoints
+                .split(',')
+                .map(|e| {
+                    let url = if e.starts_with("http") { e.to_string() } else { format!("http://{e}") };
+                    Ok(Channel::from_shared(url)?.connect_lazy())
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let mut kv = KvClient::new(channels[0].clone());
+            for i in 0..keys {
+                let req = PutRequest { key: format!("/bench/read/{i}").into(), value: vec![b'v'; 256], ..Default::default() };
+                kv.put(req).await.context("filling the key space")?;
+            }
+            let deadline = Instant::now() + duration;
+            let started = Instant::now();
+            let mut tasks = Vec::new();
+            for c in 0..clients {
+                let mut kv = KvClient::new(channels[c % channels.len()].clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    let mut i = c;
+                    while Instant::now() < deadline {
+                        let req = RangeRequest { key: format!("/bench/read/{}", i % keys).into(), serializable, ..Default::default() };
+                        let t = Instant::now();
+                        if kv.range(req).await.is_ok() {
+                            lat.push(t.elapsed());
+                        }
+                        i += clients;
+                    }
+                    lat
+                }));
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await?);
+            }
+            let secs = started.elapsed().as_secs_f64();
+            all.sort();
+            let p99 = all.get(all.len() * 99 / 100).copied().unwrap_or_default();
+            let max = all.last().copied().unwrap_or_default();
+            println!(
+                "reads/s={:.0} p99_ms={:.2} max_ms={:.2}",
+                all.len() as f64 / secs,
+                p99.as_secs_f64() * 1e3,
+                max.as_secs_f64() * 1e3
+            );
+        }
+    }
+    Ok(())
+}
