@@ -81,7 +81,9 @@ fn parse_initial_cluster(s: &str) -> anyhow::Result<Vec<(String, String)>> {
     s.split(',')
         .filter(|p| !p.trim().is_empty())
         .map(|pair| {
-            let (name, url) = pair.split_once('=').with_context(|| format!("bad --initial-cluster entry {pair:?}"))?;
+            let (name, url) = pair
+                .split_once('=')
+                .with_context(|| format!("bad --initial-cluster entry {pair:?}"))?;
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 bail!("peer URL {url:?} must start with http:// or https://");
             }
@@ -100,12 +102,18 @@ impl Cli {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let initial = parse_initial_cluster(&args.initial_cluster)?;
-    let peer_url = match (&args.advertise_peer_url, initial.iter().find(|(n, _)| *n == args.name)) {
+    let peer_url = match (
+        &args.advertise_peer_url,
+        initial.iter().find(|(n, _)| *n == args.name),
+    ) {
         (Some(u), _) => u.clone(),
         (None, Some((_, u))) => u.clone(),
         (None, None) => format!("http://{}", args.listen_peer),
     };
-    let client_url = args.advertise_client_url.clone().unwrap_or_else(|| format!("http://{}", args.listen_client));
+    let client_url = args
+        .advertise_client_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", args.listen_client));
     let metrics = crate::metrics_http::install()?;
 
     let mut config = raft_store::Config::new(&args.name, args.data_dir.clone(), args.listen_peer);
@@ -113,8 +121,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     config.client_urls = vec![client_url];
     config.cluster_token = args.initial_cluster_token.clone();
     config.heartbeat = Duration::from_millis(args.heartbeat_ms);
-    config.election_timeout =
-        (Duration::from_millis(args.election_timeout_ms), Duration::from_millis(args.election_timeout_ms * 2));
+    config.election_timeout = (
+        Duration::from_millis(args.election_timeout_ms),
+        Duration::from_millis(args.election_timeout_ms * 2),
+    );
     config.snapshot_entries = args.snapshot_count;
     config.keep_entries = args.snapshot_catchup_entries;
     let client_listener = tokio::net::TcpListener::bind(args.listen_client)
@@ -132,18 +142,36 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let members: BTreeMap<_, _> = initial
             .iter()
             .map(|(name, url)| {
-                (member_id(url, &args.initial_cluster_token), Member { name: name.clone(), peer_url: url.clone() })
+                (
+                    member_id(url, &args.initial_cluster_token),
+                    Member {
+                        name: name.clone(),
+                        peer_url: url.clone(),
+                    },
+                )
             })
             .collect();
-        store.initialize(members).await.context("forming the cluster")?;
+        store
+            .initialize(members)
+            .await
+            .context("forming the cluster")?;
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let etcd = tokio::spawn(crate::etcd::serve(store.clone(), client_listener, stopped(stop_rx.clone())));
-    let http = tokio::spawn(crate::metrics_http::serve(metrics_listener, metrics, store.clone(), stopped(stop_rx)));
+    let etcd = tokio::spawn(crate::etcd::serve(
+        store.clone(),
+        client_listener,
+        stopped(stop_rx.clone()),
+    ));
+    let http = tokio::spawn(crate::metrics_http::serve(
+        metrics_listener,
+        metrics,
+        store.clone(),
+        stopped(stop_rx),
+    ));
     tracing::info!(
         name = %args.name,
         client = %args.listen_client,
@@ -159,7 +187,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let _ = etcd.await;
         let _ = http.await;
     };
-    if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
         tracing::warn!("servers did not drain within 5s");
     }
     store.shutdown().await;

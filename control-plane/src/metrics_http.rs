@@ -12,13 +12,18 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use raft_store::Store;
 
 /// Latency buckets (seconds) shared by every duration histogram.
-const SECONDS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+const SECONDS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
 
 pub fn install() -> anyhow::Result<PrometheusHandle> {
     PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
         .context("histogram buckets")?
-        .set_buckets_for_metric(Matcher::Suffix("_batch".into()), &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0])
+        .set_buckets_for_metric(
+            Matcher::Suffix("_batch".into()),
+            &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0],
+        )
         .context("histogram buckets")?
         .install_recorder()
         .context("installing the metrics recorder")
@@ -40,7 +45,9 @@ pub async fn serve(
         .route("/metrics", get(render))
         .route("/health", get(health))
         .with_state(AppState { metrics, store });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn render(State(s): State<AppState>) -> String {
@@ -54,6 +61,9 @@ async fn render(State(s): State<AppState>) -> String {
 async fn health(State(s): State<AppState>) -> (StatusCode, &'static str) {
     match s.store.current_leader() {
         Some(_) => (StatusCode::OK, "{\"health\":\"true\"}\n"),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "{\"health\":\"false\",\"reason\":\"no leader\"}\n"),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{\"health\":\"false\",\"reason\":\"no leader\"}\n",
+        ),
     }
 }

@@ -19,11 +19,18 @@ async fn kv_txn_compaction_and_json() {
     assert_eq!(ok(&eps, &["put", "/a/1", "one"]), "OK\n");
     assert_eq!(ok(&eps, &["put", "/a/2", "two"]), "OK\n");
     assert_eq!(ok(&eps, &["put", "/a/1", "uno"]), "OK\n");
-    assert_eq!(ok(&eps, &["get", "/a", "--prefix"]), "/a/1\nuno\n/a/2\ntwo\n");
+    assert_eq!(
+        ok(&eps, &["get", "/a", "--prefix"]),
+        "/a/1\nuno\n/a/2\ntwo\n"
+    );
     assert_eq!(ok(&eps, &["get", "/a/1", "--rev=1"]), "/a/1\none\n");
-    assert_eq!(ok(&eps, &["get", "/a", "--prefix", "--keys-only"]), "/a/1\n\n/a/2\n\n");
+    assert_eq!(
+        ok(&eps, &["get", "/a", "--prefix", "--keys-only"]),
+        "/a/1\n\n/a/2\n\n"
+    );
 
-    let json: serde_json::Value = serde_json::from_str(&ok(&eps, &["get", "/a/1", "-w", "json"])).expect("json");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&eps, &["get", "/a/1", "-w", "json"])).expect("json");
     assert_eq!(json["header"]["revision"], 3);
     let kv = &json["kvs"][0];
     assert_eq!(kv["create_revision"], 1);
@@ -51,7 +58,11 @@ async fn kv_txn_compaction_and_json() {
             .write_all(b"value(\"/a/1\") = \"uno\"\n\nput /a/3 three\n\nput /a/3 never\n\n")
             .expect("write");
         let o = child.wait_with_output().expect("txn");
-        (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
     };
     assert!(success, "txn: {err}");
     assert_eq!(out, "SUCCESS\n\nOK\n");
@@ -61,7 +72,10 @@ async fn kv_txn_compaction_and_json() {
     assert_eq!(ok(&eps, &["get", "/a", "--prefix"]), "");
     assert_eq!(ok(&eps, &["compaction", "3"]), "compacted revision 3\n");
     let (success, _, err) = etcdctl(&eps, &["get", "/a/1", "--rev=2"]);
-    assert!(!success && err.contains("required revision has been compacted"), "{err}");
+    assert!(
+        !success && err.contains("required revision has been compacted"),
+        "{err}"
+    );
     // Still readable at the compaction point.
     assert_eq!(ok(&eps, &["get", "/a/1", "--rev=3"]), "/a/1\nuno\n");
 }
@@ -74,7 +88,15 @@ async fn watch_from_revision_and_live() {
     ok(&eps, &["put", "/w/b", "2"]);
     ok(&eps, &["put", "/other", "x"]);
     let watcher = std::process::Command::new("timeout")
-        .args(["4", "etcdctl", &format!("--endpoints={eps}"), "watch", "/w", "--prefix", "--rev=1"])
+        .args([
+            "4",
+            "etcdctl",
+            &format!("--endpoints={eps}"),
+            "watch",
+            "/w",
+            "--prefix",
+            "--rev=1",
+        ])
         .env("ETCDCTL_API", "3")
         .env_remove("ETCDCTL_ENDPOINTS")
         .stdout(std::process::Stdio::piped())
@@ -85,7 +107,10 @@ async fn watch_from_revision_and_live() {
     ok(&eps, &["put", "/w/c", "3"]);
     let out = watcher.wait_with_output().expect("watch output");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(text, "PUT\n/w/a\n1\nPUT\n/w/b\n2\nDELETE\n/w/a\n\nPUT\n/w/c\n3\n");
+    assert_eq!(
+        text,
+        "PUT\n/w/a\n1\nPUT\n/w/b\n2\nDELETE\n/w/a\n\nPUT\n/w/c\n3\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,29 +119,53 @@ async fn leases() {
     let eps = c.endpoints();
     let granted = ok(&eps, &["lease", "grant", "3"]);
     // "lease 694d77aa9e38260f granted with TTL(3s)"
-    let id = granted.split_whitespace().nth(1).expect("lease id").to_string();
+    let id = granted
+        .split_whitespace()
+        .nth(1)
+        .expect("lease id")
+        .to_string();
     assert!(granted.ends_with("granted with TTL(3s)\n"), "{granted}");
     ok(&eps, &["put", "/leased", "v", &format!("--lease={id}")]);
     let ttl = ok(&eps, &["lease", "timetolive", &id, "--keys"]);
-    assert!(ttl.contains("granted with TTL(3s)") && ttl.contains("attached keys([/leased])"), "{ttl}");
+    assert!(
+        ttl.contains("granted with TTL(3s)") && ttl.contains("attached keys([/leased])"),
+        "{ttl}"
+    );
     assert!(ok(&eps, &["lease", "list"]).contains(&id));
     let ka = std::process::Command::new("timeout")
-        .args(["2", "etcdctl", &format!("--endpoints={eps}"), "lease", "keep-alive", &id])
+        .args([
+            "2",
+            "etcdctl",
+            &format!("--endpoints={eps}"),
+            "lease",
+            "keep-alive",
+            &id,
+        ])
         .env("ETCDCTL_API", "3")
         .env_remove("ETCDCTL_ENDPOINTS")
         .output()
         .expect("keep-alive");
     let ka = String::from_utf8_lossy(&ka.stdout);
-    assert!(ka.contains(&format!("lease {id} keepalived with TTL(3)")), "{ka}");
+    assert!(
+        ka.contains(&format!("lease {id} keepalived with TTL(3)")),
+        "{ka}"
+    );
     // Expiry is decided by the leader and removes the key.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(ok(&eps, &["get", "/leased"]), "");
     assert!(ok(&eps, &["lease", "timetolive", &id]).contains("already expired"));
 
     let second = ok(&eps, &["lease", "grant", "60"]);
-    let id2 = second.split_whitespace().nth(1).expect("lease id").to_string();
+    let id2 = second
+        .split_whitespace()
+        .nth(1)
+        .expect("lease id")
+        .to_string();
     ok(&eps, &["put", "/leased2", "v", &format!("--lease={id2}")]);
-    assert_eq!(ok(&eps, &["lease", "revoke", &id2]), format!("lease {id2} revoked\n"));
+    assert_eq!(
+        ok(&eps, &["lease", "revoke", &id2]),
+        format!("lease {id2} revoked\n")
+    );
     assert_eq!(ok(&eps, &["get", "/leased2"]), "");
 }
 
@@ -126,40 +175,84 @@ async fn members_status_and_health() {
     let eps = c.endpoints();
     let list = ok(&eps, &["member", "list"]);
     for m in &c.masters {
-        assert!(list.contains(&format!(", started, {}, http://{}:2380, http://{}:2379, false", m.name, m.ip, m.ip)), "{list}");
+        assert!(
+            list.contains(&format!(
+                ", started, {}, http://{}:2380, http://{}:2379, false",
+                m.name, m.ip, m.ip
+            )),
+            "{list}"
+        );
     }
     // etcdctl prints health results on stderr.
     let (healthy, out, err) = etcdctl(&eps, &["endpoint", "health"]);
     assert!(healthy, "{err}");
     let health = format!("{out}{err}");
-    assert_eq!(health.matches("is healthy: successfully committed proposal").count(), 3, "{health}");
-    let status: serde_json::Value = serde_json::from_str(&ok(&eps, &["endpoint", "status", "-w", "json"])).expect("json");
+    assert_eq!(
+        health
+            .matches("is healthy: successfully committed proposal")
+            .count(),
+        3,
+        "{health}"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&eps, &["endpoint", "status", "-w", "json"])).expect("json");
     let arr = status.as_array().expect("array");
     assert_eq!(arr.len(), 3);
     let leaders: Vec<_> = arr.iter().map(|s| s["Status"]["leader"].clone()).collect();
-    assert!(leaders.iter().all(|l| *l == leaders[0] && l.as_u64() != Some(0)), "{leaders:?}");
-    let is_leader = arr.iter().filter(|s| s["Status"]["header"]["member_id"] == s["Status"]["leader"]).count();
+    assert!(
+        leaders
+            .iter()
+            .all(|l| *l == leaders[0] && l.as_u64() != Some(0)),
+        "{leaders:?}"
+    );
+    let is_leader = arr
+        .iter()
+        .filter(|s| s["Status"]["header"]["member_id"] == s["Status"]["leader"])
+        .count();
     assert_eq!(is_leader, 1);
 
     // Add a fourth master, start it, and see it take part.
     let ip4 = format!("{}.4", c.masters[0].ip.rsplit_once('.').expect("ip").0);
-    let added = ok(&eps, &["member", "add", "m4", &format!("--peer-urls=http://{ip4}:2380")]);
+    let added = ok(
+        &eps,
+        &[
+            "member",
+            "add",
+            "m4",
+            &format!("--peer-urls=http://{ip4}:2380"),
+        ],
+    );
     assert!(added.contains("added to cluster"), "{added}");
     let m4 = c.add_master();
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let id4 = loop {
         let list = ok(&eps, &["member", "list", "-w", "json"]);
         let v: serde_json::Value = serde_json::from_str(&list).expect("json");
-        let found = v["members"].as_array().expect("members").iter().find(|m| m["name"] == "m4").cloned();
+        let found = v["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .find(|m| m["name"] == "m4")
+            .cloned();
         if let Some(m) = found {
             break m["ID"].as_u64().expect("id");
         }
-        assert!(std::time::Instant::now() < deadline, "m4 never published itself:\n{}", c.log(m4));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "m4 never published itself:\n{}",
+            c.log(m4)
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     let four = format!("{eps},{ip4}:2379");
     ok(&four, &["put", "/after-add", "yes"]);
-    assert_eq!(ok(&format!("{ip4}:2379"), &["get", "/after-add", "--print-value-only"]), "yes\n");
+    assert_eq!(
+        ok(
+            &format!("{ip4}:2379"),
+            &["get", "/after-add", "--print-value-only"]
+        ),
+        "yes\n"
+    );
 
     let removed = ok(&eps, &["member", "remove", &format!("{id4:x}")]);
     assert!(removed.contains("removed from cluster"), "{removed}");

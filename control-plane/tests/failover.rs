@@ -10,12 +10,18 @@ use common::{get, put, Cluster};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill_then_catch_up_through_snapshot() {
     // Snapshot every 50 entries so that the restarted master must be sent one.
-    let mut c = Cluster::start(3, &["--snapshot-count", "50", "--snapshot-catchup-entries", "10"]).await;
+    let mut c = Cluster::start(
+        3,
+        &["--snapshot-count", "50", "--snapshot-catchup-entries", "10"],
+    )
+    .await;
     let leader = c.wait_leader(Duration::from_secs(10)).await;
     let follower = (leader + 1) % 3;
     let mut kv = c.kv(follower).await;
     for i in 0..20 {
-        put(&mut kv, &format!("/before/{i}"), "v").await.expect("put before kill");
+        put(&mut kv, &format!("/before/{i}"), "v")
+            .await
+            .expect("put before kill");
     }
 
     c.kill(leader);
@@ -24,7 +30,9 @@ async fn leader_kill_then_catch_up_through_snapshot() {
     let mut kv = c.kv(new_leader).await;
     // Enough writes, one at a time (one log entry each), to pass several snapshots.
     for i in 0..300 {
-        put(&mut kv, &format!("/after/{i}"), &format!("{i}")).await.expect("put after kill");
+        put(&mut kv, &format!("/after/{i}"), &format!("{i}"))
+            .await
+            .expect("put after kill");
     }
 
     c.spawn(leader);
@@ -34,11 +42,18 @@ async fn leader_kill_then_catch_up_through_snapshot() {
         if get(&mut old, "/after/299").await.as_deref() == Some(b"299".as_slice()) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "restarted master did not catch up:\n{}", c.log(leader));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "restarted master did not catch up:\n{}",
+            c.log(leader)
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for i in 0..20 {
-        assert!(get(&mut old, &format!("/before/{i}")).await.is_some(), "/before/{i} survives");
+        assert!(
+            get(&mut old, &format!("/before/{i}")).await.is_some(),
+            "/before/{i} survives"
+        );
     }
     let metrics = reqwest_text(&c.metrics_url(leader)).await;
     assert!(
@@ -75,7 +90,11 @@ async fn kill_all_keeps_every_acknowledged_write() {
     for t in tasks {
         acked.extend(t.await.expect("writer"));
     }
-    assert!(acked.len() > 100, "writers made progress ({} acks)", acked.len());
+    assert!(
+        acked.len() > 100,
+        "writers made progress ({} acks)",
+        acked.len()
+    );
     for i in 0..3 {
         c.spawn(i);
     }
@@ -91,12 +110,26 @@ async fn kill_all_keeps_every_acknowledged_write() {
         .await
         .expect("range")
         .into_inner();
-    let present: std::collections::HashSet<Vec<u8>> = resp.kvs.into_iter().map(|kv| kv.key).collect();
-    let lost: Vec<&String> = acked.iter().filter(|k| !present.contains(k.as_bytes())).collect();
-    assert!(lost.is_empty(), "{} of {} acknowledged writes lost, e.g. {:?}", lost.len(), acked.len(), lost.first());
+    let present: std::collections::HashSet<Vec<u8>> =
+        resp.kvs.into_iter().map(|kv| kv.key).collect();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|k| !present.contains(k.as_bytes()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        lost.first()
+    );
 }
 
 async fn reqwest_text(url: &str) -> String {
-    let out = tokio::process::Command::new("curl").args(["-sf", url]).output().await.expect("curl");
+    let out = tokio::process::Command::new("curl")
+        .args(["-sf", url])
+        .output()
+        .await
+        .expect("curl");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

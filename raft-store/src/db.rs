@@ -29,7 +29,15 @@ pub const CF_LEASE_KEYS: &str = "lease_keys";
 pub const CF_MEMBERS: &str = "members";
 
 /// Column families that make up the state machine, and so the snapshot.
-pub const SM_FAMILIES: [&str; 7] = [CF_SM, CF_LATEST, CF_INDEX, CF_HISTORY, CF_LEASES, CF_LEASE_KEYS, CF_MEMBERS];
+pub const SM_FAMILIES: [&str; 7] = [
+    CF_SM,
+    CF_LATEST,
+    CF_INDEX,
+    CF_HISTORY,
+    CF_LEASES,
+    CF_LEASE_KEYS,
+    CF_MEMBERS,
+];
 
 pub const ALL_FAMILIES: [&str; 9] = [
     CF_LOGS,
@@ -71,7 +79,8 @@ pub fn open(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
 
 /// Handle of a column family created by [`open`].
 pub fn cf<'a>(db: &'a DB, name: &str) -> &'a ColumnFamily {
-    db.cf_handle(name).expect("every column family is created by db::open")
+    db.cf_handle(name)
+        .expect("every column family is created by db::open")
 }
 
 /// Approximate bytes on disk of the whole database.
@@ -79,12 +88,18 @@ pub fn size_on_disk(db: &DB) -> u64 {
     ALL_FAMILIES
         .iter()
         .filter_map(|name| {
-            db.property_int_value_cf(cf(db, name), "rocksdb.total-sst-files-size").ok().flatten()
+            db.property_int_value_cf(cf(db, name), "rocksdb.total-sst-files-size")
+                .ok()
+                .flatten()
         })
         .sum::<u64>()
         + ALL_FAMILIES
             .iter()
-            .filter_map(|name| db.property_int_value_cf(cf(db, name), "rocksdb.size-all-mem-tables").ok().flatten())
+            .filter_map(|name| {
+                db.property_int_value_cf(cf(db, name), "rocksdb.size-all-mem-tables")
+                    .ok()
+                    .flatten()
+            })
             .sum::<u64>()
 }
 

@@ -32,7 +32,10 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn corrupt(what: &'static str, e: impl std::fmt::Display) -> Self {
-        StoreError::Corrupt { what, detail: e.to_string() }
+        StoreError::Corrupt {
+            what,
+            detail: e.to_string(),
+        }
     }
 }
 

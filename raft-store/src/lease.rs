@@ -60,7 +60,13 @@ impl Lessor {
         let mut table = self.table();
         table.clear();
         for (id, rec) in leases {
-            table.insert(id, Deadline { ttl: rec.ttl, expires: now + Duration::from_secs(rec.ttl.max(0) as u64) });
+            table.insert(
+                id,
+                Deadline {
+                    ttl: rec.ttl,
+                    expires: now + Duration::from_secs(rec.ttl.max(0) as u64),
+                },
+            );
         }
     }
 
@@ -85,12 +91,19 @@ impl Lessor {
         let left = d.expires.saturating_duration_since(Instant::now());
         // Round up so that a fresh lease reports its full TTL, as etcd does.
         let remaining = (left.as_millis() as i64 + 999) / 1000;
-        Some(LeaseTtl { granted: d.ttl, remaining })
+        Some(LeaseTtl {
+            granted: d.ttl,
+            remaining,
+        })
     }
 
     /// Leases whose deadline has passed.
     pub fn expired(&self, now: Instant) -> Vec<i64> {
-        self.table().iter().filter(|(_, d)| d.expires <= now).map(|(id, _)| *id).collect()
+        self.table()
+            .iter()
+            .filter(|(_, d)| d.expires <= now)
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     pub fn ids(&self) -> Vec<i64> {
@@ -119,11 +132,19 @@ mod tests {
         l.granted(2, 60);
         assert_eq!(l.expired(Instant::now()), vec![1]);
         assert_eq!(l.renew(2), Some(60));
-        assert_eq!(l.ttl(2), Some(LeaseTtl { granted: 60, remaining: 60 }));
+        assert_eq!(
+            l.ttl(2),
+            Some(LeaseTtl {
+                granted: 60,
+                remaining: 60
+            })
+        );
         assert_eq!(l.renew(3), None);
         l.revoked(1);
         l.promote();
         assert_eq!(l.ids(), vec![2]);
-        assert!(l.expired(Instant::now() + Duration::from_secs(61)).contains(&2));
+        assert!(l
+            .expired(Instant::now() + Duration::from_secs(61))
+            .contains(&2));
     }
 }

@@ -7,8 +7,8 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::mpsc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -53,7 +53,11 @@ impl LogStore {
             .name("raft-log-sync".into())
             .spawn(move || sync_loop(flush_db, rx))
             .expect("spawning the log sync thread");
-        LogStore { db, committed: Arc::new(AtomicU64::new(0)), flusher: tx }
+        LogStore {
+            db,
+            committed: Arc::new(AtomicU64::new(0)),
+            flusher: tx,
+        }
     }
 
     /// The highest log index known to be committed.
@@ -61,14 +65,26 @@ impl LogStore {
         self.committed.load(Ordering::Acquire)
     }
 
-    fn get_meta<T: for<'de> serde::Deserialize<'de>>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
-        match self.db.get_cf(cf(&self.db, CF_RAFT), key).map_err(read_err)? {
+    fn get_meta<T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        match self
+            .db
+            .get_cf(cf(&self.db, CF_RAFT), key)
+            .map_err(read_err)?
+        {
             Some(v) => Ok(Some(codec::decode(&v).map_err(read_err)?)),
             None => Ok(None),
         }
     }
 
-    fn put_meta<T: serde::Serialize>(&self, key: &[u8], value: &T, sync: bool) -> Result<(), rocksdb::Error> {
+    fn put_meta<T: serde::Serialize>(
+        &self,
+        key: &[u8],
+        value: &T,
+        sync: bool,
+    ) -> Result<(), rocksdb::Error> {
         let mut batch = WriteBatch::default();
         batch.put_cf(cf(&self.db, CF_RAFT), key, codec::encode(value));
         if sync {
@@ -86,10 +102,14 @@ fn sync_loop(db: Arc<DB>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
         waiting.extend(rx.try_iter());
         let started = Instant::now();
         let result = db.flush_wal(true);
-        metrics::histogram!("skiff_store_wal_fsync_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("skiff_store_wal_fsync_seconds")
+            .record(started.elapsed().as_secs_f64());
         metrics::histogram!("skiff_store_wal_fsync_batch").record(waiting.len() as f64);
         for cb in waiting {
-            let r = result.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
+            let r = result
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| std::io::Error::other(e.to_string()));
             cb.log_io_completed(r);
         }
     }
@@ -133,7 +153,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             None => None,
         };
         it.status().map_err(read_err)?;
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last.or(last_purged) })
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last.or(last_purged),
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -154,14 +177,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let index = committed.map(|l| l.index).unwrap_or(0);
         self.committed.store(index, Ordering::Release);
         metrics::gauge!("skiff_raft_commit_index").set(index as f64);
-        self.put_meta(KEY_COMMITTED, &committed, false).map_err(write_err)
+        self.put_meta(KEY_COMMITTED, &committed, false)
+            .map_err(write_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -170,28 +198,44 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         let logs = cf(&self.db, CF_LOGS);
         for entry in entries {
-            batch.put_cf(logs, codec::u64_key(entry.log_id.index), codec::encode(&entry));
+            batch.put_cf(
+                logs,
+                codec::u64_key(entry.log_id.index),
+                codec::encode(&entry),
+            );
         }
         // Readable now; durable once the sync thread has flushed the WAL,
         // which is when openraft is told (through `callback`).
         self.db.write(batch).map_err(write_err)?;
-        metrics::histogram!("skiff_store_log_append_seconds").record(started.elapsed().as_secs_f64());
-        self.flusher.send(callback).map_err(|_| write_err("log sync thread stopped"))?;
+        metrics::histogram!("skiff_store_log_append_seconds")
+            .record(started.elapsed().as_secs_f64());
+        self.flusher
+            .send(callback)
+            .map_err(|_| write_err("log sync thread stopped"))?;
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Ordered before any later append in the WAL, so synced with it.
         self.db
-            .delete_range_cf(cf(&self.db, CF_LOGS), codec::u64_key(log_id.index), codec::u64_key(u64::MAX))
+            .delete_range_cf(
+                cf(&self.db, CF_LOGS),
+                codec::u64_key(log_id.index),
+                codec::u64_key(u64::MAX),
+            )
             .map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // The snapshot covering these entries is already synced to its file.
-        self.put_meta(KEY_PURGED, &log_id, false).map_err(write_err)?;
+        self.put_meta(KEY_PURGED, &log_id, false)
+            .map_err(write_err)?;
         self.db
-            .delete_range_cf(cf(&self.db, CF_LOGS), codec::u64_key(0), codec::u64_key(log_id.index + 1))
+            .delete_range_cf(
+                cf(&self.db, CF_LOGS),
+                codec::u64_key(0),
+                codec::u64_key(log_id.index + 1),
+            )
             .map_err(write_err)
     }
 }

@@ -155,7 +155,16 @@ impl Store {
             .map_err(|e| StoreError::Raft(e.to_string()))?;
         let (shutdown, _) = watch::channel(false);
         let proposer = Proposer::start(raft.clone());
-        let store = Arc::new(Store { id, config, raft, shared, peers, log, proposer, shutdown });
+        let store = Arc::new(Store {
+            id,
+            config,
+            raft,
+            shared,
+            peers,
+            log,
+            proposer,
+            shutdown,
+        });
         store.serve_peers().await?;
         jobs::spawn_all(&store);
         tracing::info!(id = format_args!("{id:x}"), name = %store.config.name, peer = %store.config.peer_url, "store started");
@@ -282,8 +291,13 @@ impl Store {
         let mut metrics = self.raft.metrics();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while self.revision() < revision {
-            if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
-                return Err(StoreError::Raft("timed out waiting for the local apply".into()));
+            if tokio::time::timeout_at(deadline, metrics.changed())
+                .await
+                .is_err()
+            {
+                return Err(StoreError::Raft(
+                    "timed out waiting for the local apply".into(),
+                ));
             }
         }
         Ok(())
@@ -294,7 +308,11 @@ impl Store {
         match fwd {
             Forwarded::Write(cmd) => Ok(Reply::Write(self.proposer.propose(cmd).await?)),
             Forwarded::ReadIndex => {
-                let (read, _) = self.raft.get_read_log_id().await.map_err(|_| StoreError::NoLeader)?;
+                let (read, _) = self
+                    .raft
+                    .get_read_log_id()
+                    .await
+                    .map_err(|_| StoreError::NoLeader)?;
                 Ok(Reply::ReadIndex(read.map(|l| l.index).unwrap_or(0)))
             }
             Forwarded::LeaseKeepAlive(id) => {
@@ -303,12 +321,20 @@ impl Store {
             }
             Forwarded::LeaseTimeToLive(id) => {
                 self.ensure_leader()?;
-                Ok(self.shared.leases.ttl(id).map(Reply::from).unwrap_or(Reply::LeaseTimeToLive(None)))
+                Ok(self
+                    .shared
+                    .leases
+                    .ttl(id)
+                    .map(Reply::from)
+                    .unwrap_or(Reply::LeaseTimeToLive(None)))
             }
-            Forwarded::AddMember { peer_url, learner } => self.add_member_as_leader(peer_url, learner).await,
+            Forwarded::AddMember { peer_url, learner } => {
+                self.add_member_as_leader(peer_url, learner).await
+            }
             Forwarded::RemoveMember(id) => self.remove_member_as_leader(id).await,
             Forwarded::PromoteMember(id) => {
-                self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await?;
+                self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
+                    .await?;
                 Ok(Reply::Done)
             }
         }
@@ -346,7 +372,11 @@ impl Store {
     }
 
     /// Range over the store; returns the response and the revision it was read at.
-    pub async fn range(&self, req: &RangeRequest, serializable: bool) -> Result<(RangeResponse, i64)> {
+    pub async fn range(
+        &self,
+        req: &RangeRequest,
+        serializable: bool,
+    ) -> Result<(RangeResponse, i64)> {
         if !serializable {
             self.read_barrier().await?;
         }
@@ -357,7 +387,11 @@ impl Store {
 
     /// Evaluate a transaction with no writes against local state (after a
     /// read barrier unless `serializable`); returns (succeeded, results, revision).
-    pub async fn txn_read(&self, t: &TxnRequest, serializable: bool) -> Result<(bool, Vec<OpResult>, i64)> {
+    pub async fn txn_read(
+        &self,
+        t: &TxnRequest,
+        serializable: bool,
+    ) -> Result<(bool, Vec<OpResult>, i64)> {
         if !serializable {
             self.read_barrier().await?;
         }
@@ -384,7 +418,9 @@ impl Store {
 
     pub async fn lease_time_to_live(&self, id: i64) -> Result<Option<LeaseTtl>> {
         match self.to_leader(Forwarded::LeaseTimeToLive(id)).await? {
-            Reply::LeaseTimeToLive(t) => Ok(t.map(|(granted, remaining)| LeaseTtl { granted, remaining })),
+            Reply::LeaseTimeToLive(t) => {
+                Ok(t.map(|(granted, remaining)| LeaseTtl { granted, remaining }))
+            }
             other => Err(StoreError::Raft(format!("unexpected reply {other:?}"))),
         }
     }
@@ -418,7 +454,11 @@ impl Store {
                 let a = attrs.get(id).cloned().unwrap_or_default();
                 MemberInfo {
                     id: *id,
-                    name: if a.name.is_empty() { node.name.clone() } else { a.name },
+                    name: if a.name.is_empty() {
+                        node.name.clone()
+                    } else {
+                        a.name
+                    },
                     peer_urls: vec![node.peer_url.clone()],
                     client_urls: a.client_urls,
                     is_learner: !voters.contains(id),
@@ -431,59 +471,93 @@ impl Store {
     /// unless `learner` is asked for. The new master is started afterwards with
     /// `--initial-cluster-state existing`.
     pub async fn add_member(&self, peer_url: String, learner: bool) -> Result<NodeId> {
-        match self.to_leader(Forwarded::AddMember { peer_url, learner }).await? {
+        match self
+            .to_leader(Forwarded::AddMember { peer_url, learner })
+            .await?
+        {
             Reply::Member(id) => Ok(id),
             other => Err(StoreError::Raft(format!("unexpected reply {other:?}"))),
         }
     }
 
     pub async fn remove_member(&self, id: NodeId) -> Result<()> {
-        self.to_leader(Forwarded::RemoveMember(id)).await.map(|_| ())
+        self.to_leader(Forwarded::RemoveMember(id))
+            .await
+            .map(|_| ())
     }
 
     pub async fn promote_member(&self, id: NodeId) -> Result<()> {
-        self.to_leader(Forwarded::PromoteMember(id)).await.map(|_| ())
+        self.to_leader(Forwarded::PromoteMember(id))
+            .await
+            .map(|_| ())
     }
 
     async fn add_member_as_leader(&self, peer_url: String, learner: bool) -> Result<Reply> {
         let id = member_id(&peer_url, &self.config.cluster_token);
-        if self.members().iter().any(|m| m.id == id || m.peer_urls.contains(&peer_url)) {
+        if self
+            .members()
+            .iter()
+            .any(|m| m.id == id || m.peer_urls.contains(&peer_url))
+        {
             return Err(StoreError::Invalid("peerURL exists".into()));
         }
-        let node = Member { name: String::new(), peer_url };
-        self.raft.add_learner(id, node, false).await.map_err(|e| StoreError::Raft(e.to_string()))?;
+        let node = Member {
+            name: String::new(),
+            peer_url,
+        };
+        self.raft
+            .add_learner(id, node, false)
+            .await
+            .map_err(|e| StoreError::Raft(e.to_string()))?;
         if !learner {
-            self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await?;
+            self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
+                .await?;
         }
         Ok(Reply::Member(id))
     }
 
     async fn remove_member_as_leader(&self, id: NodeId) -> Result<Reply> {
-        let member = self.members().into_iter().find(|m| m.id == id).ok_or(StoreError::MemberNotFound(id))?;
+        let member = self
+            .members()
+            .into_iter()
+            .find(|m| m.id == id)
+            .ok_or(StoreError::MemberNotFound(id))?;
         if member.is_learner {
-            self.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await?;
+            self.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])))
+                .await?;
         } else {
-            self.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id]))).await?;
+            self.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
+                .await?;
         }
         Ok(Reply::Done)
     }
 
     async fn change_membership(&self, change: ChangeMembers<NodeId, Member>) -> Result<()> {
-        self.raft.change_membership(change, false).await.map_err(|e| match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => StoreError::NoLeader,
-            other => StoreError::Raft(other.to_string()),
-        })?;
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| match e {
+                RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => StoreError::NoLeader,
+                other => StoreError::Raft(other.to_string()),
+            })?;
         Ok(())
     }
 
     pub fn status(&self) -> Result<Status> {
         let m = self.raft.metrics().borrow().clone();
-        let is_learner = !m.membership_config.membership().voter_ids().any(|v| v == self.id);
+        let is_learner = !m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == self.id);
         Ok(Status {
             id: self.id,
             leader: m.current_leader,
             term: m.current_term,
-            commit_index: self.log.committed_index().max(m.last_applied.map(|l| l.index).unwrap_or(0)),
+            commit_index: self
+                .log
+                .committed_index()
+                .max(m.last_applied.map(|l| l.index).unwrap_or(0)),
             applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
             revision: self.revision(),
             db_size: db::size_on_disk(&self.shared.db),

@@ -38,7 +38,10 @@ impl Proposer {
     /// Propose `cmd` (this master must be the leader) and wait for its result.
     pub async fn propose(&self, cmd: Command) -> Result<Response> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Pending { cmd, reply }).await.map_err(|_| StoreError::Stopped)?;
+        self.tx
+            .send(Pending { cmd, reply })
+            .await
+            .map_err(|_| StoreError::Stopped)?;
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 }
@@ -46,7 +49,9 @@ impl Proposer {
 async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let Some(first) = rx.recv().await else { return };
         let mut bytes = first.cmd.approx_size();
         let mut batch = vec![first];
@@ -60,8 +65,13 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
             }
         }
         metrics::histogram!("skiff_store_proposal_batch").record(batch.len() as f64);
-        let (mut cmds, replies): (Vec<Command>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
-        let cmd = if cmds.len() == 1 { cmds.remove(0) } else { Command::Batch(cmds) };
+        let (mut cmds, replies): (Vec<Command>, Vec<_>) =
+            batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+        let cmd = if cmds.len() == 1 {
+            cmds.remove(0)
+        } else {
+            Command::Batch(cmds)
+        };
         match raft.client_write_ff(cmd).await {
             Ok(pending) => {
                 tokio::spawn(async move {
@@ -84,7 +94,10 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
 
 fn deliver(result: Result<Response>, mut replies: Vec<oneshot::Sender<Result<Response>>>) {
     match result {
-        Ok(Response { outcome: Ok(Outcome::Batch(results)), .. }) if replies.len() > 1 => {
+        Ok(Response {
+            outcome: Ok(Outcome::Batch(results)),
+            ..
+        }) if replies.len() > 1 => {
             for (reply, r) in replies.into_iter().zip(results) {
                 let _ = reply.send(Ok(r));
             }
@@ -94,14 +107,20 @@ fn deliver(result: Result<Response>, mut replies: Vec<oneshot::Sender<Result<Res
         }
         Ok(other) => {
             for reply in replies {
-                let _ = reply.send(Err(StoreError::Raft(format!("unexpected batch result {other:?}"))));
+                let _ = reply.send(Err(StoreError::Raft(format!(
+                    "unexpected batch result {other:?}"
+                ))));
             }
         }
         Err(e) => {
             let msg = e.to_string();
             let no_leader = matches!(e, StoreError::NoLeader);
             for reply in replies {
-                let err = if no_leader { StoreError::NoLeader } else { StoreError::Raft(msg.clone()) };
+                let err = if no_leader {
+                    StoreError::NoLeader
+                } else {
+                    StoreError::Raft(msg.clone())
+                };
                 let _ = reply.send(Err(err));
             }
         }

@@ -49,14 +49,18 @@ impl Builder {
 
     pub async fn build(&mut self) -> Result<Snapshot> {
         let shared = self.shared.clone();
-        let meta = tokio::task::spawn_blocking(move || checkpoint(&shared.db, &shared.snapshot_dir))
-            .await
-            .map_err(|e| StoreError::Raft(e.to_string()))??;
+        let meta =
+            tokio::task::spawn_blocking(move || checkpoint(&shared.db, &shared.snapshot_dir))
+                .await
+                .map_err(|e| StoreError::Raft(e.to_string()))??;
         metrics::counter!("skiff_store_snapshots_total").increment(1);
         // openraft keeps only the metadata of a snapshot it asked us to build;
         // the data is produced by `current` when a follower needs it.
         let placeholder = tokio::fs::File::open(self.shared.snapshot_dir.join(META)).await?;
-        Ok(Snapshot { meta, snapshot: Box::new(placeholder) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(placeholder),
+        })
     }
 }
 
@@ -79,12 +83,19 @@ fn checkpoint(db: &DB, dir: &Path) -> Result<SnapshotMeta> {
             Some(v) => codec::decode(&v).map_err(|e| StoreError::corrupt("sm meta", e))?,
             None => StoredMembership::default(),
         };
-        let millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
         let snapshot_id = match applied {
             Some(l) => format!("{}-{}-{millis}", l.leader_id.term, l.index),
             None => format!("0-0-{millis}"),
         };
-        SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id }
+        SnapshotMeta {
+            last_log_id: applied,
+            last_membership: membership,
+            snapshot_id,
+        }
     };
     let current = dir.join(CHECKPOINT);
     if current.exists() {
@@ -97,7 +108,12 @@ fn checkpoint(db: &DB, dir: &Path) -> Result<SnapshotMeta> {
 
 fn open_read_only(path: &Path) -> Result<DB> {
     let opts = rocksdb::Options::default();
-    Ok(DB::open_cf_for_read_only(&opts, path, crate::db::ALL_FAMILIES, false)?)
+    Ok(DB::open_cf_for_read_only(
+        &opts,
+        path,
+        crate::db::ALL_FAMILIES,
+        false,
+    )?)
 }
 
 /// Dump the state-machine families of `db` into `path`.
@@ -125,7 +141,10 @@ fn dump(db: &DB, path: &Path) -> Result<()> {
 
 /// Make sure `snapshot.data` holds the snapshot `id`, dumping the checkpoint if needed.
 fn ensure_data(dir: &Path, id: &str) -> Result<()> {
-    if fs::read_to_string(dir.join(DATA_ID)).map(|s| s == id).unwrap_or(false) {
+    if fs::read_to_string(dir.join(DATA_ID))
+        .map(|s| s == id)
+        .unwrap_or(false)
+    {
         return Ok(());
     }
     let tmp = dir.join(format!("{DATA}.tmp"));
@@ -158,11 +177,17 @@ pub async fn current(dir: &Path) -> Result<Option<Snapshot>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let meta: SnapshotMeta = codec::decode(&bytes).map_err(|e| StoreError::corrupt("snapshot meta", e))?;
+    let meta: SnapshotMeta =
+        codec::decode(&bytes).map_err(|e| StoreError::corrupt("snapshot meta", e))?;
     let (d, id) = (dir.to_path_buf(), meta.snapshot_id.clone());
-    tokio::task::spawn_blocking(move || ensure_data(&d, &id)).await.map_err(|e| StoreError::Raft(e.to_string()))??;
+    tokio::task::spawn_blocking(move || ensure_data(&d, &id))
+        .await
+        .map_err(|e| StoreError::Raft(e.to_string()))??;
     let file = tokio::fs::File::open(dir.join(DATA)).await?;
-    Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
+    Ok(Some(Snapshot {
+        meta,
+        snapshot: Box::new(file),
+    }))
 }
 
 pub async fn begin_receiving(dir: &Path) -> Result<Box<tokio::fs::File>> {
@@ -178,7 +203,11 @@ pub async fn begin_receiving(dir: &Path) -> Result<Box<tokio::fs::File>> {
 }
 
 /// Make a received snapshot the current one and load it into RocksDB.
-pub async fn install(shared: &Arc<Shared>, meta: &SnapshotMeta, mut data: tokio::fs::File) -> Result<()> {
+pub async fn install(
+    shared: &Arc<Shared>,
+    meta: &SnapshotMeta,
+    mut data: tokio::fs::File,
+) -> Result<()> {
     data.flush().await?;
     data.sync_all().await?;
     drop(data);
@@ -245,7 +274,10 @@ fn read_chunk(r: &mut impl Read) -> Result<Vec<u8>> {
     r.read_exact(&mut len)?;
     let len = u32::from_be_bytes(len) as usize;
     if len > 64 << 20 {
-        return Err(StoreError::corrupt("snapshot", format!("record of {len} bytes")));
+        return Err(StoreError::corrupt(
+            "snapshot",
+            format!("record of {len} bytes"),
+        ));
     }
     let mut buf = vec![0; len];
     r.read_exact(&mut buf)?;

@@ -21,8 +21,8 @@ use crate::mvcc::read::View;
 use crate::mvcc::write::Writer;
 use crate::snapshot;
 use crate::types::{
-    ApplyError, Command, Entry, LogId, NodeId, Outcome, Response, Snapshot, SnapshotMeta, StorageError,
-    StoredMembership, TypeConfig,
+    ApplyError, Command, Entry, LogId, NodeId, Outcome, Response, Snapshot, SnapshotMeta,
+    StorageError, StoredMembership, TypeConfig,
 };
 use crate::watch::{RevisionBatch, WatchHub};
 
@@ -69,33 +69,57 @@ impl Shared {
         self.revision.store(view.revision()?, Ordering::Release);
         self.compacted.store(view.compacted()?, Ordering::Release);
         let applied: Option<LogId> = read_meta(&self.db, meta::APPLIED)?;
-        self.applied_index.store(applied.map(|l| l.index).unwrap_or(0), Ordering::Release);
+        self.applied_index
+            .store(applied.map(|l| l.index).unwrap_or(0), Ordering::Release);
         let mut leases = Vec::new();
-        for item in self.db.iterator_cf(cf(&self.db, CF_LEASES), rocksdb::IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(cf(&self.db, CF_LEASES), rocksdb::IteratorMode::Start)
+        {
             let (k, v) = item?;
-            let id = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::corrupt("leases", "bad key"))?);
-            let rec: LeaseRecord = codec::decode(&v).map_err(|e| StoreError::corrupt("leases", e))?;
+            let id = u64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::corrupt("leases", "bad key"))?,
+            );
+            let rec: LeaseRecord =
+                codec::decode(&v).map_err(|e| StoreError::corrupt("leases", e))?;
             leases.push((id as i64, rec));
         }
         self.leases.reset(leases);
         let mut members = BTreeMap::new();
-        for item in self.db.iterator_cf(cf(&self.db, CF_MEMBERS), rocksdb::IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(cf(&self.db, CF_MEMBERS), rocksdb::IteratorMode::Start)
+        {
             let (k, v) = item?;
-            let id = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::corrupt("members", "bad key"))?);
-            members.insert(id, codec::decode(&v).map_err(|e| StoreError::corrupt("members", e))?);
+            let id = u64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::corrupt("members", "bad key"))?,
+            );
+            members.insert(
+                id,
+                codec::decode(&v).map_err(|e| StoreError::corrupt("members", e))?,
+            );
         }
         *self.members.lock().unwrap_or_else(|p| p.into_inner()) = members;
         Ok(())
     }
 
     pub fn member_attrs(&self) -> BTreeMap<NodeId, MemberAttrs> {
-        self.members.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
 pub fn read_meta<T: for<'de> Deserialize<'de>>(db: &DB, key: &[u8]) -> Result<Option<T>> {
     match db.get_cf(cf(db, CF_SM), key)? {
-        Some(v) => Ok(Some(codec::decode(&v).map_err(|e| StoreError::corrupt("sm meta", e))?)),
+        Some(v) => Ok(Some(
+            codec::decode(&v).map_err(|e| StoreError::corrupt("sm meta", e))?,
+        )),
         None => Ok(None),
     }
 }
@@ -115,7 +139,9 @@ impl StateMachine {
     fn apply_entry(&self, entry: &Entry) -> Result<Response> {
         let db = &*self.shared.db;
         let log_id = entry.log_id;
-        let finish = |b: &mut WriteBatch| b.put_cf(cf(db, CF_SM), meta::APPLIED, codec::encode(&Some(log_id)));
+        let finish = |b: &mut WriteBatch| {
+            b.put_cf(cf(db, CF_SM), meta::APPLIED, codec::encode(&Some(log_id)))
+        };
         match &entry.payload {
             EntryPayload::Blank => self.apply_command(None, finish),
             EntryPayload::Membership(m) => {
@@ -135,20 +161,30 @@ impl StateMachine {
                 for (i, cmd) in cmds.iter().enumerate() {
                     if i < skip {
                         // Applied before a crash; nobody is waiting for its result.
-                        responses.push(Response { revision: self.shared.revision.load(Ordering::Acquire), outcome: Ok(Outcome::None) });
+                        responses.push(Response {
+                            revision: self.shared.revision.load(Ordering::Acquire),
+                            outcome: Ok(Outcome::None),
+                        });
                         continue;
                     }
                     let resp = if i + 1 == cmds.len() {
                         self.apply_command(Some(cmd), finish)?
                     } else {
                         self.apply_command(Some(cmd), |b| {
-                            b.put_cf(cf(db, CF_SM), meta::CURSOR, codec::encode(&(log_id.index, i + 1)))
+                            b.put_cf(
+                                cf(db, CF_SM),
+                                meta::CURSOR,
+                                codec::encode(&(log_id.index, i + 1)),
+                            )
                         })?
                     };
                     responses.push(resp);
                 }
                 let revision = self.shared.revision.load(Ordering::Acquire);
-                Ok(Response { revision, outcome: Ok(Outcome::Batch(responses)) })
+                Ok(Response {
+                    revision,
+                    outcome: Ok(Outcome::Batch(responses)),
+                })
             }
             EntryPayload::Normal(cmd) => self.apply_command(Some(cmd), finish),
         }
@@ -156,7 +192,11 @@ impl StateMachine {
 
     /// Apply one command (or none) in one write batch, then update the
     /// in-memory mirrors and publish the revision's events.
-    fn apply_command(&self, cmd: Option<&Command>, finish: impl FnOnce(&mut WriteBatch)) -> Result<Response> {
+    fn apply_command(
+        &self,
+        cmd: Option<&Command>,
+        finish: impl FnOnce(&mut WriteBatch),
+    ) -> Result<Response> {
         let db = &*self.shared.db;
         let view = View::new(db);
         let base = view.revision()?;
@@ -209,7 +249,9 @@ impl StateMachine {
         let db = &*self.shared.db;
         match cmd {
             Command::Txn(t) => match w.txn(t)? {
-                crate::mvcc::OpResult::Txn { succeeded, results } => Ok(Outcome::Txn { succeeded, results }),
+                crate::mvcc::OpResult::Txn { succeeded, results } => {
+                    Ok(Outcome::Txn { succeeded, results })
+                }
                 _ => Err(StoreError::Invalid("txn returned a non-txn result".into())),
             },
             Command::Compact { revision } => {
@@ -220,28 +262,56 @@ impl StateMachine {
                 if *revision > current {
                     return Err(ApplyError::FutureRevision.into());
                 }
-                w_batch_put(w, cf(db, CF_SM), meta::COMPACTED, revision.to_be_bytes().to_vec());
+                w_batch_put(
+                    w,
+                    cf(db, CF_SM),
+                    meta::COMPACTED,
+                    revision.to_be_bytes().to_vec(),
+                );
                 Ok(Outcome::Compacted)
             }
             Command::LeaseGrant { id, ttl } => {
-                if db.get_cf(cf(db, CF_LEASES), codec::u64_key(*id as u64))?.is_some() {
+                if db
+                    .get_cf(cf(db, CF_LEASES), codec::u64_key(*id as u64))?
+                    .is_some()
+                {
                     return Err(ApplyError::LeaseExists.into());
                 }
                 let ttl = (*ttl).max(MIN_TTL);
-                w_batch_put(w, cf(db, CF_LEASES), &codec::u64_key(*id as u64), codec::encode(&LeaseRecord { ttl }));
+                w_batch_put(
+                    w,
+                    cf(db, CF_LEASES),
+                    &codec::u64_key(*id as u64),
+                    codec::encode(&LeaseRecord { ttl }),
+                );
                 Ok(Outcome::LeaseGranted { id: *id, ttl })
             }
             Command::LeaseRevoke { id } => {
-                if db.get_cf(cf(db, CF_LEASES), codec::u64_key(*id as u64))?.is_none() {
+                if db
+                    .get_cf(cf(db, CF_LEASES), codec::u64_key(*id as u64))?
+                    .is_none()
+                {
                     return Err(ApplyError::LeaseNotFound.into());
                 }
                 w.revoke_lease(*id)?;
                 Ok(Outcome::LeaseRevoked)
             }
             Command::Batch(_) => Err(StoreError::Invalid("nested command batch".into())),
-            Command::Publish { id, name, client_urls } => {
-                let attrs = MemberAttrs { name: name.clone(), client_urls: client_urls.clone() };
-                w_batch_put(w, cf(db, CF_MEMBERS), &codec::u64_key(*id), codec::encode(&attrs));
+            Command::Publish {
+                id,
+                name,
+                client_urls,
+            } => {
+                let attrs = MemberAttrs {
+                    name: name.clone(),
+                    client_urls: client_urls.clone(),
+                };
+                w_batch_put(
+                    w,
+                    cf(db, CF_MEMBERS),
+                    &codec::u64_key(*id),
+                    codec::encode(&attrs),
+                );
                 Ok(Outcome::Published)
             }
         }
@@ -251,12 +321,27 @@ impl StateMachine {
     fn after_apply(&self, cmd: &Command) {
         {
             match cmd {
-                Command::Compact { revision } => self.shared.compacted.store(*revision, Ordering::Release),
-                Command::LeaseGrant { id, ttl } => self.shared.leases.granted(*id, (*ttl).max(MIN_TTL)),
+                Command::Compact { revision } => {
+                    self.shared.compacted.store(*revision, Ordering::Release)
+                }
+                Command::LeaseGrant { id, ttl } => {
+                    self.shared.leases.granted(*id, (*ttl).max(MIN_TTL))
+                }
                 Command::LeaseRevoke { id } => self.shared.leases.revoked(*id),
-                Command::Publish { id, name, client_urls } => {
-                    let attrs = MemberAttrs { name: name.clone(), client_urls: client_urls.clone() };
-                    self.shared.members.lock().unwrap_or_else(|p| p.into_inner()).insert(*id, attrs);
+                Command::Publish {
+                    id,
+                    name,
+                    client_urls,
+                } => {
+                    let attrs = MemberAttrs {
+                        name: name.clone(),
+                        client_urls: client_urls.clone(),
+                    };
+                    self.shared
+                        .members
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(*id, attrs);
                 }
                 Command::Txn(_) | Command::Batch(_) => {}
             }
@@ -278,7 +363,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         let db = &*self.shared.db;
         let applied: Option<Option<LogId>> = read_meta(db, meta::APPLIED).map_err(io_err)?;
-        let membership: Option<StoredMembership> = read_meta(db, meta::MEMBERSHIP).map_err(io_err)?;
+        let membership: Option<StoredMembership> =
+            read_meta(db, meta::MEMBERSHIP).map_err(io_err)?;
         Ok((applied.flatten(), membership.unwrap_or_default()))
     }
 
@@ -291,8 +377,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for entry in entries {
             let started = Instant::now();
             let resp = self.apply_entry(&entry).map_err(io_err)?;
-            self.shared.applied_index.store(entry.log_id.index, Ordering::Release);
-            metrics::histogram!("skiff_store_apply_seconds").record(started.elapsed().as_secs_f64());
+            self.shared
+                .applied_index
+                .store(entry.log_id.index, Ordering::Release);
+            metrics::histogram!("skiff_store_apply_seconds")
+                .record(started.elapsed().as_secs_f64());
             out.push(resp);
         }
         Ok(out)
@@ -303,17 +392,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        snapshot::begin_receiving(&self.shared.snapshot_dir).await.map_err(io_err)
+        snapshot::begin_receiving(&self.shared.snapshot_dir)
+            .await
+            .map_err(io_err)
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: Box<tokio::fs::File>) -> Result<(), StorageError> {
-        snapshot::install(&self.shared, meta, *data).await.map_err(io_err)?;
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        snapshot::install(&self.shared, meta, *data)
+            .await
+            .map_err(io_err)?;
         self.shared.reload().map_err(io_err)?;
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        snapshot::current(&self.shared.snapshot_dir).await.map_err(io_err)
+        snapshot::current(&self.shared.snapshot_dir)
+            .await
+            .map_err(io_err)
     }
 }
 

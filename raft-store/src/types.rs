@@ -50,9 +50,16 @@ pub enum Command {
     /// Put, DeleteRange and Txn all travel as a transaction.
     Txn(TxnRequest),
     /// Forget history older than `revision`.
-    Compact { revision: i64 },
-    LeaseGrant { id: i64, ttl: i64 },
-    LeaseRevoke { id: i64 },
+    Compact {
+        revision: i64,
+    },
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    LeaseRevoke {
+        id: i64,
+    },
     /// Several commands proposed together (one log entry, one fsync); each
     /// is applied as if proposed alone, in order.
     Batch(Vec<Command>),
@@ -67,7 +74,13 @@ pub enum Command {
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Command::Txn(t) => write!(f, "txn({} compares, {}/{} ops)", t.compare.len(), t.success.len(), t.failure.len()),
+            Command::Txn(t) => write!(
+                f,
+                "txn({} compares, {}/{} ops)",
+                t.compare.len(),
+                t.success.len(),
+                t.failure.len()
+            ),
             Command::Compact { revision } => write!(f, "compact({revision})"),
             Command::LeaseGrant { id, ttl } => write!(f, "lease-grant({id:x}, {ttl}s)"),
             Command::LeaseRevoke { id } => write!(f, "lease-revoke({id:x})"),
@@ -87,9 +100,15 @@ pub struct Response {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Outcome {
-    Txn { succeeded: bool, results: Vec<OpResult> },
+    Txn {
+        succeeded: bool,
+        results: Vec<OpResult>,
+    },
     Compacted,
-    LeaseGranted { id: i64, ttl: i64 },
+    LeaseGranted {
+        id: i64,
+        ttl: i64,
+    },
     LeaseRevoked,
     Published,
     /// One result per command of a [`Command::Batch`], in order.
@@ -125,4 +144,3 @@ pub enum ApplyError {
     #[error("key not found")]
     KeyNotFound,
 }
-

@@ -35,7 +35,9 @@ pub struct WatchHub {
 
 impl Default for WatchHub {
     fn default() -> Self {
-        WatchHub { tx: broadcast::channel(BROADCAST_CAPACITY).0 }
+        WatchHub {
+            tx: broadcast::channel(BROADCAST_CAPACITY).0,
+        }
     }
 }
 
@@ -86,9 +88,14 @@ impl WatchSpec {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchItem {
-    Events { revision: i64, events: Vec<Event> },
+    Events {
+        revision: i64,
+        events: Vec<Event>,
+    },
     /// The start revision is older than the compaction point; the watch ends.
-    Compacted { compact_revision: i64 },
+    Compacted {
+        compact_revision: i64,
+    },
     /// Reading history failed; the watch ends.
     Failed(String),
 }
@@ -114,7 +121,12 @@ pub fn spawn(shared: Arc<Shared>, spec: WatchSpec, buffer: usize) -> Watcher {
     Watcher { items: rx, reached }
 }
 
-async fn run(shared: Arc<Shared>, spec: WatchSpec, tx: mpsc::Sender<WatchItem>, reached: Arc<AtomicI64>) {
+async fn run(
+    shared: Arc<Shared>,
+    spec: WatchSpec,
+    tx: mpsc::Sender<WatchItem>,
+    reached: Arc<AtomicI64>,
+) {
     let mut live = shared.hub.subscribe();
     let mut next = if spec.start_revision > 0 {
         spec.start_revision
@@ -127,7 +139,11 @@ async fn run(shared: Arc<Shared>, spec: WatchSpec, tx: mpsc::Sender<WatchItem>, 
         if next <= current {
             let compacted = shared.compacted.load(Ordering::Acquire);
             if next < compacted {
-                let _ = tx.send(WatchItem::Compacted { compact_revision: compacted }).await;
+                let _ = tx
+                    .send(WatchItem::Compacted {
+                        compact_revision: compacted,
+                    })
+                    .await;
                 return;
             }
             let upto = current.min(next + REPLAY_STEP - 1);
@@ -144,7 +160,12 @@ async fn run(shared: Arc<Shared>, spec: WatchSpec, tx: mpsc::Sender<WatchItem>, 
             };
             for (revision, events) in batches {
                 let events = spec.select(&events);
-                if !events.is_empty() && tx.send(WatchItem::Events { revision, events }).await.is_err() {
+                if !events.is_empty()
+                    && tx
+                        .send(WatchItem::Events { revision, events })
+                        .await
+                        .is_err()
+                {
                     return;
                 }
             }
@@ -159,7 +180,15 @@ async fn run(shared: Arc<Shared>, spec: WatchSpec, tx: mpsc::Sender<WatchItem>, 
             Ok(b) if b.revision < next => {}
             Ok(b) if b.revision == next => {
                 let events = spec.select(&b.events);
-                if !events.is_empty() && tx.send(WatchItem::Events { revision: b.revision, events }).await.is_err() {
+                if !events.is_empty()
+                    && tx
+                        .send(WatchItem::Events {
+                            revision: b.revision,
+                            events,
+                        })
+                        .await
+                        .is_err()
+                {
                     return;
                 }
                 next = b.revision + 1;

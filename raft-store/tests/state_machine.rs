@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use raft_store::mvcc::{
-    Compare, CompareOp, CompareTarget, DeleteRequest, KeyRange, Op, OpResult, PutRequest, RangeRequest, TxnRequest,
+    Compare, CompareOp, CompareTarget, DeleteRequest, KeyRange, Op, OpResult, PutRequest,
+    RangeRequest, TxnRequest,
 };
 use raft_store::watch::{WatchItem, WatchSpec};
 use raft_store::{ApplyError, Command, Config, Member, Outcome, Store, StoreError};
@@ -26,7 +27,13 @@ async fn single(dir: &std::path::Path, port: u16) -> std::sync::Arc<Store> {
             Err(e) => panic!("start: {e}"),
         }
     };
-    let members = BTreeMap::from([(store.id(), Member { name: "solo".into(), peer_url: store.config().peer_url.clone() })]);
+    let members = BTreeMap::from([(
+        store.id(),
+        Member {
+            name: "solo".into(),
+            peer_url: store.config().peer_url.clone(),
+        },
+    )]);
     store.initialize(members).await.expect("init");
     for _ in 0..100 {
         if store.is_leader() {
@@ -38,12 +45,23 @@ async fn single(dir: &std::path::Path, port: u16) -> std::sync::Arc<Store> {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 async fn put(s: &Store, k: &str, v: &str) -> i64 {
-    let op = Op::Put(PutRequest { key: k.into(), value: v.into(), ..Default::default() });
-    s.write(Command::Txn(TxnRequest::single(op))).await.expect("put").revision
+    let op = Op::Put(PutRequest {
+        key: k.into(),
+        value: v.into(),
+        ..Default::default()
+    });
+    s.write(Command::Txn(TxnRequest::single(op)))
+        .await
+        .expect("put")
+        .revision
 }
 
 async fn txn(s: &Store, t: TxnRequest) -> Result<(bool, Vec<OpResult>), ApplyError> {
@@ -54,7 +72,11 @@ async fn txn(s: &Store, t: TxnRequest) -> Result<(bool, Vec<OpResult>), ApplyErr
 }
 
 fn get(s: &Store, k: &str, rev: i64) -> Result<Option<raft_store::mvcc::KeyValue>, StoreError> {
-    let req = RangeRequest { range: KeyRange::single(k), revision: rev, ..Default::default() };
+    let req = RangeRequest {
+        range: KeyRange::single(k),
+        revision: rev,
+        ..Default::default()
+    };
     Ok(s.view().range(&req)?.kvs.pop())
 }
 
@@ -66,22 +88,44 @@ async fn revisions_versions_and_history() {
     assert_eq!(put(&s, "b", "1").await, 2);
     assert_eq!(put(&s, "a", "2").await, 3);
     let a = get(&s, "a", 0).expect("get").expect("a");
-    assert_eq!((a.create_revision, a.mod_revision, a.version, a.value.as_slice()), (1, 3, 2, b"2".as_slice()));
+    assert_eq!(
+        (
+            a.create_revision,
+            a.mod_revision,
+            a.version,
+            a.value.as_slice()
+        ),
+        (1, 3, 2, b"2".as_slice())
+    );
     assert_eq!(get(&s, "a", 2).expect("get").expect("a@2").value, b"1");
     // Delete, then re-create: the version restarts.
-    let del = Op::Delete(DeleteRequest { range: KeyRange::single("a"), prev_kv: true });
+    let del = Op::Delete(DeleteRequest {
+        range: KeyRange::single("a"),
+        prev_kv: true,
+    });
     let (_, res) = txn(&s, TxnRequest::single(del)).await.expect("delete");
-    assert!(matches!(&res[0], OpResult::Delete { deleted: 1, prev_kvs } if prev_kvs[0].value == b"2"));
+    assert!(
+        matches!(&res[0], OpResult::Delete { deleted: 1, prev_kvs } if prev_kvs[0].value == b"2")
+    );
     assert!(get(&s, "a", 0).expect("get").is_none());
     assert_eq!(put(&s, "a", "3").await, 5);
     let a = get(&s, "a", 0).expect("get").expect("a");
     assert_eq!((a.create_revision, a.version), (5, 1));
     // Deleting nothing does not move the revision.
-    let none = Op::Delete(DeleteRequest { range: KeyRange::single("nope"), prev_kv: false });
-    let r = s.write(Command::Txn(TxnRequest::single(none))).await.expect("noop delete");
+    let none = Op::Delete(DeleteRequest {
+        range: KeyRange::single("nope"),
+        prev_kv: false,
+    });
+    let r = s
+        .write(Command::Txn(TxnRequest::single(none)))
+        .await
+        .expect("noop delete");
     assert_eq!(r.revision, 5);
     // A future revision is refused.
-    assert!(matches!(get(&s, "a", 99), Err(StoreError::Rejected(ApplyError::FutureRevision))));
+    assert!(matches!(
+        get(&s, "a", 99),
+        Err(StoreError::Rejected(ApplyError::FutureRevision))
+    ));
     s.shutdown().await;
 }
 
@@ -91,9 +135,20 @@ async fn txn_compares_and_branches() {
     let s = single(dir.path(), free_port()).await;
     put(&s, "k", "v1").await;
     let cas = |expect_mod: i64, value: &str| TxnRequest {
-        compare: vec![Compare { range: KeyRange::single("k"), op: CompareOp::Equal, target: CompareTarget::Mod(expect_mod) }],
-        success: vec![Op::Put(PutRequest { key: "k".into(), value: value.into(), ..Default::default() })],
-        failure: vec![Op::Range(RangeRequest { range: KeyRange::single("k"), ..Default::default() })],
+        compare: vec![Compare {
+            range: KeyRange::single("k"),
+            op: CompareOp::Equal,
+            target: CompareTarget::Mod(expect_mod),
+        }],
+        success: vec![Op::Put(PutRequest {
+            key: "k".into(),
+            value: value.into(),
+            ..Default::default()
+        })],
+        failure: vec![Op::Range(RangeRequest {
+            range: KeyRange::single("k"),
+            ..Default::default()
+        })],
     };
     let (ok, _) = txn(&s, cas(1, "v2")).await.expect("cas");
     assert!(ok);
@@ -102,8 +157,16 @@ async fn txn_compares_and_branches() {
     assert!(matches!(&res[0], OpResult::Range(r) if r.kvs[0].value == b"v2"));
     // Value compare on a missing key is false; version 0 compare is true.
     let missing = TxnRequest {
-        compare: vec![Compare { range: KeyRange::single("absent"), op: CompareOp::Equal, target: CompareTarget::Version(0) }],
-        success: vec![Op::Put(PutRequest { key: "absent".into(), value: b"now".to_vec(), ..Default::default() })],
+        compare: vec![Compare {
+            range: KeyRange::single("absent"),
+            op: CompareOp::Equal,
+            target: CompareTarget::Version(0),
+        }],
+        success: vec![Op::Put(PutRequest {
+            key: "absent".into(),
+            value: b"now".to_vec(),
+            ..Default::default()
+        })],
         failure: vec![],
     };
     assert!(txn(&s, missing).await.expect("create-if-absent").0);
@@ -111,8 +174,15 @@ async fn txn_compares_and_branches() {
     let rw = TxnRequest {
         compare: vec![],
         success: vec![
-            Op::Put(PutRequest { key: "p/1".into(), value: b"x".to_vec(), ..Default::default() }),
-            Op::Range(RangeRequest { range: KeyRange::prefix("p/"), ..Default::default() }),
+            Op::Put(PutRequest {
+                key: "p/1".into(),
+                value: b"x".to_vec(),
+                ..Default::default()
+            }),
+            Op::Range(RangeRequest {
+                range: KeyRange::prefix("p/"),
+                ..Default::default()
+            }),
         ],
         failure: vec![],
     };
@@ -121,12 +191,21 @@ async fn txn_compares_and_branches() {
     let dup = TxnRequest {
         compare: vec![],
         success: vec![
-            Op::Put(PutRequest { key: "d".into(), ..Default::default() }),
-            Op::Put(PutRequest { key: "d".into(), ..Default::default() }),
+            Op::Put(PutRequest {
+                key: "d".into(),
+                ..Default::default()
+            }),
+            Op::Put(PutRequest {
+                key: "d".into(),
+                ..Default::default()
+            }),
         ],
         failure: vec![],
     };
-    assert_eq!(txn(&s, dup).await.expect_err("duplicate"), ApplyError::DuplicateKey);
+    assert_eq!(
+        txn(&s, dup).await.expect_err("duplicate"),
+        ApplyError::DuplicateKey
+    );
     s.shutdown().await;
 }
 
@@ -140,14 +219,22 @@ async fn compaction_and_watch_from_revision() {
     put(&s, "other", "x").await; // rev 11
 
     // Watch from revision 3 with prev_kv: ordered, gap-free, with previous values.
-    let spec = WatchSpec { range: KeyRange::prefix("w/"), start_revision: 3, prev_kv: true, ..Default::default() };
+    let spec = WatchSpec {
+        range: KeyRange::prefix("w/"),
+        start_revision: 3,
+        prev_kv: true,
+        ..Default::default()
+    };
     let mut w = s.watch(spec, 16);
     for rev in 3..=10 {
         match w.items.recv().await.expect("event") {
             WatchItem::Events { revision, events } => {
                 assert_eq!(revision, rev);
                 assert_eq!(events[0].kv.value, rev.to_string().into_bytes());
-                assert_eq!(events[0].prev_kv.as_ref().expect("prev").value, (rev - 1).to_string().into_bytes());
+                assert_eq!(
+                    events[0].prev_kv.as_ref().expect("prev").value,
+                    (rev - 1).to_string().into_bytes()
+                );
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -159,18 +246,54 @@ async fn compaction_and_watch_from_revision() {
         other => panic!("unexpected {other:?}"),
     }
 
-    let r = s.write(Command::Compact { revision: 8 }).await.expect("compact");
+    let r = s
+        .write(Command::Compact { revision: 8 })
+        .await
+        .expect("compact");
     assert!(r.outcome.is_ok());
-    assert!(matches!(get(&s, "w/key", 7), Err(StoreError::Rejected(ApplyError::Compacted))));
-    assert_eq!(get(&s, "w/key", 8).expect("at compaction point").expect("kv").value, b"8");
-    let again = s.write(Command::Compact { revision: 8 }).await.expect("compact again");
-    assert_eq!(again.outcome.expect_err("already compacted"), ApplyError::Compacted);
-    let old = WatchSpec { range: KeyRange::prefix("w/"), start_revision: 5, ..Default::default() };
-    assert_eq!(s.watch(old, 4).items.recv().await, Some(WatchItem::Compacted { compact_revision: 8 }));
+    assert!(matches!(
+        get(&s, "w/key", 7),
+        Err(StoreError::Rejected(ApplyError::Compacted))
+    ));
+    assert_eq!(
+        get(&s, "w/key", 8)
+            .expect("at compaction point")
+            .expect("kv")
+            .value,
+        b"8"
+    );
+    let again = s
+        .write(Command::Compact { revision: 8 })
+        .await
+        .expect("compact again");
+    assert_eq!(
+        again.outcome.expect_err("already compacted"),
+        ApplyError::Compacted
+    );
+    let old = WatchSpec {
+        range: KeyRange::prefix("w/"),
+        start_revision: 5,
+        ..Default::default()
+    };
+    assert_eq!(
+        s.watch(old, 4).items.recv().await,
+        Some(WatchItem::Compacted {
+            compact_revision: 8
+        })
+    );
     // The background compactor reclaims history; reads at or after the point still work.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(get(&s, "w/key", 9).expect("after physical compaction").expect("kv").value, b"9");
-    assert_eq!(get(&s, "other", 11).expect("other").expect("kv").value, b"x");
+    assert_eq!(
+        get(&s, "w/key", 9)
+            .expect("after physical compaction")
+            .expect("kv")
+            .value,
+        b"9"
+    );
+    assert_eq!(
+        get(&s, "other", 11).expect("other").expect("kv").value,
+        b"x"
+    );
     s.shutdown().await;
 }
 
@@ -180,8 +303,17 @@ async fn leases_expire_through_the_log() {
     let s = single(dir.path(), free_port()).await;
     let (id, ttl) = s.grant_lease(0, 2).await.expect("grant");
     assert_eq!(ttl, 2);
-    let op = Op::Put(PutRequest { key: "eph".into(), value: b"v".to_vec(), lease: id, ..Default::default() });
-    s.write(Command::Txn(TxnRequest::single(op))).await.expect("put with lease").outcome.expect("ok");
+    let op = Op::Put(PutRequest {
+        key: "eph".into(),
+        value: b"v".to_vec(),
+        lease: id,
+        ..Default::default()
+    });
+    s.write(Command::Txn(TxnRequest::single(op)))
+        .await
+        .expect("put with lease")
+        .outcome
+        .expect("ok");
     assert_eq!(s.lease_keys(id).expect("keys"), vec![b"eph".to_vec()]);
     // Kept alive for a while, it survives past its TTL.
     for _ in 0..3 {
@@ -189,16 +321,37 @@ async fn leases_expire_through_the_log() {
         assert_eq!(s.lease_keep_alive(id).await.expect("keep-alive"), Some(2));
     }
     assert!(get(&s, "eph", 0).expect("get").is_some());
-    let mut w = s.watch(WatchSpec { range: KeyRange::single("eph"), ..Default::default() }, 4);
+    let mut w = s.watch(
+        WatchSpec {
+            range: KeyRange::single("eph"),
+            ..Default::default()
+        },
+        4,
+    );
     // Left alone, it expires and its key is deleted at a new revision.
-    match tokio::time::timeout(Duration::from_secs(5), w.items.recv()).await.expect("expiry in time") {
-        Some(WatchItem::Events { events, .. }) => assert_eq!(events[0].kind, raft_store::mvcc::EventKind::Delete),
+    match tokio::time::timeout(Duration::from_secs(5), w.items.recv())
+        .await
+        .expect("expiry in time")
+    {
+        Some(WatchItem::Events { events, .. }) => {
+            assert_eq!(events[0].kind, raft_store::mvcc::EventKind::Delete)
+        }
         other => panic!("unexpected {other:?}"),
     }
     assert!(s.lease_time_to_live(id).await.expect("ttl").is_none());
-    let bad = Op::Put(PutRequest { key: "x".into(), lease: id, ..Default::default() });
-    let r = s.write(Command::Txn(TxnRequest::single(bad))).await.expect("write");
-    assert_eq!(r.outcome.expect_err("expired lease"), ApplyError::LeaseNotFound);
+    let bad = Op::Put(PutRequest {
+        key: "x".into(),
+        lease: id,
+        ..Default::default()
+    });
+    let r = s
+        .write(Command::Txn(TxnRequest::single(bad)))
+        .await
+        .expect("write");
+    assert_eq!(
+        r.outcome.expect_err("expired lease"),
+        ApplyError::LeaseNotFound
+    );
     s.shutdown().await;
 }
 
@@ -207,11 +360,21 @@ async fn restart_recovers_from_snapshot_and_log() {
     let dir = tempfile::tempdir().expect("tmp");
     let port = free_port();
     {
-        let mut cfg = Config::new("solo", dir.path().to_path_buf(), format!("127.0.0.1:{port}").parse().expect("addr"));
+        let mut cfg = Config::new(
+            "solo",
+            dir.path().to_path_buf(),
+            format!("127.0.0.1:{port}").parse().expect("addr"),
+        );
         cfg.snapshot_entries = 20;
         cfg.keep_entries = 0;
         let s = Store::start(cfg).await.expect("start");
-        let members = BTreeMap::from([(s.id(), Member { name: "solo".into(), peer_url: s.config().peer_url.clone() })]);
+        let members = BTreeMap::from([(
+            s.id(),
+            Member {
+                name: "solo".into(),
+                peer_url: s.config().peer_url.clone(),
+            },
+        )]);
         s.initialize(members).await.expect("init");
         while !s.is_leader() {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -222,8 +385,15 @@ async fn restart_recovers_from_snapshot_and_log() {
         s.shutdown().await;
     }
     let s = single(dir.path(), port).await;
-    assert!(dir.path().join("snapshots/snapshot.meta").exists(), "a snapshot was taken");
-    let all = RangeRequest { range: KeyRange::prefix("k"), count_only: true, ..Default::default() };
+    assert!(
+        dir.path().join("snapshots/snapshot.meta").exists(),
+        "a snapshot was taken"
+    );
+    let all = RangeRequest {
+        range: KeyRange::prefix("k"),
+        count_only: true,
+        ..Default::default()
+    };
     assert_eq!(s.view().range(&all).expect("range").count, 75);
     assert_eq!(s.revision(), 75);
     s.shutdown().await;

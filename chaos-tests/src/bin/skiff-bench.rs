@@ -52,18 +52,32 @@ fn parse_duration(s: &str) -> anyhow::Result<Duration> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Read { endpoints, clients, duration, keys, serializable } => {
+        Cmd::Read {
+            endpoints,
+            clients,
+            duration,
+            keys,
+            serializable,
+        } => {
             let duration = parse_duration(&duration)?;
             let channels: Vec<Channel> = endpoints
                 .split(',')
                 .map(|e| {
-                    let url = if e.starts_with("http") { e.to_string() } else { format!("http://{e}") };
+                    let url = if e.starts_with("http") {
+                        e.to_string()
+                    } else {
+                        format!("http://{e}")
+                    };
                     Ok(Channel::from_shared(url)?.connect_lazy())
                 })
                 .collect::<anyhow::Result<_>>()?;
             let mut kv = KvClient::new(channels[0].clone());
             for i in 0..keys {
-                let req = PutRequest { key: format!("/bench/read/{i}").into(), value: vec![b'v'; 256], ..Default::default() };
+                let req = PutRequest {
+                    key: format!("/bench/read/{i}").into(),
+                    value: vec![b'v'; 256],
+                    ..Default::default()
+                };
                 kv.put(req).await.context("filling the key space")?;
             }
             let deadline = Instant::now() + duration;
@@ -75,7 +89,11 @@ async fn main() -> anyhow::Result<()> {
                     let mut lat = Vec::new();
                     let mut i = c;
                     while Instant::now() < deadline {
-                        let req = RangeRequest { key: format!("/bench/read/{}", i % keys).into(), serializable, ..Default::default() };
+                        let req = RangeRequest {
+                            key: format!("/bench/read/{}", i % keys).into(),
+                            serializable,
+                            ..Default::default()
+                        };
                         let t = Instant::now();
                         if kv.range(req).await.is_ok() {
                             lat.push(t.elapsed());

@@ -4,8 +4,8 @@ use proto::etcd::compare::{CompareResult, CompareTarget as PbTarget, TargetUnion
 use proto::etcd::range_request::{SortOrder as PbOrder, SortTarget as PbSort};
 use proto::etcd::{self as pb, mvccpb};
 use raft_store::mvcc::{
-    Compare, CompareOp, CompareTarget, DeleteRequest, Event, EventKind, KeyRange, KeyValue, Op, OpResult, PutRequest,
-    RangeRequest, RangeResponse, SortOrder, SortTarget, TxnRequest,
+    Compare, CompareOp, CompareTarget, DeleteRequest, Event, EventKind, KeyRange, KeyValue, Op,
+    OpResult, PutRequest, RangeRequest, RangeResponse, SortOrder, SortTarget, TxnRequest,
 };
 use tonic::Status;
 
@@ -43,7 +43,10 @@ fn require_key(key: &[u8]) -> Result<(), Status> {
 pub fn range_request(r: pb::RangeRequest) -> Result<RangeRequest, Status> {
     require_key(&r.key)?;
     Ok(RangeRequest {
-        range: KeyRange { key: r.key, range_end: r.range_end },
+        range: KeyRange {
+            key: r.key,
+            range_end: r.range_end,
+        },
         limit: r.limit,
         revision: r.revision,
         sort_order: match PbOrder::try_from(r.sort_order).unwrap_or(PbOrder::None) {
@@ -68,7 +71,12 @@ pub fn range_request(r: pb::RangeRequest) -> Result<RangeRequest, Status> {
 }
 
 pub fn range_response(r: RangeResponse, header: pb::ResponseHeader) -> pb::RangeResponse {
-    pb::RangeResponse { header: Some(header), kvs: r.kvs.into_iter().map(kv).collect(), more: r.more, count: r.count }
+    pb::RangeResponse {
+        header: Some(header),
+        kvs: r.kvs.into_iter().map(kv).collect(),
+        more: r.more,
+        count: r.count,
+    }
 }
 
 pub fn put_request(p: pb::PutRequest) -> Result<PutRequest, Status> {
@@ -91,18 +99,33 @@ pub fn put_request(p: pb::PutRequest) -> Result<PutRequest, Status> {
 
 pub fn delete_request(d: pb::DeleteRangeRequest) -> Result<DeleteRequest, Status> {
     require_key(&d.key)?;
-    Ok(DeleteRequest { range: KeyRange { key: d.key, range_end: d.range_end }, prev_kv: d.prev_kv })
+    Ok(DeleteRequest {
+        range: KeyRange {
+            key: d.key,
+            range_end: d.range_end,
+        },
+        prev_kv: d.prev_kv,
+    })
 }
 
 /// etcd's `--max-txn-ops` default.
 pub const MAX_TXN_OPS: usize = 128;
 
 pub fn txn_request(t: pb::TxnRequest) -> Result<TxnRequest, Status> {
-    if t.compare.len() > MAX_TXN_OPS || t.success.len() > MAX_TXN_OPS || t.failure.len() > MAX_TXN_OPS {
-        return Err(Status::invalid_argument("etcdserver: too many operations in txn request"));
+    if t.compare.len() > MAX_TXN_OPS
+        || t.success.len() > MAX_TXN_OPS
+        || t.failure.len() > MAX_TXN_OPS
+    {
+        return Err(Status::invalid_argument(
+            "etcdserver: too many operations in txn request",
+        ));
     }
     Ok(TxnRequest {
-        compare: t.compare.into_iter().map(compare).collect::<Result<_, _>>()?,
+        compare: t
+            .compare
+            .into_iter()
+            .map(compare)
+            .collect::<Result<_, _>>()?,
         success: t.success.into_iter().map(op).collect::<Result<_, _>>()?,
         failure: t.failure.into_iter().map(op).collect::<Result<_, _>>()?,
     })
@@ -115,7 +138,11 @@ fn compare(c: pb::Compare) -> Result<Compare, Status> {
         Ok(CompareResult::Greater) => CompareOp::Greater,
         Ok(CompareResult::Less) => CompareOp::Less,
         Ok(CompareResult::NotEqual) => CompareOp::NotEqual,
-        Err(_) => return Err(Status::invalid_argument("etcdserver: unknown compare result")),
+        Err(_) => {
+            return Err(Status::invalid_argument(
+                "etcdserver: unknown compare result",
+            ))
+        }
     };
     // The target enum says which member of the union is meant; an absent
     // union member is its zero value.
@@ -141,9 +168,20 @@ fn compare(c: pb::Compare) -> Result<Compare, Status> {
             Some(TargetUnion::Lease(v)) => v,
             _ => 0,
         }),
-        Err(_) => return Err(Status::invalid_argument("etcdserver: unknown compare target")),
+        Err(_) => {
+            return Err(Status::invalid_argument(
+                "etcdserver: unknown compare target",
+            ))
+        }
     };
-    Ok(Compare { range: KeyRange { key: c.key, range_end: c.range_end }, op, target })
+    Ok(Compare {
+        range: KeyRange {
+            key: c.key,
+            range_end: c.range_end,
+        },
+        op,
+        target,
+    })
 }
 
 fn op(o: pb::RequestOp) -> Result<Op, Status> {
@@ -163,20 +201,27 @@ pub fn op_results(results: Vec<OpResult>, header: &pb::ResponseHeader) -> Vec<pb
 
 fn op_result(r: OpResult, header: &pb::ResponseHeader) -> pb::ResponseOp {
     use pb::response_op::Response;
-    let h = Some(header.clone());
+    let h = Some(*header);
     let response = match r {
-        OpResult::Range(r) => Response::ResponseRange(range_response(r, header.clone())),
-        OpResult::Put { prev_kv } => Response::ResponsePut(pb::PutResponse { header: h, prev_kv: prev_kv.map(kv) }),
-        OpResult::Delete { deleted, prev_kvs } => Response::ResponseDeleteRange(pb::DeleteRangeResponse {
+        OpResult::Range(r) => Response::ResponseRange(range_response(r, *header)),
+        OpResult::Put { prev_kv } => Response::ResponsePut(pb::PutResponse {
             header: h,
-            deleted,
-            prev_kvs: prev_kvs.into_iter().map(kv).collect(),
+            prev_kv: prev_kv.map(kv),
         }),
+        OpResult::Delete { deleted, prev_kvs } => {
+            Response::ResponseDeleteRange(pb::DeleteRangeResponse {
+                header: h,
+                deleted,
+                prev_kvs: prev_kvs.into_iter().map(kv).collect(),
+            })
+        }
         OpResult::Txn { succeeded, results } => Response::ResponseTxn(pb::TxnResponse {
             header: h,
             succeeded,
             responses: op_results(results, header),
         }),
     };
-    pb::ResponseOp { response: Some(response) }
+    pb::ResponseOp {
+        response: Some(response),
+    }
 }

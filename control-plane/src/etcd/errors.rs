@@ -22,11 +22,17 @@ pub fn member_not_found() -> Status {
 
 pub fn apply(e: ApplyError) -> Status {
     match e {
-        ApplyError::Compacted => Status::out_of_range("etcdserver: mvcc: required revision has been compacted"),
-        ApplyError::FutureRevision => Status::out_of_range("etcdserver: mvcc: required revision is a future revision"),
+        ApplyError::Compacted => {
+            Status::out_of_range("etcdserver: mvcc: required revision has been compacted")
+        }
+        ApplyError::FutureRevision => {
+            Status::out_of_range("etcdserver: mvcc: required revision is a future revision")
+        }
         ApplyError::LeaseNotFound => lease_not_found(),
         ApplyError::LeaseExists => Status::failed_precondition("etcdserver: lease already exists"),
-        ApplyError::DuplicateKey => Status::invalid_argument("etcdserver: duplicate key given in txn request"),
+        ApplyError::DuplicateKey => {
+            Status::invalid_argument("etcdserver: duplicate key given in txn request")
+        }
         ApplyError::KeyNotFound => Status::invalid_argument("etcdserver: key not found"),
     }
 }

@@ -12,7 +12,11 @@ use super::{convert, errors, observe, Api, MAX_GRPC_BYTES, MAX_REQUEST_BYTES};
 impl Api {
     /// Replicate a transaction; returns (succeeded, results, revision).
     async fn write_txn(&self, txn: TxnRequest) -> Result<(bool, Vec<OpResult>, i64), Status> {
-        let resp = self.store.write(Command::Txn(txn)).await.map_err(errors::store)?;
+        let resp = self
+            .store
+            .write(Command::Txn(txn))
+            .await
+            .map_err(errors::store)?;
         match resp.outcome.map_err(errors::apply)? {
             Outcome::Txn { succeeded, results } => Ok((succeeded, results, resp.revision)),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
@@ -21,7 +25,9 @@ impl Api {
 
     async fn single(&self, op: Op) -> Result<(OpResult, i64), Status> {
         let (_, mut results, rev) = self.write_txn(TxnRequest::single(op)).await?;
-        let result = results.pop().ok_or_else(|| Status::internal("empty txn result"))?;
+        let result = results
+            .pop()
+            .ok_or_else(|| Status::internal("empty txn result"))?;
         Ok((result, rev))
     }
 }
@@ -40,12 +46,19 @@ fn check_size(len: usize) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl Kv for Api {
-    async fn range(&self, req: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
+    async fn range(
+        &self,
+        req: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
         observe("Range", async {
             let req = req.into_inner();
             let serializable = req.serializable;
             let range = convert::range_request(req)?;
-            let (resp, rev) = self.store.range(&range, serializable).await.map_err(errors::store)?;
+            let (resp, rev) = self
+                .store
+                .range(&range, serializable)
+                .await
+                .map_err(errors::store)?;
             Ok(convert::range_response(resp, self.header(rev)))
         })
         .await
@@ -57,9 +70,10 @@ impl Kv for Api {
             check_size(req.encoded_len())?;
             let put = convert::put_request(req)?;
             match self.single(Op::Put(put)).await? {
-                (OpResult::Put { prev_kv }, rev) => {
-                    Ok(pb::PutResponse { header: Some(self.header(rev)), prev_kv: prev_kv.map(convert::kv) })
-                }
+                (OpResult::Put { prev_kv }, rev) => Ok(pb::PutResponse {
+                    header: Some(self.header(rev)),
+                    prev_kv: prev_kv.map(convert::kv),
+                }),
                 _ => Err(Status::internal("unexpected put result")),
             }
         })
@@ -91,22 +105,40 @@ impl Kv for Api {
             let txn = convert::txn_request(req)?;
             let (succeeded, results, rev) = if txn.is_read_only() {
                 // etcd serves read-only transactions without going through Raft.
-                self.store.txn_read(&txn, false).await.map_err(errors::store)?
+                self.store
+                    .txn_read(&txn, false)
+                    .await
+                    .map_err(errors::store)?
             } else {
                 self.write_txn(txn).await?
             };
             let header = self.header(rev);
-            Ok(pb::TxnResponse { responses: convert::op_results(results, &header), header: Some(header), succeeded })
+            Ok(pb::TxnResponse {
+                responses: convert::op_results(results, &header),
+                header: Some(header),
+                succeeded,
+            })
         })
         .await
     }
 
-    async fn compact(&self, req: Request<pb::CompactionRequest>) -> Result<Response<pb::CompactionResponse>, Status> {
+    async fn compact(
+        &self,
+        req: Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
         observe("Compact", async {
             let req = req.into_inner();
-            let resp = self.store.write(Command::Compact { revision: req.revision }).await.map_err(errors::store)?;
+            let resp = self
+                .store
+                .write(Command::Compact {
+                    revision: req.revision,
+                })
+                .await
+                .map_err(errors::store)?;
             resp.outcome.map_err(errors::apply)?;
-            Ok(pb::CompactionResponse { header: Some(self.header(resp.revision)) })
+            Ok(pb::CompactionResponse {
+                header: Some(self.header(resp.revision)),
+            })
         })
         .await
     }

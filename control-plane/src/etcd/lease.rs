@@ -18,17 +18,31 @@ const MAX_TTL: i64 = 9_000_000_000;
 
 #[tonic::async_trait]
 impl Lease for Api {
-    async fn lease_grant(&self, req: Request<pb::LeaseGrantRequest>) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+    async fn lease_grant(
+        &self,
+        req: Request<pb::LeaseGrantRequest>,
+    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
         observe("LeaseGrant", async {
             let req = req.into_inner();
             if req.ttl > MAX_TTL {
                 return Err(Status::out_of_range("etcdserver: too large lease TTL"));
             }
             if req.id < 0 {
-                return Err(Status::invalid_argument("etcdserver: lease ID must be positive"));
+                return Err(Status::invalid_argument(
+                    "etcdserver: lease ID must be positive",
+                ));
             }
-            let (id, ttl) = self.store.grant_lease(req.id, req.ttl).await.map_err(errors::store)?;
-            Ok(pb::LeaseGrantResponse { header: Some(self.current_header()), id, ttl, error: String::new() })
+            let (id, ttl) = self
+                .store
+                .grant_lease(req.id, req.ttl)
+                .await
+                .map_err(errors::store)?;
+            Ok(pb::LeaseGrantResponse {
+                header: Some(self.current_header()),
+                id,
+                ttl,
+                error: String::new(),
+            })
         })
         .await
     }
@@ -39,14 +53,21 @@ impl Lease for Api {
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         observe("LeaseRevoke", async {
             let id = req.into_inner().id;
-            let resp = self.store.write(Command::LeaseRevoke { id }).await.map_err(errors::store)?;
+            let resp = self
+                .store
+                .write(Command::LeaseRevoke { id })
+                .await
+                .map_err(errors::store)?;
             resp.outcome.map_err(errors::apply)?;
-            Ok(pb::LeaseRevokeResponse { header: Some(self.header(resp.revision)) })
+            Ok(pb::LeaseRevokeResponse {
+                header: Some(self.header(resp.revision)),
+            })
         })
         .await
     }
 
-    type LeaseKeepAliveStream = Pin<Box<dyn Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send>>;
+    type LeaseKeepAliveStream =
+        Pin<Box<dyn Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send>>;
 
     async fn lease_keep_alive(
         &self,
@@ -85,9 +106,18 @@ impl Lease for Api {
         observe("LeaseTimeToLive", async {
             let req = req.into_inner();
             let header = Some(self.current_header());
-            match self.store.lease_time_to_live(req.id).await.map_err(errors::store)? {
+            match self
+                .store
+                .lease_time_to_live(req.id)
+                .await
+                .map_err(errors::store)?
+            {
                 Some(ttl) => {
-                    let keys = if req.keys { self.store.lease_keys(req.id).map_err(errors::store)? } else { Vec::new() };
+                    let keys = if req.keys {
+                        self.store.lease_keys(req.id).map_err(errors::store)?
+                    } else {
+                        Vec::new()
+                    };
                     Ok(pb::LeaseTimeToLiveResponse {
                         header,
                         id: req.id,
@@ -97,16 +127,33 @@ impl Lease for Api {
                     })
                 }
                 // etcd answers TTL -1 for a lease that does not exist.
-                None => Ok(pb::LeaseTimeToLiveResponse { header, id: req.id, ttl: -1, granted_ttl: 0, keys: vec![] }),
+                None => Ok(pb::LeaseTimeToLiveResponse {
+                    header,
+                    id: req.id,
+                    ttl: -1,
+                    granted_ttl: 0,
+                    keys: vec![],
+                }),
             }
         })
         .await
     }
 
-    async fn lease_leases(&self, _: Request<pb::LeaseLeasesRequest>) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+    async fn lease_leases(
+        &self,
+        _: Request<pb::LeaseLeasesRequest>,
+    ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
         observe("LeaseLeases", async {
-            let leases = self.store.lease_ids().into_iter().map(|id| pb::LeaseStatus { id }).collect();
-            Ok(pb::LeaseLeasesResponse { header: Some(self.current_header()), leases })
+            let leases = self
+                .store
+                .lease_ids()
+                .into_iter()
+                .map(|id| pb::LeaseStatus { id })
+                .collect();
+            Ok(pb::LeaseLeasesResponse {
+                header: Some(self.current_header()),
+                leases,
+            })
         })
         .await
     }

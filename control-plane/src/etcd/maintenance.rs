@@ -14,16 +14,25 @@ pub const VERSION: &str = concat!("skiff-", env!("CARGO_PKG_VERSION"));
 
 #[tonic::async_trait]
 impl Maintenance for Api {
-    async fn alarm(&self, req: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
+    async fn alarm(
+        &self,
+        req: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
         observe("Alarm", async {
             let _ = req.into_inner();
             // No alarms are raised yet (a full disk refuses writes with an error instead).
-            Ok(pb::AlarmResponse { header: Some(self.current_header()), alarms: Vec::new() })
+            Ok(pb::AlarmResponse {
+                header: Some(self.current_header()),
+                alarms: Vec::new(),
+            })
         })
         .await
     }
 
-    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         observe("Status", async {
             let s = self.store.status().map_err(errors::store)?;
             Ok(pb::StatusResponse {
@@ -42,29 +51,57 @@ impl Maintenance for Api {
         .await
     }
 
-    async fn defragment(&self, _: Request<pb::DefragmentRequest>) -> Result<Response<pb::DefragmentResponse>, Status> {
+    async fn defragment(
+        &self,
+        _: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
         observe("Defragment", async {
             self.store.compact_disk();
-            Ok(pb::DefragmentResponse { header: Some(self.current_header()) })
+            Ok(pb::DefragmentResponse {
+                header: Some(self.current_header()),
+            })
         })
         .await
     }
 
-    async fn hash(&self, _: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
-        observe("Hash", async { Err(Status::unimplemented("skiff: Hash is not supported")) }).await
+    async fn hash(
+        &self,
+        _: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        observe("Hash", async {
+            Err(Status::unimplemented("skiff: Hash is not supported"))
+        })
+        .await
     }
 
-    async fn hash_kv(&self, _: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
-        observe("HashKV", async { Err(Status::unimplemented("skiff: HashKV is not supported")) }).await
+    async fn hash_kv(
+        &self,
+        _: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        observe("HashKV", async {
+            Err(Status::unimplemented("skiff: HashKV is not supported"))
+        })
+        .await
     }
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
 
-    async fn snapshot(&self, _: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(Status::unimplemented("skiff: snapshot save is not supported"))
+    async fn snapshot(
+        &self,
+        _: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(Status::unimplemented(
+            "skiff: snapshot save is not supported",
+        ))
     }
 
-    async fn move_leader(&self, _: Request<pb::MoveLeaderRequest>) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        observe("MoveLeader", async { Err(Status::unimplemented("skiff: move-leader is not supported")) }).await
+    async fn move_leader(
+        &self,
+        _: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        observe("MoveLeader", async {
+            Err(Status::unimplemented("skiff: move-leader is not supported"))
+        })
+        .await
     }
 }

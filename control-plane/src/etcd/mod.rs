@@ -67,7 +67,8 @@ pub async fn observe<T>(
         Err(s) => format!("{:?}", s.code()),
     };
     metrics::counter!("skiff_grpc_requests_total", "method" => method, "code" => code).increment(1);
-    metrics::histogram!("skiff_grpc_request_seconds", "method" => method).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("skiff_grpc_request_seconds", "method" => method)
+        .record(started.elapsed().as_secs_f64());
     result.map(tonic::Response::new)
 }
 

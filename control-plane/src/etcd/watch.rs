@@ -35,7 +35,10 @@ struct Running {
 impl Watch for Api {
     type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 
-    async fn watch(&self, req: Request<Streaming<pb::WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        req: Request<Streaming<pb::WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let mut inbound = req.into_inner();
         let (out, rx) = mpsc::channel(256);
         let api = self.clone();
@@ -45,7 +48,9 @@ impl Watch for Api {
             while let Ok(Some(msg)) = inbound.message().await {
                 watchers.retain(|_, w| !w.task.is_finished());
                 let sent = match msg.request_union {
-                    Some(RequestUnion::CreateRequest(c)) => api.create(c, &mut watchers, &mut next_id, &out).await,
+                    Some(RequestUnion::CreateRequest(c)) => {
+                        api.create(c, &mut watchers, &mut next_id, &out).await
+                    }
                     Some(RequestUnion::CancelRequest(c)) => {
                         if let Some(w) = watchers.remove(&c.watch_id) {
                             w.task.abort();
@@ -101,7 +106,11 @@ impl Api {
             *next_id
         };
         if watchers.contains_key(&id) || c.key.is_empty() {
-            let reason = if c.key.is_empty() { "etcdserver: key is not provided" } else { "duplicate watch id" };
+            let reason = if c.key.is_empty() {
+                "etcdserver: key is not provided"
+            } else {
+                "duplicate watch id"
+            };
             let resp = pb::WatchResponse {
                 header: Some(self.current_header()),
                 watch_id: id,
@@ -113,7 +122,10 @@ impl Api {
             return out.send(Ok(resp)).await.is_ok();
         }
         let spec = WatchSpec {
-            range: KeyRange { key: c.key, range_end: c.range_end },
+            range: KeyRange {
+                key: c.key,
+                range_end: c.range_end,
+            },
             start_revision: c.start_revision,
             prev_kv: c.prev_kv,
             no_put: c.filters.contains(&(FilterType::Noput as i32)),
@@ -130,14 +142,26 @@ impl Api {
         }
         let watcher = self.store.watch(spec, 64);
         let reached = watcher.reached.clone();
-        let task = tokio::spawn(forward(self.clone(), id, watcher, c.progress_notify, out.clone()));
+        let task = tokio::spawn(forward(
+            self.clone(),
+            id,
+            watcher,
+            c.progress_notify,
+            out.clone(),
+        ));
         watchers.insert(id, Running { task, reached });
         true
     }
 }
 
 /// Turn one watcher's items into responses on the shared stream.
-async fn forward(api: Api, id: i64, mut watcher: raft_store::watch::Watcher, progress: bool, out: Out) {
+async fn forward(
+    api: Api,
+    id: i64,
+    mut watcher: raft_store::watch::Watcher,
+    progress: bool,
+    out: Out,
+) {
     let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
     ticker.tick().await;
     loop {

@@ -37,7 +37,9 @@ impl Cluster {
         let slot = NEXT.fetch_add(1, Ordering::SeqCst);
         let a = 20 + (std::process::id() % 200);
         let base = format!("127.{a}.{}", slot + 1);
-        let initial: Vec<String> = (1..=n).map(|i| format!("m{i}=http://{base}.{i}:2380")).collect();
+        let initial: Vec<String> = (1..=n)
+            .map(|i| format!("m{i}=http://{base}.{i}:2380"))
+            .collect();
         let initial = initial.join(",");
         let masters = (1..=n)
             .map(|i| {
@@ -59,7 +61,13 @@ impl Cluster {
                     initial.clone(),
                 ];
                 args.extend(extra.iter().map(|s| s.to_string()));
-                Master { name: format!("m{i}"), ip, child: None, args, log: dir.path().join(format!("m{i}.log")) }
+                Master {
+                    name: format!("m{i}"),
+                    ip,
+                    child: None,
+                    args,
+                    log: dir.path().join(format!("m{i}.log")),
+                }
             })
             .collect();
         let mut c = Cluster { masters, dir };
@@ -73,28 +81,57 @@ impl Cluster {
     /// Start one more master that joins the running cluster (after `member add`).
     pub fn add_master(&mut self) -> usize {
         let i = self.masters.len() + 1;
-        let base = self.masters[0].ip.rsplit_once('.').map(|(b, _)| b.to_string()).unwrap_or_default();
+        let base = self.masters[0]
+            .ip
+            .rsplit_once('.')
+            .map(|(b, _)| b.to_string())
+            .unwrap_or_default();
         let ip = format!("{base}.{i}");
-        let mut initial: Vec<String> = self.masters.iter().map(|m| format!("{}=http://{}:2380", m.name, m.ip)).collect();
+        let mut initial: Vec<String> = self
+            .masters
+            .iter()
+            .map(|m| format!("{}=http://{}:2380", m.name, m.ip))
+            .collect();
         initial.push(format!("m{i}=http://{ip}:2380"));
         let data = self.dir.path().join(format!("m{i}"));
         let args: Vec<String> = [
-            "run", "--name", &format!("m{i}"), "--data-dir", &data.display().to_string(),
-            "--listen-client", &format!("{ip}:2379"), "--listen-peer", &format!("{ip}:2380"),
-            "--listen-metrics", &format!("{ip}:2381"), "--initial-cluster", &initial.join(","),
-            "--initial-cluster-state", "existing",
+            "run",
+            "--name",
+            &format!("m{i}"),
+            "--data-dir",
+            &data.display().to_string(),
+            "--listen-client",
+            &format!("{ip}:2379"),
+            "--listen-peer",
+            &format!("{ip}:2380"),
+            "--listen-metrics",
+            &format!("{ip}:2381"),
+            "--initial-cluster",
+            &initial.join(","),
+            "--initial-cluster-state",
+            "existing",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
-        self.masters.push(Master { name: format!("m{i}"), ip, child: None, args, log: self.dir.path().join(format!("m{i}.log")) });
+        self.masters.push(Master {
+            name: format!("m{i}"),
+            ip,
+            child: None,
+            args,
+            log: self.dir.path().join(format!("m{i}.log")),
+        });
         self.spawn(i - 1);
         i - 1
     }
 
     pub fn spawn(&mut self, i: usize) {
         let m = &mut self.masters[i];
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&m.log).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log)
+            .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_control-plane"))
             .args(&m.args)
             .stdout(Stdio::null())
@@ -117,7 +154,11 @@ impl Cluster {
     }
 
     pub fn endpoints(&self) -> String {
-        self.masters.iter().map(|m| format!("{}:2379", m.ip)).collect::<Vec<_>>().join(",")
+        self.masters
+            .iter()
+            .map(|m| format!("{}:2379", m.ip))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     pub fn metrics_url(&self, i: usize) -> String {
@@ -130,15 +171,26 @@ impl Cluster {
 
     pub async fn kv(&self, i: usize) -> KvClient<Channel> {
         // Lazy: connects (and reconnects) on use, so it works across restarts.
-        let ch = Channel::from_shared(self.endpoint(i)).expect("url").connect_lazy();
+        let ch = Channel::from_shared(self.endpoint(i))
+            .expect("url")
+            .connect_lazy();
         KvClient::new(ch).max_decoding_message_size(64 << 20)
     }
 
     pub async fn status(&self, i: usize) -> Option<proto::etcd::StatusResponse> {
-        let ch = Channel::from_shared(self.endpoint(i)).ok()?.connect_timeout(Duration::from_millis(300));
-        let ch = tokio::time::timeout(Duration::from_secs(1), ch.connect()).await.ok()?.ok()?;
+        let ch = Channel::from_shared(self.endpoint(i))
+            .ok()?
+            .connect_timeout(Duration::from_millis(300));
+        let ch = tokio::time::timeout(Duration::from_secs(1), ch.connect())
+            .await
+            .ok()?
+            .ok()?;
         let mut m = MaintenanceClient::new(ch);
-        tokio::time::timeout(Duration::from_secs(1), m.status(StatusRequest {})).await.ok()?.ok().map(|r| r.into_inner())
+        tokio::time::timeout(Duration::from_secs(1), m.status(StatusRequest {}))
+            .await
+            .ok()?
+            .ok()
+            .map(|r| r.into_inner())
     }
 
     /// Index of the master that every running master agrees is leader.
@@ -183,13 +235,28 @@ impl Drop for Cluster {
 
 /// Put with retries across failovers; returns the revision once acknowledged.
 pub async fn put(kv: &mut KvClient<Channel>, key: &str, value: &str) -> Result<i64, tonic::Status> {
-    let req = PutRequest { key: key.into(), value: value.into(), ..Default::default() };
-    kv.put(req).await.map(|r| r.into_inner().header.map(|h| h.revision).unwrap_or(0))
+    let req = PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    };
+    kv.put(req)
+        .await
+        .map(|r| r.into_inner().header.map(|h| h.revision).unwrap_or(0))
 }
 
 pub async fn get(kv: &mut KvClient<Channel>, key: &str) -> Option<Vec<u8>> {
-    let req = RangeRequest { key: key.into(), ..Default::default() };
-    kv.range(req).await.ok()?.into_inner().kvs.pop().map(|kv| kv.value)
+    let req = RangeRequest {
+        key: key.into(),
+        ..Default::default()
+    };
+    kv.range(req)
+        .await
+        .ok()?
+        .into_inner()
+        .kvs
+        .pop()
+        .map(|kv| kv.value)
 }
 
 pub fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String, String) {

@@ -45,7 +45,11 @@ pub async fn run(store: Arc<Store>) {
 /// Remove versions superseded at or before `rev`, and tombstones at or before it.
 pub fn compact(db: &DB, rev: i64) -> Result<usize> {
     let mut removed = 0;
-    db.delete_range_cf(cf(db, CF_HISTORY), codec::rev_key(0, 0), codec::rev_key(rev, 0))?;
+    db.delete_range_cf(
+        cf(db, CF_HISTORY),
+        codec::rev_key(0, 0),
+        codec::rev_key(rev, 0),
+    )?;
     let index = cf(db, CF_INDEX);
     let mut batch = WriteBatch::default();
     let mut it = db.raw_iterator_cf(index);
@@ -53,8 +57,12 @@ pub fn compact(db: &DB, rev: i64) -> Result<usize> {
     // The newest version at or before `rev` of the key being walked.
     let mut pending: Option<(Vec<u8>, Vec<u8>, EventKind)> = None;
     while let Some((k, v)) = it.item() {
-        let (key, krev, _) = codec::parse_index_key(k).ok_or_else(|| StoreError::corrupt("index", "bad key"))?;
-        let same_key = pending.as_ref().map(|(pk, _, _)| *pk == key).unwrap_or(false);
+        let (key, krev, _) =
+            codec::parse_index_key(k).ok_or_else(|| StoreError::corrupt("index", "bad key"))?;
+        let same_key = pending
+            .as_ref()
+            .map(|(pk, _, _)| *pk == key)
+            .unwrap_or(false);
         if let Some((_, raw, kind)) = pending.take() {
             // A newer version of the same key at or before `rev` supersedes it;
             // a tombstone that is the last word on its key goes too.

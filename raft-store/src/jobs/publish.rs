@@ -11,12 +11,19 @@ use crate::types::Command;
 
 pub async fn run(store: Arc<Store>) {
     let mut stop = store.shutdown_signal();
-    let want = MemberAttrs { name: store.config().name.clone(), client_urls: store.config().client_urls.clone() };
+    let want = MemberAttrs {
+        name: store.config().name.clone(),
+        client_urls: store.config().client_urls.clone(),
+    };
     loop {
         if store.shared().member_attrs().get(&store.id()) == Some(&want) {
             return;
         }
-        let cmd = Command::Publish { id: store.id(), name: want.name.clone(), client_urls: want.client_urls.clone() };
+        let cmd = Command::Publish {
+            id: store.id(),
+            name: want.name.clone(),
+            client_urls: want.client_urls.clone(),
+        };
         match store.write(cmd).await {
             Ok(_) => return,
             Err(e) => tracing::debug!("publishing member attributes: {e}"),

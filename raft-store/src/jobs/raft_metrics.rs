@@ -15,8 +15,13 @@ pub async fn run(store: Arc<Store>) {
             let m = metrics.borrow_and_update();
             metrics::gauge!("skiff_raft_term").set(m.current_term as f64);
             metrics::gauge!("skiff_raft_leader_id").set(m.current_leader.unwrap_or(0) as f64);
-            metrics::gauge!("skiff_raft_is_leader").set(if m.state == ServerState::Leader { 1.0 } else { 0.0 });
-            metrics::gauge!("skiff_raft_applied_index").set(m.last_applied.map(|l| l.index).unwrap_or(0) as f64);
+            metrics::gauge!("skiff_raft_is_leader").set(if m.state == ServerState::Leader {
+                1.0
+            } else {
+                0.0
+            });
+            metrics::gauge!("skiff_raft_applied_index")
+                .set(m.last_applied.map(|l| l.index).unwrap_or(0) as f64);
             metrics::gauge!("skiff_raft_last_log_index").set(m.last_log_index.unwrap_or(0) as f64);
             metrics::gauge!("skiff_store_revision").set(store.revision() as f64);
             if m.current_leader.is_some() && m.current_leader != last_leader {

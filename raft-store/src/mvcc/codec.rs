@@ -145,7 +145,9 @@ mod tests {
 
     #[test]
     fn escaping_preserves_order_and_round_trips() {
-        let keys: Vec<&[u8]> = vec![b"", b"\0", b"\0\0", b"\0a", b"a", b"a\0", b"a\0\xff", b"ab", b"b"];
+        let keys: Vec<&[u8]> = vec![
+            b"", b"\0", b"\0\0", b"\0a", b"a", b"a\0", b"a\0\xff", b"ab", b"b",
+        ];
         let enc: Vec<Vec<u8>> = keys.iter().map(|k| index_key(k, 7, 1)).collect();
         for w in enc.windows(2) {
             assert!(w[0] < w[1], "{:?} !< {:?}", w[0], w[1]);

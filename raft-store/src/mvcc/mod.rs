@@ -51,7 +51,10 @@ pub struct KeyRange {
 
 impl KeyRange {
     pub fn single(key: impl Into<Vec<u8>>) -> Self {
-        KeyRange { key: key.into(), range_end: Vec::new() }
+        KeyRange {
+            key: key.into(),
+            range_end: Vec::new(),
+        }
     }
 
     pub fn prefix(prefix: impl Into<Vec<u8>>) -> Self {
@@ -168,9 +171,17 @@ pub enum Op {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpResult {
     Range(RangeResponse),
-    Put { prev_kv: Option<KeyValue> },
-    Delete { deleted: i64, prev_kvs: Vec<KeyValue> },
-    Txn { succeeded: bool, results: Vec<OpResult> },
+    Put {
+        prev_kv: Option<KeyValue>,
+    },
+    Delete {
+        deleted: i64,
+        prev_kvs: Vec<KeyValue>,
+    },
+    Txn {
+        succeeded: bool,
+        results: Vec<OpResult>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,7 +218,11 @@ pub struct TxnRequest {
 impl TxnRequest {
     /// A transaction that always runs `op`.
     pub fn single(op: Op) -> Self {
-        TxnRequest { compare: Vec::new(), success: vec![op], failure: Vec::new() }
+        TxnRequest {
+            compare: Vec::new(),
+            success: vec![op],
+            failure: Vec::new(),
+        }
     }
 
     pub fn approx_size(&self) -> usize {
@@ -254,7 +269,10 @@ mod tests {
         let r = KeyRange::prefix("foo");
         assert!(r.contains(b"foo") && r.contains(b"foo/bar"));
         assert!(!r.contains(b"fop") && !r.contains(b"fo"));
-        let all = KeyRange { key: vec![0], range_end: vec![0] };
+        let all = KeyRange {
+            key: vec![0],
+            range_end: vec![0],
+        };
         assert!(all.contains(b"anything"));
         assert!(KeyRange::single("a").contains(b"a"));
         assert!(!KeyRange::single("a").contains(b"ab"));

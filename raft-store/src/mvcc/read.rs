@@ -5,7 +5,10 @@
 use rocksdb::{ReadOptions, DB};
 
 use super::codec::{self, meta, Latest, Stored};
-use super::{Compare, CompareOp, CompareTarget, Event, EventKind, KeyRange, KeyValue, RangeRequest, RangeResponse};
+use super::{
+    Compare, CompareOp, CompareTarget, Event, EventKind, KeyRange, KeyValue, RangeRequest,
+    RangeResponse,
+};
 use super::{SortOrder, SortTarget};
 use crate::db::{cf, CF_HISTORY, CF_INDEX, CF_LATEST, CF_SM};
 use crate::error::{Result, StoreError};
@@ -21,12 +24,19 @@ pub struct View<'a> {
 
 impl<'a> View<'a> {
     pub fn new(db: &'a DB) -> Self {
-        View { db, snap: db.snapshot() }
+        View {
+            db,
+            snap: db.snapshot(),
+        }
     }
 
     fn meta_i64(&self, key: &[u8]) -> Result<i64> {
         match self.snap.get_cf(cf(self.db, CF_SM), key)? {
-            Some(v) => Ok(i64::from_be_bytes(v.as_slice().try_into().map_err(|_| StoreError::corrupt("sm meta", "bad i64"))?)),
+            Some(v) => Ok(i64::from_be_bytes(
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::corrupt("sm meta", "bad i64"))?,
+            )),
             None => Ok(0),
         }
     }
@@ -57,7 +67,10 @@ impl<'a> View<'a> {
 
     /// One exact version from `index`.
     fn version(&self, key: &[u8], rev: i64, sub: u32) -> Result<Option<KeyValue>> {
-        match self.snap.get_cf(cf(self.db, CF_INDEX), codec::index_key(key, rev, sub))? {
+        match self
+            .snap
+            .get_cf(cf(self.db, CF_INDEX), codec::index_key(key, rev, sub))?
+        {
             Some(v) => Ok(Some(decode_stored(&v)?.into_kv(key.to_vec()))),
             None => Ok(None),
         }
@@ -75,7 +88,8 @@ impl<'a> View<'a> {
             Some(kv) => kv,
             None => return Ok(None),
         };
-        let (found, _, _) = codec::parse_index_key(k).ok_or_else(|| StoreError::corrupt("index", "bad key"))?;
+        let (found, _, _) =
+            codec::parse_index_key(k).ok_or_else(|| StoreError::corrupt("index", "bad key"))?;
         if found != key {
             return Ok(None);
         }
@@ -87,7 +101,11 @@ impl<'a> View<'a> {
     }
 
     /// Visit live keys in `range` in key order until `visit` returns false.
-    pub fn scan(&self, range: &KeyRange, mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
+    pub fn scan(
+        &self,
+        range: &KeyRange,
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()> {
         if range.is_single() {
             if let Some(v) = self.snap.get_cf(cf(self.db, CF_LATEST), &range.key)? {
                 visit(&range.key, &v)?;
@@ -132,7 +150,8 @@ impl<'a> View<'a> {
         // The newest version at or before `rev` of the key being walked.
         let mut current: Option<(Vec<u8>, Option<Stored>)> = None;
         while let Some((k, v)) = it.item() {
-            let (key, krev, _) = codec::parse_index_key(k).ok_or_else(|| StoreError::corrupt("index", "bad key"))?;
+            let (key, krev, _) =
+                codec::parse_index_key(k).ok_or_else(|| StoreError::corrupt("index", "bad key"))?;
             if range.is_single() && key != range.key {
                 break;
             }
@@ -164,7 +183,11 @@ impl<'a> View<'a> {
     /// point and the current revision.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
         let current = self.revision()?;
-        let rev = if req.revision <= 0 { current } else { req.revision };
+        let rev = if req.revision <= 0 {
+            current
+        } else {
+            req.revision
+        };
         if rev > current {
             return Err(ApplyError::FutureRevision.into());
         }
@@ -179,7 +202,11 @@ impl<'a> View<'a> {
             || req.max_create_revision > 0;
         if rev == current && plain && !filtered {
             // Fast path: decode at most `limit` values, count the rest.
-            let limit = if req.limit > 0 { req.limit as usize } else { usize::MAX };
+            let limit = if req.limit > 0 {
+                req.limit as usize
+            } else {
+                usize::MAX
+            };
             let mut resp = RangeResponse::default();
             self.scan(&req.range, |k, v| {
                 resp.count += 1;
@@ -195,7 +222,11 @@ impl<'a> View<'a> {
             resp.more = resp.count as usize > resp.kvs.len() && !req.count_only;
             return Ok(resp);
         }
-        let kvs = if rev == current { self.range_latest(&req.range)? } else { self.range_at(&req.range, rev)? };
+        let kvs = if rev == current {
+            self.range_latest(&req.range)?
+        } else {
+            self.range_at(&req.range, rev)?
+        };
         Ok(finish_range(kvs, req))
     }
 
@@ -208,15 +239,32 @@ impl<'a> View<'a> {
         it.seek(codec::rev_key(from, 0));
         let mut out: Vec<(i64, Vec<Event>)> = Vec::new();
         while let Some((k, v)) = it.item() {
-            let (rev, sub) = codec::parse_rev_key(k).ok_or_else(|| StoreError::corrupt("history", "bad key"))?;
+            let (rev, sub) =
+                codec::parse_rev_key(k).ok_or_else(|| StoreError::corrupt("history", "bad key"))?;
             let key = v.to_vec();
-            let stored = match self.snap.get_cf(cf(self.db, CF_INDEX), codec::index_key(&key, rev, sub))? {
+            let stored = match self
+                .snap
+                .get_cf(cf(self.db, CF_INDEX), codec::index_key(&key, rev, sub))?
+            {
                 Some(s) => decode_stored(&s)?,
-                None => return Err(StoreError::corrupt("history", "points at a missing version")),
+                None => {
+                    return Err(StoreError::corrupt(
+                        "history",
+                        "points at a missing version",
+                    ))
+                }
             };
-            let prev = if prev_kv { self.get_at(&key, rev - 1)? } else { None };
+            let prev = if prev_kv {
+                self.get_at(&key, rev - 1)?
+            } else {
+                None
+            };
             let kind = stored.kind;
-            let event = Event { kind, kv: stored.into_kv(key), prev_kv: prev };
+            let event = Event {
+                kind,
+                kv: stored.into_kv(key),
+                prev_kv: prev,
+            };
             match out.last_mut() {
                 Some((r, events)) if *r == rev => events.push(event),
                 _ => out.push((rev, vec![event])),

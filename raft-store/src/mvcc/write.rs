@@ -11,7 +11,10 @@ use rocksdb::{WriteBatch, DB};
 
 use super::codec::{self, Latest, Stored};
 use super::read::{compare_one, finish_range, View};
-use super::{CompareTarget, DeleteRequest, Event, EventKind, KeyRange, KeyValue, Op, OpResult, PutRequest, TxnRequest};
+use super::{
+    CompareTarget, DeleteRequest, Event, EventKind, KeyRange, KeyValue, Op, OpResult, PutRequest,
+    TxnRequest,
+};
 use crate::db::{cf, CF_HISTORY, CF_INDEX, CF_LATEST, CF_LEASES, CF_LEASE_KEYS};
 use crate::error::Result;
 use crate::types::ApplyError;
@@ -29,8 +32,21 @@ pub struct Writer<'a> {
 }
 
 impl<'a> Writer<'a> {
-    pub fn new(db: &'a DB, view: &'a View<'a>, batch: &'a mut WriteBatch, base_revision: i64) -> Self {
-        Writer { db, view, batch, rev: base_revision + 1, sub: 0, overlay: BTreeMap::new(), events: Vec::new() }
+    pub fn new(
+        db: &'a DB,
+        view: &'a View<'a>,
+        batch: &'a mut WriteBatch,
+        base_revision: i64,
+    ) -> Self {
+        Writer {
+            db,
+            view,
+            batch,
+            rev: base_revision + 1,
+            sub: 0,
+            overlay: BTreeMap::new(),
+            events: Vec::new(),
+        }
     }
 
     /// Whether anything was changed (and so the revision moves).
@@ -54,8 +70,12 @@ impl<'a> Writer<'a> {
         if range.is_single() {
             return Ok(self.get(&range.key)?.into_iter().collect());
         }
-        let mut merged: BTreeMap<Vec<u8>, KeyValue> =
-            self.view.range_latest(range)?.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+        let mut merged: BTreeMap<Vec<u8>, KeyValue> = self
+            .view
+            .range_latest(range)?
+            .into_iter()
+            .map(|kv| (kv.key.clone(), kv))
+            .collect();
         for (k, v) in self.overlay.iter().filter(|(k, _)| range.contains(k)) {
             match v {
                 Some(kv) => merged.insert(k.clone(), kv.clone()),
@@ -66,19 +86,34 @@ impl<'a> Writer<'a> {
     }
 
     fn lease_exists(&self, id: i64) -> Result<bool> {
-        Ok(self.db.get_cf(cf(self.db, CF_LEASES), codec::u64_key(id as u64))?.is_some())
+        Ok(self
+            .db
+            .get_cf(cf(self.db, CF_LEASES), codec::u64_key(id as u64))?
+            .is_some())
     }
 
     fn record(&mut self, kind: EventKind, kv: &KeyValue, prev: Option<KeyValue>) {
         let stored = Stored::from_kv(kind, kv);
         let sub = self.sub;
         self.sub += 1;
-        self.batch.put_cf(cf(self.db, CF_INDEX), codec::index_key(&kv.key, self.rev, sub), codec::encode(&stored));
-        self.batch.put_cf(cf(self.db, CF_HISTORY), codec::rev_key(self.rev, sub), &kv.key);
+        self.batch.put_cf(
+            cf(self.db, CF_INDEX),
+            codec::index_key(&kv.key, self.rev, sub),
+            codec::encode(&stored),
+        );
+        self.batch.put_cf(
+            cf(self.db, CF_HISTORY),
+            codec::rev_key(self.rev, sub),
+            &kv.key,
+        );
         match kind {
             EventKind::Put => {
-                let latest = Latest { mod_revision: self.rev, sub };
-                self.batch.put_cf(cf(self.db, CF_LATEST), &kv.key, codec::encode(&latest));
+                let latest = Latest {
+                    mod_revision: self.rev,
+                    sub,
+                };
+                self.batch
+                    .put_cf(cf(self.db, CF_LATEST), &kv.key, codec::encode(&latest));
                 self.overlay.insert(kv.key.clone(), Some(kv.clone()));
             }
             EventKind::Delete => {
@@ -86,15 +121,21 @@ impl<'a> Writer<'a> {
                 self.overlay.insert(kv.key.clone(), None);
             }
         }
-        self.events.push(Event { kind, kv: kv.clone(), prev_kv: prev });
+        self.events.push(Event {
+            kind,
+            kv: kv.clone(),
+            prev_kv: prev,
+        });
     }
 
     fn attach(&mut self, lease: i64, key: &[u8]) {
-        self.batch.put_cf(cf(self.db, CF_LEASE_KEYS), lease_key(lease, key), []);
+        self.batch
+            .put_cf(cf(self.db, CF_LEASE_KEYS), lease_key(lease, key), []);
     }
 
     fn detach(&mut self, lease: i64, key: &[u8]) {
-        self.batch.delete_cf(cf(self.db, CF_LEASE_KEYS), lease_key(lease, key));
+        self.batch
+            .delete_cf(cf(self.db, CF_LEASE_KEYS), lease_key(lease, key));
     }
 
     pub fn put(&mut self, req: &PutRequest) -> Result<OpResult> {
@@ -104,7 +145,11 @@ impl<'a> Writer<'a> {
         } else {
             req.value.clone()
         };
-        let lease = if req.ignore_lease { prev.as_ref().ok_or(ApplyError::KeyNotFound)?.lease } else { req.lease };
+        let lease = if req.ignore_lease {
+            prev.as_ref().ok_or(ApplyError::KeyNotFound)?.lease
+        } else {
+            req.lease
+        };
         if lease != 0 && !self.lease_exists(lease)? {
             return Err(ApplyError::LeaseNotFound.into());
         }
@@ -123,7 +168,9 @@ impl<'a> Writer<'a> {
             self.attach(lease, &kv.key);
         }
         self.record(EventKind::Put, &kv, prev.clone());
-        Ok(OpResult::Put { prev_kv: if req.prev_kv { prev } else { None } })
+        Ok(OpResult::Put {
+            prev_kv: if req.prev_kv { prev } else { None },
+        })
     }
 
     /// Delete one live key at this command's revision.
@@ -131,14 +178,22 @@ impl<'a> Writer<'a> {
         if prev.lease != 0 {
             self.detach(prev.lease, &prev.key);
         }
-        let tomb = KeyValue { key: prev.key.clone(), mod_revision: self.rev, ..KeyValue::default() };
+        let tomb = KeyValue {
+            key: prev.key.clone(),
+            mod_revision: self.rev,
+            ..KeyValue::default()
+        };
         self.record(EventKind::Delete, &tomb, Some(prev));
     }
 
     pub fn delete(&mut self, req: &DeleteRequest) -> Result<OpResult> {
         let doomed = self.live(&req.range)?;
         let deleted = doomed.len() as i64;
-        let prev_kvs = if req.prev_kv { doomed.clone() } else { Vec::new() };
+        let prev_kvs = if req.prev_kv {
+            doomed.clone()
+        } else {
+            Vec::new()
+        };
         for kv in doomed {
             self.delete_key(kv);
         }
@@ -191,7 +246,8 @@ impl<'a> Writer<'a> {
                 self.delete_key(kv);
             }
         }
-        self.batch.delete_cf(cf(self.db, CF_LEASES), codec::u64_key(lease as u64));
+        self.batch
+            .delete_cf(cf(self.db, CF_LEASES), codec::u64_key(lease as u64));
         Ok(())
     }
 }

@@ -4,11 +4,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use proto::raft::raft_peer_client::RaftPeerClient;
 use proto::raft::Payload;
@@ -43,11 +45,18 @@ impl Peers {
     }
 
     /// Hand a request to the leader at `url`.
-    pub async fn forward(&self, leader: NodeId, url: &str, req: &Forwarded) -> Result<Reply, StoreError> {
+    pub async fn forward(
+        &self,
+        leader: NodeId,
+        url: &str,
+        req: &Forwarded,
+    ) -> Result<Reply, StoreError> {
         let fail = |detail: String| StoreError::Forward { leader, detail };
         let mut client = self.client(url).map_err(|e| fail(e.to_string()))?;
         let resp = client
-            .forward(Payload { data: codec::encode(req) })
+            .forward(Payload {
+                data: codec::encode(req),
+            })
             .await
             .map_err(|s| fail(s.message().to_string()))?;
         let reply: Result<Reply, ForwardError> =
@@ -66,7 +75,11 @@ impl RaftNetworkFactory<TypeConfig> for Peers {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> Self::Network {
-        PeerConnection { target, url: node.peer_url.clone(), peers: self.clone() }
+        PeerConnection {
+            target,
+            url: node.peer_url.clone(),
+            peers: self.clone(),
+        }
     }
 }
 
@@ -76,17 +89,28 @@ pub struct PeerConnection {
     peers: Peers,
 }
 
-type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, Member, RaftError<NodeId, E>>>;
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, Member, RaftError<NodeId, E>>>;
 
 impl PeerConnection {
-    async fn call<Req, Resp, E>(&self, method: Method, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
+    async fn call<Req, Resp, E>(
+        &self,
+        method: Method,
+        req: &Req,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let mut client = self.peers.client(&self.url).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        let mut request = tonic::Request::new(Payload { data: codec::encode(req) });
+        let mut client = self
+            .peers
+            .client(&self.url)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let mut request = tonic::Request::new(Payload {
+            data: codec::encode(req),
+        });
         request.set_timeout(option.hard_ttl());
         let result = match method {
             Method::Append => client.append_entries(request).await,
@@ -97,8 +121,8 @@ impl PeerConnection {
             tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
             _ => RPCError::Network(NetworkError::new(&status)),
         })?;
-        let decoded: Result<Resp, RaftError<NodeId, E>> =
-            codec::decode(&payload.into_inner().data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let decoded: Result<Resp, RaftError<NodeId, E>> = codec::decode(&payload.into_inner().data)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -126,7 +150,11 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         self.call(Method::Snapshot, &rpc, &option).await
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
         self.call(Method::Vote, &rpc, &option).await
     }
 

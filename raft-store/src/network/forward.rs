@@ -12,7 +12,10 @@ pub enum Forwarded {
     ReadIndex,
     LeaseKeepAlive(i64),
     LeaseTimeToLive(i64),
-    AddMember { peer_url: String, learner: bool },
+    AddMember {
+        peer_url: String,
+        learner: bool,
+    },
     RemoveMember(NodeId),
     PromoteMember(NodeId),
 }

@@ -24,11 +24,14 @@ impl PeerService {
 }
 
 fn decode<T: DeserializeOwned>(req: Request<Payload>) -> Result<T, Status> {
-    codec::decode(&req.into_inner().data).map_err(|e| Status::invalid_argument(format!("undecodable payload: {e}")))
+    codec::decode(&req.into_inner().data)
+        .map_err(|e| Status::invalid_argument(format!("undecodable payload: {e}")))
 }
 
 fn reply<T: Serialize>(v: &T) -> Result<Response<Payload>, Status> {
-    Ok(Response::new(Payload { data: codec::encode(v) }))
+    Ok(Response::new(Payload {
+        data: codec::encode(v),
+    }))
 }
 
 #[tonic::async_trait]
