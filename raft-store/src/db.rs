@@ -39,17 +39,13 @@ pub const SM_FAMILIES: [&str; 7] = [
     CF_MEMBERS,
 ];
 
-pub const ALL_FAMILIES: [&str; 9] = [
-    CF_LOGS,
-    CF_RAFT,
-    CF_SM,
-    CF_LATEST,
-    CF_INDEX,
-    CF_HISTORY,
-    CF_LEASES,
-    CF_LEASE_KEYS,
-    CF_MEMBERS,
-];
+/// Column families of the Raft log itself.
+pub const LOG_FAMILIES: [&str; 2] = [CF_LOGS, CF_RAFT];
+
+/// Every column family of the database.
+pub fn all_families() -> impl Iterator<Item = &'static str> {
+    LOG_FAMILIES.into_iter().chain(SM_FAMILIES)
+}
 
 pub fn open(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
     let mut opts = Options::default();
@@ -62,7 +58,7 @@ pub fn open(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
     // no system call, and every fsync carries all writes made before it.
     opts.set_manual_wal_flush(true);
     let cache = rocksdb::Cache::new_lru_cache(128 << 20);
-    let families = ALL_FAMILIES.iter().map(|name| {
+    let families = all_families().map(|name| {
         let mut cf_opts = Options::default();
         cf_opts.set_write_buffer_size(64 << 20);
         let mut table = rocksdb::BlockBasedOptions::default();
@@ -72,7 +68,7 @@ pub fn open(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
         cf_opts.set_block_based_table_factory(&table);
         // Fewer rewrites of the same bytes than leveled compaction.
         cf_opts.set_compaction_style(rocksdb::DBCompactionStyle::Universal);
-        ColumnFamilyDescriptor::new(*name, cf_opts)
+        ColumnFamilyDescriptor::new(name, cf_opts)
     });
     Ok(Arc::new(DB::open_cf_descriptors(&opts, path, families)?))
 }
@@ -85,27 +81,19 @@ pub fn cf<'a>(db: &'a DB, name: &str) -> &'a ColumnFamily {
 
 /// Approximate bytes on disk of the whole database.
 pub fn size_on_disk(db: &DB) -> u64 {
-    ALL_FAMILIES
-        .iter()
-        .filter_map(|name| {
-            db.property_int_value_cf(cf(db, name), "rocksdb.total-sst-files-size")
-                .ok()
-                .flatten()
-        })
-        .sum::<u64>()
-        + ALL_FAMILIES
-            .iter()
-            .filter_map(|name| {
-                db.property_int_value_cf(cf(db, name), "rocksdb.size-all-mem-tables")
-                    .ok()
-                    .flatten()
-            })
-            .sum::<u64>()
+    const SIZES: [&str; 2] = [
+        "rocksdb.total-sst-files-size",
+        "rocksdb.size-all-mem-tables",
+    ];
+    all_families()
+        .flat_map(|name| SIZES.map(|p| db.property_int_value_cf(cf(db, name), p).ok().flatten()))
+        .flatten()
+        .sum()
 }
 
 /// Compact every column family (reclaims space after deletes).
 pub fn compact_all(db: &DB) {
-    for name in ALL_FAMILIES {
+    for name in all_families() {
         db.compact_range_cf(cf(db, name), None::<&[u8]>, None::<&[u8]>);
     }
 }

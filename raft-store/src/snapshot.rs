@@ -111,7 +111,7 @@ fn open_read_only(path: &Path) -> Result<DB> {
     Ok(DB::open_cf_for_read_only(
         &opts,
         path,
-        crate::db::ALL_FAMILIES,
+        crate::db::all_families(),
         false,
     )?)
 }

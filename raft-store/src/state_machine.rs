@@ -71,38 +71,11 @@ impl Shared {
         let applied: Option<LogId> = read_meta(&self.db, meta::APPLIED)?;
         self.applied_index
             .store(applied.map(|l| l.index).unwrap_or(0), Ordering::Release);
-        let mut leases = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(cf(&self.db, CF_LEASES), rocksdb::IteratorMode::Start)
-        {
-            let (k, v) = item?;
-            let id = u64::from_be_bytes(
-                k.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::corrupt("leases", "bad key"))?,
-            );
-            let rec: LeaseRecord =
-                codec::decode(&v).map_err(|e| StoreError::corrupt("leases", e))?;
-            leases.push((id as i64, rec));
-        }
-        self.leases.reset(leases);
-        let mut members = BTreeMap::new();
-        for item in self
-            .db
-            .iterator_cf(cf(&self.db, CF_MEMBERS), rocksdb::IteratorMode::Start)
-        {
-            let (k, v) = item?;
-            let id = u64::from_be_bytes(
-                k.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::corrupt("members", "bad key"))?,
-            );
-            members.insert(
-                id,
-                codec::decode(&v).map_err(|e| StoreError::corrupt("members", e))?,
-            );
-        }
+        let leases = read_table::<LeaseRecord>(&self.db, CF_LEASES)?;
+        self.leases
+            .reset(leases.into_iter().map(|(id, rec)| (id as i64, rec)));
+        let members: BTreeMap<NodeId, MemberAttrs> =
+            read_table(&self.db, CF_MEMBERS)?.into_iter().collect();
         *self.members.lock().unwrap_or_else(|p| p.into_inner()) = members;
         Ok(())
     }
@@ -113,6 +86,27 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+}
+
+/// Every record of a family keyed by a big-endian u64.
+fn read_table<T: for<'de> Deserialize<'de>>(
+    db: &DB,
+    family: &'static str,
+) -> Result<Vec<(u64, T)>> {
+    let mut out = Vec::new();
+    for item in db.iterator_cf(cf(db, family), rocksdb::IteratorMode::Start) {
+        let (k, v) = item?;
+        let id = u64::from_be_bytes(
+            k.as_ref()
+                .try_into()
+                .map_err(|_| StoreError::corrupt(family, "bad key"))?,
+        );
+        out.push((
+            id,
+            codec::decode(&v).map_err(|e| StoreError::corrupt(family, e))?,
+        ));
+    }
+    Ok(out)
 }
 
 pub fn read_meta<T: for<'de> Deserialize<'de>>(db: &DB, key: &[u8]) -> Result<Option<T>> {
