@@ -66,6 +66,10 @@ pub fn open(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
         // Point lookups of absent keys (every create) skip files quickly.
         table.set_bloom_filter(10.0, false);
         cf_opts.set_block_based_table_factory(&table);
+        // Most writes create keys: a bloom filter over the memtable answers
+        // "absent" without walking its skiplist.
+        cf_opts.set_memtable_whole_key_filtering(true);
+        cf_opts.set_memtable_prefix_bloom_ratio(0.1);
         // Fewer rewrites of the same bytes than leveled compaction.
         cf_opts.set_compaction_style(rocksdb::DBCompactionStyle::Universal);
         ColumnFamilyDescriptor::new(name, cf_opts)

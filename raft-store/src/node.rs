@@ -24,7 +24,7 @@ use crate::mvcc::{OpResult, RangeRequest, RangeResponse, TxnRequest};
 use crate::network::client::Peers;
 use crate::network::forward::{Forwarded, Reply};
 use crate::network::server::PeerService;
-use crate::proposer::Proposer;
+use crate::proposer::{Proposer, Router};
 use crate::state_machine::{Shared, StateMachine};
 use crate::types::{ApplyError, Command, Member, NodeId, Raft, Response};
 use crate::watch::{WatchSpec, Watcher};
@@ -120,6 +120,7 @@ pub struct Store {
     shared: Arc<Shared>,
     peers: Peers,
     log: LogStore,
+    router: Router,
     proposer: Proposer,
     shutdown: watch::Sender<bool>,
 }
@@ -154,7 +155,13 @@ impl Store {
             .await
             .map_err(|e| StoreError::Raft(e.to_string()))?;
         let (shutdown, _) = watch::channel(false);
-        let proposer = Proposer::start(raft.clone());
+        let router = Router {
+            id,
+            raft: raft.clone(),
+            peers: peers.clone(),
+            patience: config.election_timeout.1 * 2,
+        };
+        let proposer = Proposer::start(router.clone());
         let store = Arc::new(Store {
             id,
             config,
@@ -162,6 +169,7 @@ impl Store {
             shared,
             peers,
             log,
+            router,
             proposer,
             shutdown,
         });
@@ -245,28 +253,9 @@ impl Store {
         self.shared.revision.load(Ordering::Acquire)
     }
 
-    /// The leader's id and peer URL, waiting up to one election for one to emerge.
-    async fn leader(&self) -> Result<(NodeId, String)> {
-        let wait = self.config.election_timeout.1 * 2;
-        let metrics = self
-            .raft
-            .wait(Some(wait))
-            .metrics(|m| m.current_leader.is_some(), "leader known")
-            .await
-            .map_err(|_| StoreError::NoLeader)?;
-        let leader = metrics.current_leader.ok_or(StoreError::NoLeader)?;
-        let url = metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|m| m.peer_url.clone())
-            .ok_or(StoreError::NoLeader)?;
-        Ok((leader, url))
-    }
-
     /// Send a request to the leader, unless this master is the leader.
     async fn to_leader(&self, fwd: Forwarded) -> Result<Reply> {
-        let (leader, url) = self.leader().await?;
+        let (leader, url) = self.router.leader().await?;
         if leader == self.id {
             return self.serve_forwarded(fwd).await;
         }
@@ -275,10 +264,7 @@ impl Store {
 
     /// Replicate a command and return its result once applied here.
     pub async fn write(&self, cmd: Command) -> Result<Response> {
-        let resp = match self.to_leader(Forwarded::Write(cmd)).await? {
-            Reply::Write(r) => r,
-            other => return Err(StoreError::Raft(format!("unexpected reply {other:?}"))),
-        };
+        let resp = self.proposer.propose(cmd).await?;
         // Read-your-writes on this master: wait until it has applied the revision.
         self.wait_revision(resp.revision).await?;
         Ok(resp)
@@ -306,7 +292,8 @@ impl Store {
     /// Serve a request as the leader (from a follower, or from this master).
     pub(crate) async fn serve_forwarded(&self, fwd: Forwarded) -> Result<Reply> {
         match fwd {
-            Forwarded::Write(cmd) => Ok(Reply::Write(self.proposer.propose(cmd).await?)),
+            // Already batched by the follower: one log entry as it is.
+            Forwarded::WriteBatch(cmds) => Ok(Reply::WriteBatch(self.router.commit(cmds).await?)),
             Forwarded::ReadIndex => {
                 let (read, _) = self
                     .raft

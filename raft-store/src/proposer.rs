@@ -1,22 +1,96 @@
-//! Group commit on the leader: concurrent writes are proposed together as
-//! one log entry ([`Command::Batch`]), so they share one replication round
-//! and one fsync. A few batches are kept in flight; while they are, new
-//! writes queue up and form the next batch, so batches grow with load and
-//! a lone write goes out at once.
+//! Group commit. Concurrent writes on a master are gathered into one batch:
+//! on the leader a batch becomes one log entry ([`Command::Batch`]), sharing
+//! one replication round and one fsync; on a follower it travels to the
+//! leader in one forwarding call. A few batches are kept in flight; while
+//! they are, new writes queue up and form the next batch, so batches grow
+//! with load and a lone write goes out at once.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use openraft::error::ClientWriteError;
+use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::error::{Result, StoreError};
-use crate::types::{Command, Outcome, Raft, Response};
+use crate::network::client::Peers;
+use crate::network::forward::{Forwarded, Reply};
+use crate::types::{Command, NodeId, Outcome, Raft, Response};
 
-/// Batches proposed but not yet applied.
+/// Batches sent but not yet answered.
 const MAX_IN_FLIGHT: usize = 4;
 /// Upper bounds of one batch.
 const MAX_COMMANDS: usize = 1024;
 const MAX_BYTES: usize = 4 << 20;
+
+/// Finds the leader and hands it batches of commands.
+#[derive(Clone)]
+pub struct Router {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub peers: Peers,
+    /// How long to wait for a leader to be known.
+    pub patience: Duration,
+}
+
+impl Router {
+    /// The leader's id and peer URL, waiting a while for one to emerge.
+    pub async fn leader(&self) -> Result<(NodeId, String)> {
+        let metrics = self
+            .raft
+            .wait(Some(self.patience))
+            .metrics(|m| m.current_leader.is_some(), "leader known")
+            .await
+            .map_err(|_| StoreError::NoLeader)?;
+        let leader = metrics.current_leader.ok_or(StoreError::NoLeader)?;
+        let url = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|m| m.peer_url.clone())
+            .ok_or(StoreError::NoLeader)?;
+        Ok((leader, url))
+    }
+
+    /// Commit `cmds` through the leader, wherever it is; one result each.
+    async fn submit(&self, cmds: Vec<Command>) -> Result<Vec<Response>> {
+        let (leader, url) = self.leader().await?;
+        if leader == self.id {
+            return self.commit(cmds).await;
+        }
+        match self
+            .peers
+            .forward(leader, &url, &Forwarded::WriteBatch(cmds))
+            .await?
+        {
+            Reply::WriteBatch(r) => Ok(r),
+            other => Err(StoreError::Raft(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// As the leader: append `cmds` as one entry and wait until it is applied.
+    pub async fn commit(&self, mut cmds: Vec<Command>) -> Result<Vec<Response>> {
+        let n = cmds.len();
+        let cmd = if n == 1 {
+            cmds.remove(0)
+        } else {
+            Command::Batch(cmds)
+        };
+        let resp = self.raft.client_write(cmd).await.map_err(|e| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => StoreError::NoLeader,
+            other => StoreError::Raft(other.to_string()),
+        })?;
+        match resp.data {
+            Response {
+                outcome: Ok(Outcome::Batch(results)),
+                ..
+            } if n > 1 => Ok(results),
+            single if n == 1 => Ok(vec![single]),
+            other => Err(StoreError::Raft(format!(
+                "unexpected batch result {other:?}"
+            ))),
+        }
+    }
+}
 
 struct Pending {
     cmd: Command,
@@ -29,13 +103,13 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    pub fn start(raft: Raft) -> Self {
+    pub fn start(router: Router) -> Self {
         let (tx, rx) = mpsc::channel(16 * MAX_COMMANDS);
-        tokio::spawn(run(raft, rx));
+        tokio::spawn(run(Arc::new(router), rx));
         Proposer { tx }
     }
 
-    /// Propose `cmd` (this master must be the leader) and wait for its result.
+    /// Commit `cmd` through the leader and wait for its result.
     pub async fn propose(&self, cmd: Command) -> Result<Response> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -46,7 +120,7 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
+async fn run(router: Arc<Router>, mut rx: mpsc::Receiver<Pending>) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -65,61 +139,41 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
             }
         }
         metrics::histogram!("skiff_store_proposal_batch").record(batch.len() as f64);
-        let (mut cmds, replies): (Vec<Command>, Vec<_>) =
+        let (cmds, replies): (Vec<Command>, Vec<_>) =
             batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
-        let cmd = if cmds.len() == 1 {
-            cmds.remove(0)
-        } else {
-            Command::Batch(cmds)
-        };
-        match raft.client_write_ff(cmd).await {
-            Ok(pending) => {
-                tokio::spawn(async move {
-                    let result = pending.await;
-                    drop(slot);
-                    let result = match result {
-                        Ok(Ok(r)) => Ok(r.data),
-                        Ok(Err(ClientWriteError::ForwardToLeader(_))) => Err(StoreError::NoLeader),
-                        Ok(Err(e)) => Err(StoreError::Raft(e.to_string())),
-                        // The leader stepped down before the entry was applied.
-                        Err(_) => Err(StoreError::NoLeader),
-                    };
-                    deliver(result, replies);
-                });
-            }
-            Err(e) => deliver(Err(StoreError::Raft(e.to_string())), replies),
-        }
+        let router = router.clone();
+        tokio::spawn(async move {
+            let result = router.submit(cmds).await;
+            drop(slot);
+            deliver(result, replies);
+        });
     }
 }
 
-fn deliver(result: Result<Response>, mut replies: Vec<oneshot::Sender<Result<Response>>>) {
+fn deliver(result: Result<Vec<Response>>, replies: Vec<oneshot::Sender<Result<Response>>>) {
     match result {
-        Ok(Response {
-            outcome: Ok(Outcome::Batch(results)),
-            ..
-        }) if replies.len() > 1 => {
+        Ok(results) if results.len() == replies.len() => {
             for (reply, r) in replies.into_iter().zip(results) {
                 let _ = reply.send(Ok(r));
             }
         }
-        Ok(r) if replies.len() == 1 => {
-            let _ = replies.remove(0).send(Ok(r));
-        }
-        Ok(other) => {
+        Ok(results) => {
+            let msg = format!("{} results for {} commands", results.len(), replies.len());
             for reply in replies {
-                let _ = reply.send(Err(StoreError::Raft(format!(
-                    "unexpected batch result {other:?}"
-                ))));
+                let _ = reply.send(Err(StoreError::Raft(msg.clone())));
             }
         }
         Err(e) => {
+            // Every command of the batch shares the fate of the call.
             let msg = e.to_string();
-            let no_leader = matches!(e, StoreError::NoLeader);
             for reply in replies {
-                let err = if no_leader {
-                    StoreError::NoLeader
-                } else {
-                    StoreError::Raft(msg.clone())
+                let err = match &e {
+                    StoreError::NoLeader => StoreError::NoLeader,
+                    StoreError::Forward { leader, .. } => StoreError::Forward {
+                        leader: *leader,
+                        detail: msg.clone(),
+                    },
+                    _ => StoreError::Raft(msg.clone()),
                 };
                 let _ = reply.send(Err(err));
             }

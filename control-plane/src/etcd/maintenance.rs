@@ -56,7 +56,11 @@ impl Maintenance for Api {
         _: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         observe("Defragment", async {
-            self.store.compact_disk();
+            // Rewriting every table file takes a while: off the async workers.
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.compact_disk())
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
             Ok(pb::DefragmentResponse {
                 header: Some(self.current_header()),
             })

@@ -7,7 +7,8 @@ use crate::types::{Command, NodeId, Response};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Forwarded {
-    Write(Command),
+    /// Commands a follower gathered; the leader appends them as one entry.
+    WriteBatch(Vec<Command>),
     /// The leader confirms its leadership and returns the index to wait for.
     ReadIndex,
     LeaseKeepAlive(i64),
@@ -22,7 +23,7 @@ pub enum Forwarded {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Reply {
-    Write(Response),
+    WriteBatch(Vec<Response>),
     ReadIndex(u64),
     /// The lease's TTL, or None if it does not exist.
     LeaseKeepAlive(Option<i64>),
