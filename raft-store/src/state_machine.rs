@@ -33,6 +33,15 @@ pub struct MemberAttrs {
     pub client_urls: Vec<String>,
 }
 
+impl MemberAttrs {
+    fn published(name: &str, client_urls: &[String]) -> Self {
+        MemberAttrs {
+            name: name.to_string(),
+            client_urls: client_urls.to_vec(),
+        }
+    }
+}
+
 /// State shared between the state machine, readers and watchers.
 pub struct Shared {
     pub db: Arc<DB>,
@@ -296,10 +305,7 @@ impl StateMachine {
                 name,
                 client_urls,
             } => {
-                let attrs = MemberAttrs {
-                    name: name.clone(),
-                    client_urls: client_urls.clone(),
-                };
+                let attrs = MemberAttrs::published(name, client_urls);
                 w_batch_put(
                     w,
                     cf(db, CF_MEMBERS),
@@ -313,32 +319,25 @@ impl StateMachine {
 
     /// In-memory effects of an applied command, after its batch is on disk.
     fn after_apply(&self, cmd: &Command) {
-        {
-            match cmd {
-                Command::Compact { revision } => {
-                    self.shared.compacted.store(*revision, Ordering::Release)
-                }
-                Command::LeaseGrant { id, ttl } => {
-                    self.shared.leases.granted(*id, (*ttl).max(MIN_TTL))
-                }
-                Command::LeaseRevoke { id } => self.shared.leases.revoked(*id),
-                Command::Publish {
-                    id,
-                    name,
-                    client_urls,
-                } => {
-                    let attrs = MemberAttrs {
-                        name: name.clone(),
-                        client_urls: client_urls.clone(),
-                    };
-                    self.shared
-                        .members
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(*id, attrs);
-                }
-                Command::Txn(_) | Command::Batch(_) => {}
+        match cmd {
+            Command::Compact { revision } => {
+                self.shared.compacted.store(*revision, Ordering::Release)
             }
+            Command::LeaseGrant { id, ttl } => self.shared.leases.granted(*id, (*ttl).max(MIN_TTL)),
+            Command::LeaseRevoke { id } => self.shared.leases.revoked(*id),
+            Command::Publish {
+                id,
+                name,
+                client_urls,
+            } => {
+                let attrs = MemberAttrs::published(name, client_urls);
+                self.shared
+                    .members
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(*id, attrs);
+            }
+            Command::Txn(_) | Command::Batch(_) => {}
         }
     }
 }

@@ -11,10 +11,19 @@ use raft_store::mvcc::{
 use raft_store::watch::{WatchItem, WatchSpec};
 use raft_store::{ApplyError, Command, Config, Member, Outcome, Store, StoreError};
 
-async fn single(dir: &std::path::Path, port: u16) -> std::sync::Arc<Store> {
+fn config(dir: &std::path::Path, port: u16) -> Config {
     let addr = format!("127.0.0.1:{port}").parse().expect("addr");
     let mut cfg = Config::new("solo", dir.to_path_buf(), addr);
     cfg.election_timeout = (Duration::from_millis(150), Duration::from_millis(300));
+    cfg
+}
+
+async fn single(dir: &std::path::Path, port: u16) -> std::sync::Arc<Store> {
+    single_with(config(dir, port)).await
+}
+
+/// Start a one-master cluster and wait until it leads.
+async fn single_with(cfg: Config) -> std::sync::Arc<Store> {
     // A store shut down in this process releases RocksDB once its tasks end.
     let mut attempt = 0;
     let store = loop {
@@ -360,25 +369,10 @@ async fn restart_recovers_from_snapshot_and_log() {
     let dir = tempfile::tempdir().expect("tmp");
     let port = free_port();
     {
-        let mut cfg = Config::new(
-            "solo",
-            dir.path().to_path_buf(),
-            format!("127.0.0.1:{port}").parse().expect("addr"),
-        );
+        let mut cfg = config(dir.path(), port);
         cfg.snapshot_entries = 20;
         cfg.keep_entries = 0;
-        let s = Store::start(cfg).await.expect("start");
-        let members = BTreeMap::from([(
-            s.id(),
-            Member {
-                name: "solo".into(),
-                peer_url: s.config().peer_url.clone(),
-            },
-        )]);
-        s.initialize(members).await.expect("init");
-        while !s.is_leader() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let s = single_with(cfg).await;
         for i in 0..75 {
             put(&s, &format!("k{i:03}"), &i.to_string()).await;
         }
