@@ -64,9 +64,10 @@ struct RunArgs {
     /// Leader heartbeat interval.
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
-    /// A follower starts an election after hearing nothing for a random time
-    /// between this and twice this.
-    #[arg(long, default_value_t = 500)]
+    /// A follower stands for election after hearing nothing from the leader
+    /// for between 0.8 and 1 times this. (openraft first waits out the
+    /// leader's lease, half of it, then a random 0.3 to 0.5 of it.)
+    #[arg(long, default_value_t = 800)]
     election_timeout_ms: u64,
     /// Applied entries between snapshots (the log is purged behind each).
     #[arg(long, default_value_t = 10_000)]
@@ -75,6 +76,10 @@ struct RunArgs {
     /// little (like etcd's --experimental-snapshot-catchup-entries).
     #[arg(long, default_value_t = 1_000)]
     snapshot_catchup_entries: u64,
+    /// Stop taking writes (and leave the quorum) while the data dir's file
+    /// system has less than this many MiB free; rejoin at 1.5 times it.
+    #[arg(long, default_value_t = 64)]
+    min_free_space_mb: u64,
 }
 
 fn parse_initial_cluster(s: &str) -> anyhow::Result<Vec<(String, String)>> {
@@ -121,12 +126,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     config.client_urls = vec![client_url];
     config.cluster_token = args.initial_cluster_token.clone();
     config.heartbeat = Duration::from_millis(args.heartbeat_ms);
+    if args.election_timeout_ms * 3 / 10 <= args.heartbeat_ms {
+        bail!("--election-timeout-ms must be more than 3.3 times --heartbeat-ms");
+    }
     config.election_timeout = (
-        Duration::from_millis(args.election_timeout_ms),
-        Duration::from_millis(args.election_timeout_ms * 2),
+        Duration::from_millis(args.election_timeout_ms * 3 / 10),
+        Duration::from_millis(args.election_timeout_ms / 2),
     );
     config.snapshot_entries = args.snapshot_count;
     config.keep_entries = args.snapshot_catchup_entries;
+    config.min_free_bytes = args.min_free_space_mb << 20;
     let client_listener = tokio::net::TcpListener::bind(args.listen_client)
         .await
         .with_context(|| format!("binding the client address {}", args.listen_client))?;

@@ -26,6 +26,9 @@ pub enum StoreError {
     Invalid(String),
     #[error("member {0:x} not found")]
     MemberNotFound(NodeId),
+    /// This master's data disk is (nearly) full; it takes no writes until space returns.
+    #[error("no space left on the data disk")]
+    NoSpace,
     #[error("the store is shutting down")]
     Stopped,
 }

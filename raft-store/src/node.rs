@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +49,9 @@ pub struct Config {
     pub snapshot_entries: u64,
     /// Log entries kept behind the snapshot for followers that lag a little.
     pub keep_entries: u64,
+    /// Below this much free space on the data dir the master stops taking
+    /// writes and leaves the quorum until space returns (see `jobs::disk_guard`).
+    pub min_free_bytes: u64,
 }
 
 impl Config {
@@ -64,6 +67,7 @@ impl Config {
             election_timeout: (Duration::from_millis(500), Duration::from_millis(900)),
             snapshot_entries: 10_000,
             keep_entries: 1_000,
+            min_free_bytes: 64 << 20,
         }
     }
 
@@ -122,6 +126,8 @@ pub struct Store {
     log: LogStore,
     router: Router,
     proposer: Proposer,
+    /// Set while the data disk is nearly full (`jobs::disk_guard`).
+    space_low: AtomicBool,
     shutdown: watch::Sender<bool>,
 }
 
@@ -171,6 +177,7 @@ impl Store {
             log,
             router,
             proposer,
+            space_low: AtomicBool::new(false),
             shutdown,
         });
         store.serve_peers().await?;
@@ -253,6 +260,29 @@ impl Store {
         self.shared.revision.load(Ordering::Acquire)
     }
 
+    /// Whether this master is fenced off because its data disk is nearly full.
+    pub fn space_low(&self) -> bool {
+        self.space_low.load(Ordering::Acquire)
+    }
+
+    /// Fence this master off (or let it back in): while fenced it neither
+    /// campaigns nor sends heartbeats, so a leader is soon replaced, and the
+    /// peer RPCs that would write to its log are refused.
+    pub fn set_space_low(&self, low: bool) {
+        self.space_low.store(low, Ordering::Release);
+        metrics::gauge!("skiff_disk_space_low").set(if low { 1.0 } else { 0.0 });
+        self.raft.runtime_config().elect(!low);
+        self.raft.runtime_config().heartbeat(!low);
+    }
+
+    fn ensure_space(&self) -> Result<()> {
+        if self.space_low() {
+            Err(StoreError::NoSpace)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Send a request to the leader, unless this master is the leader.
     async fn to_leader(&self, fwd: Forwarded) -> Result<Reply> {
         let (leader, url) = self.router.leader().await?;
@@ -264,6 +294,7 @@ impl Store {
 
     /// Replicate a command and return its result once applied here.
     pub async fn write(&self, cmd: Command) -> Result<Response> {
+        self.ensure_space()?;
         let resp = self.proposer.propose(cmd).await?;
         // Read-your-writes on this master: wait until it has applied the revision.
         self.wait_revision(resp.revision).await?;
@@ -293,7 +324,10 @@ impl Store {
     pub(crate) async fn serve_forwarded(&self, fwd: Forwarded) -> Result<Reply> {
         match fwd {
             // Already batched by the follower: one log entry as it is.
-            Forwarded::WriteBatch(cmds) => Ok(Reply::WriteBatch(self.router.commit(cmds).await?)),
+            Forwarded::WriteBatch(cmds) => {
+                self.ensure_space()?;
+                Ok(Reply::WriteBatch(self.router.commit(cmds).await?))
+            }
             Forwarded::ReadIndex => {
                 let (read, _) = self
                     .raft

@@ -36,7 +36,6 @@ const END: u8 = 0xff;
 /// Marker in the `raft` family while a snapshot is being loaded: if it is
 /// found at start-up, the load was interrupted and is done again.
 pub const INSTALLING: &[u8] = b"installing_snapshot";
-const LOAD_BATCH: usize = 4096;
 
 pub struct Builder {
     shared: Arc<Shared>,
@@ -49,10 +48,12 @@ impl Builder {
 
     pub async fn build(&mut self) -> Result<Snapshot> {
         let shared = self.shared.clone();
-        let meta =
-            tokio::task::spawn_blocking(move || checkpoint(&shared.db, &shared.snapshot_dir))
-                .await
-                .map_err(|e| StoreError::Raft(e.to_string()))??;
+        let meta = tokio::task::spawn_blocking(move || {
+            let _guard = shared.snapshot_lock.lock().expect("snapshot lock");
+            checkpoint(&shared.db, &shared.snapshot_dir)
+        })
+        .await
+        .map_err(|e| StoreError::Raft(e.to_string()))??;
         metrics::counter!("skiff_store_snapshots_total").increment(1);
         // openraft keeps only the metadata of a snapshot it asked us to build;
         // the data is produced by `current` when a follower needs it.
@@ -171,22 +172,28 @@ fn write_meta(dir: &Path, meta: &SnapshotMeta) -> Result<()> {
 }
 
 /// The current snapshot with its data, dumped from the checkpoint on first use.
-pub async fn current(dir: &Path) -> Result<Option<Snapshot>> {
-    let bytes = match tokio::fs::read(dir.join(META)).await {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let meta: SnapshotMeta =
-        codec::decode(&bytes).map_err(|e| StoreError::corrupt("snapshot meta", e))?;
-    let (d, id) = (dir.to_path_buf(), meta.snapshot_id.clone());
-    tokio::task::spawn_blocking(move || ensure_data(&d, &id))
-        .await
-        .map_err(|e| StoreError::Raft(e.to_string()))??;
-    let file = tokio::fs::File::open(dir.join(DATA)).await?;
-    Ok(Some(Snapshot {
+pub async fn current(shared: &Arc<Shared>) -> Result<Option<Snapshot>> {
+    let shared = shared.clone();
+    let found = tokio::task::spawn_blocking(move || -> Result<Option<(SnapshotMeta, fs::File)>> {
+        let _guard = shared.snapshot_lock.lock().expect("snapshot lock");
+        let dir = &shared.snapshot_dir;
+        let bytes = match fs::read(dir.join(META)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let meta: SnapshotMeta =
+            codec::decode(&bytes).map_err(|e| StoreError::corrupt("snapshot meta", e))?;
+        ensure_data(dir, &meta.snapshot_id)?;
+        // An open file keeps its content even if a later build replaces it.
+        let file = fs::File::open(dir.join(DATA))?;
+        Ok(Some((meta, file)))
+    })
+    .await
+    .map_err(|e| StoreError::Raft(e.to_string()))??;
+    Ok(found.map(|(meta, file)| Snapshot {
         meta,
-        snapshot: Box::new(file),
+        snapshot: Box::new(tokio::fs::File::from_std(file)),
     }))
 }
 
@@ -215,6 +222,7 @@ pub async fn install(
     let shared = shared.clone();
     let meta = meta.clone();
     tokio::task::spawn_blocking(move || -> Result<()> {
+        let _guard = shared.snapshot_lock.lock().expect("snapshot lock");
         fs::rename(dir.join(INCOMING), dir.join(DATA))?;
         write_synced(&dir, DATA_ID, meta.snapshot_id.as_bytes())?;
         write_meta(&dir, &meta)?;
@@ -226,15 +234,18 @@ pub async fn install(
     Ok(())
 }
 
-/// Replace the state machine's families with the snapshot file's content.
-/// Interrupted loads are redone at start-up (see [`recover`]).
+/// Replace the state machine's families with the snapshot file's content,
+/// in one atomic write: a reader or watcher on this master sees the old
+/// state or the new one, never a half-loaded store. (The batch is as large
+/// as the state machine.) The marker makes a restart redo a load whose
+/// files were switched but whose write did not happen (see [`recover`]).
 pub fn load(db: &DB, path: &Path) -> Result<()> {
     let mut marker = WriteBatch::default();
     marker.put_cf(cf(db, CF_RAFT), INSTALLING, []);
     crate::db::write_durable(db, marker)?;
+    let mut batch = WriteBatch::default();
     for family in SM_FAMILIES {
         let handle = cf(db, family);
-        let mut batch = WriteBatch::default();
         let mut it = db.raw_iterator_cf(handle);
         it.seek_to_first();
         while let Some(k) = it.key() {
@@ -242,10 +253,8 @@ pub fn load(db: &DB, path: &Path) -> Result<()> {
             it.next();
         }
         it.status()?;
-        db.write(batch)?;
     }
     let mut reader = BufReader::with_capacity(1 << 20, fs::File::open(path)?);
-    let mut batch = WriteBatch::default();
     loop {
         let mut family = [0u8; 1];
         reader.read_exact(&mut family)?;
@@ -258,14 +267,9 @@ pub fn load(db: &DB, path: &Path) -> Result<()> {
         let key = read_chunk(&mut reader)?;
         let value = read_chunk(&mut reader)?;
         batch.put_cf(cf(db, name), key, value);
-        if batch.len() >= LOAD_BATCH {
-            db.write(std::mem::take(&mut batch))?;
-        }
     }
-    db.write(batch)?;
-    let mut done = WriteBatch::default();
-    done.delete_cf(cf(db, CF_RAFT), INSTALLING);
-    crate::db::write_durable(db, done)?;
+    batch.delete_cf(cf(db, CF_RAFT), INSTALLING);
+    crate::db::write_durable(db, batch)?;
     Ok(())
 }
 
@@ -295,4 +299,91 @@ pub fn recover(db: &DB, dir: &Path) -> Result<()> {
 
 pub fn dir_for(data_dir: &Path) -> PathBuf {
     data_dir.join("snapshots")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::CF_INDEX;
+
+    const KEYS: usize = 20_000;
+
+    fn fill(db: &DB, value: &[u8]) {
+        let mut b = WriteBatch::default();
+        for i in 0..KEYS {
+            b.put_cf(cf(db, CF_INDEX), format!("k{i:06}"), value);
+        }
+        db.write(b).unwrap();
+    }
+
+    // Regression (found by the chaos harness): openraft builds snapshots in
+    // a task of its own, so a build replaced the checkpoint while a
+    // follower's snapshot was being dumped from it, and the leader's state
+    // machine failed with missing table files.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn building_and_serving_snapshots_concurrently() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = crate::db::open(&tmp.path().join("db")).unwrap();
+        fill(&db, b"v");
+        let shared = Shared::new(db.clone(), tmp.path().join("snapshots")).unwrap();
+        for round in 0..20 {
+            let mut builder = Builder::new(shared.clone());
+            let s2 = shared.clone();
+            let serve = tokio::spawn(async move { current(&s2).await.map(|s| s.is_some()) });
+            builder.build().await.unwrap();
+            // Each round writes more, so each checkpoint has new table files.
+            db.put_cf(cf(&db, CF_INDEX), format!("round{round}"), b"x")
+                .unwrap();
+            db.flush_cf(cf(&db, CF_INDEX)).unwrap();
+            serve.await.unwrap().unwrap();
+        }
+        assert!(current(&shared).await.unwrap().is_some());
+    }
+
+    // Regression (found by the chaos harness): a snapshot used to be loaded
+    // in many writes, so a read on the installing master could find the
+    // store empty (a linearizable read returned a missing key).
+    #[test]
+    fn readers_never_see_a_half_loaded_snapshot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let source = crate::db::open(&tmp.path().join("source")).unwrap();
+        fill(&source, b"new");
+        let file = tmp.path().join("snapshot.data");
+        dump(&source, &file).unwrap();
+        let db = crate::db::open(&tmp.path().join("db")).unwrap();
+        fill(&db, b"old");
+
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (db, done) = (db.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                while !done.load(std::sync::atomic::Ordering::Acquire) || reads == 0 {
+                    let snap = db.snapshot();
+                    let mut it = snap.raw_iterator_cf(cf(&db, CF_INDEX));
+                    it.seek_to_first();
+                    let (mut old, mut new) = (0, 0);
+                    while let Some(v) = it.value() {
+                        match v {
+                            b"old" => old += 1,
+                            b"new" => new += 1,
+                            other => panic!("unexpected value {other:?}"),
+                        }
+                        it.next();
+                    }
+                    assert!(
+                        (old, new) == (KEYS, 0) || (old, new) == (0, KEYS),
+                        "a reader saw {old} old and {new} new keys"
+                    );
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        for _ in 0..5 {
+            load(&db, &file).unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+        assert!(reader.join().unwrap() > 0);
+    }
 }

@@ -54,6 +54,10 @@ pub struct Shared {
     pub leases: Lessor,
     pub members: Mutex<BTreeMap<NodeId, MemberAttrs>>,
     pub snapshot_dir: PathBuf,
+    /// Held while a snapshot is built, dumped or installed: openraft builds
+    /// snapshots in a task of their own, concurrently with serving and
+    /// installing them, and all three touch the same files.
+    pub snapshot_lock: Mutex<()>,
 }
 
 impl Shared {
@@ -67,6 +71,7 @@ impl Shared {
             leases: Lessor::default(),
             members: Mutex::new(BTreeMap::new()),
             snapshot_dir,
+            snapshot_lock: Mutex::new(()),
         });
         shared.reload()?;
         Ok(shared)
@@ -403,9 +408,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        snapshot::current(&self.shared.snapshot_dir)
-            .await
-            .map_err(io_err)
+        snapshot::current(&self.shared).await.map_err(io_err)
     }
 }
 

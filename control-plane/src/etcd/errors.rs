@@ -45,6 +45,9 @@ pub fn store(e: StoreError) -> Status {
             tracing::debug!("request failed: {e}");
             Status::unavailable("etcdserver: request timed out")
         }
+        StoreError::NoSpace => {
+            Status::resource_exhausted("etcdserver: mvcc: database space exceeded")
+        }
         StoreError::Stopped => Status::unavailable("etcdserver: server stopped"),
         StoreError::MemberNotFound(_) => member_not_found(),
         StoreError::Invalid(m) if m.contains("peerURL exists") => {

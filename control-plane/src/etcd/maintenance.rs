@@ -20,10 +20,18 @@ impl Maintenance for Api {
     ) -> Result<Response<pb::AlarmResponse>, Status> {
         observe("Alarm", async {
             let _ = req.into_inner();
-            // No alarms are raised yet (a full disk refuses writes with an error instead).
+            // Each master reports its own NOSPACE alarm; it clears itself when
+            // space returns (see raft-store's disk guard), so deactivate is a no-op.
+            let mut alarms = Vec::new();
+            if self.store.space_low() {
+                alarms.push(pb::AlarmMember {
+                    member_id: self.store.id(),
+                    alarm: pb::AlarmType::Nospace as i32,
+                });
+            }
             Ok(pb::AlarmResponse {
                 header: Some(self.current_header()),
-                alarms: Vec::new(),
+                alarms,
             })
         })
         .await

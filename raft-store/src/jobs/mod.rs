@@ -3,6 +3,7 @@
 //! moment this master is deposed (and its proposals could not commit anyway).
 
 mod compactor;
+mod disk_guard;
 mod lease_expiry;
 mod publish;
 mod raft_metrics;
@@ -14,6 +15,7 @@ use crate::node::Store;
 pub fn spawn_all(store: &Arc<Store>) {
     tokio::spawn(lease_expiry::run(store.clone()));
     tokio::spawn(compactor::run(store.clone()));
+    tokio::spawn(disk_guard::run(store.clone()));
     tokio::spawn(publish::run(store.clone()));
     tokio::spawn(raft_metrics::run(store.clone()));
 }

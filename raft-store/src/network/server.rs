@@ -34,19 +34,33 @@ fn reply<T: Serialize>(v: &T) -> Result<Response<Payload>, Status> {
     }))
 }
 
+impl PeerService {
+    /// A master whose disk is nearly full acts as if cut off from its peers.
+    fn ensure_space(&self) -> Result<(), Status> {
+        if self.store.space_low() {
+            Err(Status::unavailable("no space left on the data disk"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
     async fn append_entries(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.ensure_space()?;
         let rpc = decode(req)?;
         reply(&self.store.raft().append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.ensure_space()?;
         let rpc = decode(req)?;
         reply(&self.store.raft().vote(rpc).await)
     }
 
     async fn install_snapshot(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.ensure_space()?;
         let rpc = decode(req)?;
         reply(&self.store.raft().install_snapshot(rpc).await)
     }
@@ -57,6 +71,8 @@ impl RaftPeer for PeerService {
             StoreError::NoLeader => ForwardError::NotLeader,
             StoreError::MemberNotFound(id) => ForwardError::MemberNotFound(id),
             StoreError::Invalid(m) => ForwardError::Invalid(m),
+            // A leader that is out of disk is on its way out: retry elsewhere.
+            StoreError::NoSpace => ForwardError::NotLeader,
             other => ForwardError::Other(other.to_string()),
         });
         reply::<Result<Reply, ForwardError>>(&result)

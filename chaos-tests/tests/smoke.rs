@@ -1,0 +1,71 @@
+//! The CI smoke set: every nemesis once, on 3 masters, under the register,
+//! set and watch workloads at the same time; the run must find no violation.
+//! Needs root (network namespaces, nftables, tmpfs), as CI has.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn control_plane() -> PathBuf {
+    let me = PathBuf::from(env!("CARGO_BIN_EXE_chaos-tests"));
+    let bin = me.with_file_name("control-plane");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let release = me.parent().and_then(|d| d.file_name()) == Some("release".as_ref());
+        let mut build = Command::new(cargo);
+        build.args(["build", "-p", "control-plane"]);
+        if release {
+            build.arg("--release");
+        }
+        assert!(build.status().expect("cargo build").success());
+    }
+    bin
+}
+
+#[test]
+fn every_nemesis_once_on_three_masters() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_chaos-tests"))
+        .args([
+            "--masters=3",
+            "--nemesis=all",
+            "--each-once",
+            "--workload=register,set,watch",
+            "--clients=4",
+            "--quiet=1s",
+            "--hold=2s",
+            "--time=10s",
+            "--seed=7",
+        ])
+        .arg("--bin")
+        .arg(control_plane())
+        .arg("--out")
+        .arg(out_dir.path())
+        .output()
+        .expect("running chaos-tests");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}\n{stderr}");
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("chaos: "))
+        .unwrap_or_else(|| panic!("no summary line; exit {:?}", out.status));
+    let numbers: Vec<usize> = last
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [ops, faults, violations] = numbers[..] else {
+        panic!("unexpected summary {last:?}");
+    };
+    assert!(out.status.success(), "chaos run failed: {last}");
+    assert_eq!(violations, 0, "{last}");
+    assert_eq!(faults, chaos_tests::nemesis::ALL.len(), "{last}");
+    assert!(ops > 1000, "too few operations: {last}");
+    // Every workload reported and found nothing wrong.
+    for w in ["register:", "set:", "watch:"] {
+        assert!(stdout.contains(w), "no {w} report");
+    }
+    assert!(stdout.contains("0 not linearizable"), "{stdout}");
+    assert!(stdout.contains("0 lost, 0 phantom"), "{stdout}");
+    assert!(stdout.contains("; 0 problems"), "{stdout}");
+}
