@@ -9,7 +9,7 @@ use std::time::Duration;
 use proto::etcd::compare::{CompareResult, CompareTarget, TargetUnion};
 use proto::etcd::kv_client::KvClient;
 use proto::etcd::request_op::Request as TxnOp;
-use proto::etcd::{Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use proto::etcd::{prefix_end, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
 use tonic::transport::Channel;
 use tonic::{Code, Status as GrpcStatus};
 
@@ -82,17 +82,6 @@ pub async fn scan(ch: &Channel, prefix: &str) -> Result<Vec<(String, u64, i64)>,
         out.push((key, v, kv.mod_revision));
     }
     Ok(out)
-}
-
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 /// Put; returns the revision it committed at.

@@ -75,6 +75,7 @@ impl Cluster {
                 opts.bin.display()
             );
         }
+        remove_stale_mounts();
         let net = Net::create(opts.masters)?;
         std::fs::create_dir_all(opts.root.join("logs"))?;
         let mut cluster = Cluster {
@@ -303,5 +304,24 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Unmount the data-disk tmpfs mounts of harness runs whose process is gone
+/// (their roots are named `skiff-chaos-<pid>-<seed>`).
+fn remove_stale_mounts() {
+    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
+        return;
+    };
+    for target in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)) {
+        let Some(rest) = target.split("/skiff-chaos-").nth(1) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = run(&["umount", "-l", target]);
+        }
     }
 }

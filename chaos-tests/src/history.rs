@@ -52,6 +52,9 @@ pub enum Status {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
     pub client: u64,
+    /// The master the request went to (index into the cluster).
+    #[serde(default)]
+    pub node: usize,
     pub key: String,
     pub op: Op,
     /// Nanoseconds since the run started.

@@ -186,13 +186,12 @@ async fn main_inner() -> Result<bool> {
             }
             for k in group {
                 table.entry(*k).or_default().runs += 1;
-                if !outcome.violations.is_empty() {
-                    table.entry(*k).or_default().violations += outcome.violations.len();
-                }
             }
-            let per_run_ops = outcome.ops;
-            for k in group {
-                table.entry(*k).or_default().ops += per_run_ops / group.len();
+            if let [k] = group[..] {
+                table.entry(k).or_default().violations += outcome.violations.len();
+            }
+            if let [k] = group[..] {
+                table.entry(k).or_default().ops += outcome.ops;
             }
         }
     }
@@ -210,11 +209,16 @@ async fn main_inner() -> Result<bool> {
         "leader max"
     );
     for (kind, s) in &table {
+        let ops = if s.ops > 0 {
+            s.ops.to_string()
+        } else {
+            "-".into()
+        };
         println!(
             "{:<18} {:>5} {:>8} {:>7} {:>10} {:>10} {:>10} {:>10} {:>11}",
             kind.name(),
             s.runs,
-            s.ops,
+            ops,
             s.faults,
             s.violations,
             secs(median(&s.write)),
@@ -223,7 +227,10 @@ async fn main_inner() -> Result<bool> {
             secs(s.leader.iter().max().copied()),
         );
     }
-    println!("(write: fault to the first acknowledged write, during the fault or after the heal; leader: fault to a new leader)");
+    println!("(write: fault to the first acknowledged write, during the fault or after the heal; leader: fault to a new leader;");
+    println!(
+        " ops and violations per nemesis only when each run has a single nemesis: --per-nemesis)"
+    );
     if !failed_runs.is_empty() {
         println!("failed seeds: {failed_runs:?}");
     }
@@ -252,5 +259,5 @@ impl Stats {
 fn median(v: &[Duration]) -> Option<Duration> {
     let mut v = v.to_vec();
     v.sort();
-    v.get(v.len() / 2).copied()
+    v.get(v.len().saturating_sub(1) / 2).copied()
 }

@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 use crate::checker;
 use crate::client::{self, REQUEST_TIMEOUT};
 use crate::cluster::{self, Cluster};
-use crate::history::{History, Status};
+use crate::history::{History, Record, Status};
 use crate::nemesis::{self, Fault, Kind};
 use crate::workload::{self, watch::Watchers, Ctx};
 
@@ -168,11 +168,7 @@ pub async fn run(s: &Scenario) -> Result<Outcome> {
     out.ops = records.len();
 
     if s.workloads.contains(&Workload::Register) {
-        let regs: Vec<_> = records
-            .iter()
-            .filter(|r| r.key.starts_with("reg/"))
-            .cloned()
-            .collect();
+        let regs = under(&records, workload::register::PREFIX);
         let report = checker::register::check(&regs);
         out.lines.push(format!(
             "register: {} ops ({}), {} keys checked: {} not linearizable, {} undecided",
@@ -187,11 +183,7 @@ pub async fn run(s: &Scenario) -> Result<Outcome> {
         }
     }
     if s.workloads.contains(&Workload::Set) {
-        let adds: Vec<_> = records
-            .iter()
-            .filter(|r| r.key.starts_with(workload::set::PREFIX))
-            .cloned()
-            .collect();
+        let adds = under(&records, workload::set::PREFIX);
         let present: Vec<u64> = final_read(&endpoints, workload::set::PREFIX)
             .await?
             .into_iter()
@@ -224,11 +216,7 @@ pub async fn run(s: &Scenario) -> Result<Outcome> {
         }
     }
     if s.workloads.contains(&Workload::Watch) {
-        let puts: Vec<_> = records
-            .iter()
-            .filter(|r| r.key.starts_with(workload::watch::PREFIX))
-            .cloned()
-            .collect();
+        let puts = under(&records, workload::watch::PREFIX);
         let fin = final_read(&endpoints, workload::watch::PREFIX).await?;
         let last = fin.iter().map(|(_, _, rev)| *rev).max().unwrap_or(0);
         watchers.stop_at.store(last.max(1), Ordering::Release);
@@ -254,7 +242,9 @@ pub async fn run(s: &Scenario) -> Result<Outcome> {
         out.violations
             .extend(problems.into_iter().map(|p| format!("watch: {p}")));
         if !out.violations.is_empty() {
-            let path = s.out.join(format!("chaos-{}-watch.json", s.seed));
+            let path = s
+                .out
+                .join(format!("chaos-{}-{}-watch.json", names(&s.nemeses), s.seed));
             std::fs::write(&path, serde_json::to_vec(&logs)?)?;
         }
     }
@@ -263,7 +253,11 @@ pub async fn run(s: &Scenario) -> Result<Outcome> {
             .push(format!("{name} exited by itself: {status}"));
     }
     if !out.violations.is_empty() {
-        let path = s.out.join(format!("chaos-{}-history.jsonl", s.seed));
+        let path = s.out.join(format!(
+            "chaos-{}-{}-history.jsonl",
+            names(&s.nemeses),
+            s.seed
+        ));
         history.save(&path)?;
         out.lines
             .push(format!("history saved to {}", path.display()));
@@ -343,8 +337,24 @@ async fn final_read(endpoints: &[Channel], prefix: &str) -> Result<Vec<(String, 
     anyhow::bail!("final read of {prefix} failed: {last:?}")
 }
 
+fn names(kinds: &[Kind]) -> String {
+    match kinds {
+        [k] => k.name().to_string(),
+        _ => "mixed".into(),
+    }
+}
+
+/// One workload's records.
+fn under(records: &[Record], prefix: &str) -> Vec<Record> {
+    records
+        .iter()
+        .filter(|r| r.key.starts_with(prefix))
+        .cloned()
+        .collect()
+}
+
 /// "ok N, fail N, unknown N (most common reasons)".
-fn counts(records: &[crate::history::Record]) -> String {
+fn counts(records: &[Record]) -> String {
     let n = |s| records.iter().filter(|r| r.status == s).count();
     let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
     for r in records.iter().filter(|r| r.status == Status::Info) {

@@ -18,8 +18,38 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a master: the replicated store and the etcd v3 API.
-    Run(RunArgs),
+    /// Run a master: the replicated store, the etcd v3 API and (with a PKI
+    /// directory) the Kubernetes API.
+    Run(Box<RunArgs>),
+    /// Create the cluster CA (unless it exists) and an admin kubeconfig.
+    Init(InitArgs),
+    /// Print a kubeconfig with a fresh client certificate from the cluster CA.
+    Kubeconfig(KubeconfigArgs),
+}
+
+#[derive(clap::Args)]
+struct InitArgs {
+    /// Where the CA and the admin kubeconfig go (copy ca.crt and ca.key to
+    /// every master's --pki-dir).
+    #[arg(long)]
+    pki_dir: PathBuf,
+    /// The API server the kubeconfig points at.
+    #[arg(long, default_value = "https://127.0.0.1:6443")]
+    server: String,
+}
+
+#[derive(clap::Args)]
+struct KubeconfigArgs {
+    #[arg(long)]
+    pki_dir: PathBuf,
+    #[arg(long, default_value = "https://127.0.0.1:6443")]
+    server: String,
+    /// The user (certificate CN); default the cluster admin.
+    #[arg(long)]
+    user: Option<String>,
+    /// Groups (certificate O), repeatable.
+    #[arg(long)]
+    group: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -80,6 +110,15 @@ struct RunArgs {
     /// system has less than this many MiB free; rejoin at 1.5 times it.
     #[arg(long, default_value_t = 64)]
     min_free_space_mb: u64,
+    /// Kubernetes API (HTTPS); served when --pki-dir holds the cluster CA.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen_api: SocketAddr,
+    /// The cluster CA (ca.crt, ca.key) and optional tokens.csv; see `init`.
+    #[arg(long)]
+    pki_dir: Option<PathBuf>,
+    /// Extra names or addresses for this master's serving certificate.
+    #[arg(long, value_delimiter = ',')]
+    api_host: Vec<String>,
 }
 
 fn parse_initial_cluster(s: &str) -> anyhow::Result<Vec<(String, String)>> {
@@ -100,7 +139,25 @@ fn parse_initial_cluster(s: &str) -> anyhow::Result<Vec<(String, String)>> {
 impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
-            Command::Run(args) => run(args).await,
+            Command::Run(args) => run(*args).await,
+            Command::Init(args) => {
+                let path = crate::pki::init(&args.pki_dir, &args.server)?;
+                println!("cluster CA in {}", args.pki_dir.display());
+                println!("admin kubeconfig: {}", path.display());
+                Ok(())
+            }
+            Command::Kubeconfig(args) => {
+                let ca = crate::pki::Ca::load(&args.pki_dir)?;
+                let who = match args.user {
+                    Some(user) => crate::pki::Identity {
+                        user,
+                        groups: args.group,
+                    },
+                    None => crate::pki::Identity::admin(),
+                };
+                print!("{}", crate::pki::kubeconfig(&ca, &args.server, &who)?);
+                Ok(())
+            }
         }
     }
 }
@@ -142,6 +199,34 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics_listener = tokio::net::TcpListener::bind(args.listen_metrics)
         .await
         .with_context(|| format!("binding the metrics address {}", args.listen_metrics))?;
+    let kube = match &args.pki_dir {
+        Some(dir) => {
+            let ca = crate::pki::Ca::load(dir).with_context(|| {
+                format!(
+                    "no cluster CA in {} (run `control-plane init --pki-dir {}`)",
+                    dir.display(),
+                    dir.display()
+                )
+            })?;
+            let mut hosts = vec![
+                "localhost".to_string(),
+                "127.0.0.1".to_string(),
+                args.listen_api.ip().to_string(),
+            ];
+            hosts.extend(args.api_host.iter().cloned());
+            hosts.dedup();
+            let tls = crate::pki::server_tls(&ca, &args.name, &hosts)?;
+            let tokens = crate::api::load_tokens(&dir.join("tokens.csv"))?;
+            let listener = tokio::net::TcpListener::bind(args.listen_api)
+                .await
+                .with_context(|| format!("binding the API address {}", args.listen_api))?;
+            Some((listener, tls, tokens))
+        }
+        None => {
+            tracing::warn!("no --pki-dir: the Kubernetes API is not served");
+            None
+        }
+    };
     let store = Store::start(config).await.context("starting the store")?;
 
     if args.initial_cluster_state == ClusterState::New && !initial.is_empty() {
@@ -179,8 +264,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics_listener,
         metrics,
         store.clone(),
-        stopped(stop_rx),
+        stopped(stop_rx.clone()),
     ));
+    let k8s = kube.map(|(listener, tls, tokens)| {
+        let api = crate::api::Api::new(crate::registry::Registry::new(store.clone()), tokens);
+        crate::api::spawn_bootstrap(api.clone());
+        tokio::spawn(crate::api::serve(
+            api,
+            listener,
+            tls,
+            stopped(stop_rx.clone()),
+        ))
+    });
     tracing::info!(
         name = %args.name,
         client = %args.listen_client,
@@ -195,6 +290,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let drain = async {
         let _ = etcd.await;
         let _ = http.await;
+        if let Some(k8s) = k8s {
+            let _ = k8s.await;
+        }
     };
     if tokio::time::timeout(Duration::from_secs(5), drain)
         .await

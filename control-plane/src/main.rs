@@ -1,9 +1,10 @@
 //! `control-plane`: the Skiff master.
 //!
 //! Every master runs the same binary: it embeds the replicated store
-//! (`raft-store`), serves the etcd v3 API to clients (`etcd/`) and Prometheus
-//! metrics over HTTP (`metrics_http`). Later issues add the Kubernetes API,
-//! the leader-only scheduler and controllers, and the agent gateway.
+//! (`raft-store`), serves the etcd v3 API to clients (`etcd/`), the
+//! Kubernetes API over HTTPS (`api/`, objects kept by `registry`, certificates
+//! from `pki`) and Prometheus metrics over HTTP (`metrics_http`). Later issues
+//! add the leader-only scheduler and controllers, and the agent gateway.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -11,9 +12,12 @@
 // openraft traits require; boxing them at every call site buys nothing.
 #![allow(clippy::result_large_err)]
 
+mod api;
 mod cli;
 mod etcd;
 mod metrics_http;
+mod pki;
+mod registry;
 
 use clap::Parser;
 

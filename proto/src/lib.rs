@@ -18,4 +18,18 @@ pub mod etcd {
         tonic::include_proto!("mvccpb");
     }
     pub use etcdserverpb::*;
+
+    /// The `range_end` that makes a range cover every key starting with
+    /// `prefix` (etcd's `--prefix`): the prefix with its last byte below 0xff
+    /// incremented, or `[0]` (all keys) if there is none.
+    pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+        let mut end = prefix.to_vec();
+        while let Some(last) = end.pop() {
+            if last < 0xff {
+                end.push(last + 1);
+                return end;
+            }
+        }
+        vec![0]
+    }
 }

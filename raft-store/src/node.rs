@@ -322,19 +322,34 @@ impl Store {
 
     /// Serve a request as the leader (from a follower, or from this master).
     pub(crate) async fn serve_forwarded(&self, fwd: Forwarded) -> Result<Reply> {
+        // A leader whose disk is full takes on no leader duties at all: even
+        // the heartbeats that confirm a read index would keep its followers
+        // from electing a replacement (found by the chaos harness: no new
+        // leader for as long as reads kept coming).
+        if self.space_low() {
+            return Err(StoreError::NoLeader);
+        }
         match fwd {
             // Already batched by the follower: one log entry as it is.
-            Forwarded::WriteBatch(cmds) => {
-                self.ensure_space()?;
-                Ok(Reply::WriteBatch(self.router.commit(cmds).await?))
-            }
+            Forwarded::WriteBatch(cmds) => Ok(Reply::WriteBatch(self.router.commit(cmds).await?)),
             Forwarded::ReadIndex => {
                 let (read, _) = self
                     .raft
                     .get_read_log_id()
                     .await
                     .map_err(|_| StoreError::NoLeader)?;
-                Ok(Reply::ReadIndex(read.map(|l| l.index).unwrap_or(0)))
+                // openraft's read index is max(commit index, this term's
+                // first entry); a leader restarted with its leadership intact
+                // starts from a stale commit index and no new first entry, so
+                // writes acknowledged before the restart can lie beyond it
+                // (found by the chaos harness: stale reads after kill -9 of
+                // every master). Every acknowledged write is in the leader's
+                // log, so its last index, read after leadership was
+                // confirmed, is a safe read index.
+                let last = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+                Ok(Reply::ReadIndex(
+                    read.map(|l| l.index).unwrap_or(0).max(last),
+                ))
             }
             Forwarded::LeaseKeepAlive(id) => {
                 self.ensure_leader()?;

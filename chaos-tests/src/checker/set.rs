@@ -58,6 +58,7 @@ mod tests {
     fn add(value: u64, status: Status) -> Record {
         Record {
             client: 0,
+            node: 0,
             key: format!("set/{value}"),
             op: Op::Add { value },
             call: value,

@@ -186,6 +186,7 @@ mod tests {
     fn put(keys: &[&str], value: u64, revision: i64) -> Record {
         Record {
             client: 0,
+            node: 0,
             key: keys.join(","),
             op: Op::MultiPut {
                 keys: keys.iter().map(|k| k.to_string()).collect(),

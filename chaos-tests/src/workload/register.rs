@@ -13,6 +13,7 @@ use super::{Ctx, Endpoint};
 use crate::client::{self, describe};
 use crate::history::{Op, Record, Status};
 
+pub const PREFIX: &str = "reg/";
 const HOT_KEYS: u64 = 4;
 const KEY_PERIOD: Duration = Duration::from_secs(2);
 
@@ -23,8 +24,9 @@ pub async fn client(ctx: Arc<Ctx>, client: u64, mut rng: StdRng) {
     let started = std::time::Instant::now();
     while ctx.running() {
         let window = started.elapsed().as_millis() as u64 / KEY_PERIOD.as_millis() as u64;
-        let key = format!("reg/{}", window * HOT_KEYS + rng.gen_range(0..HOT_KEYS));
-        let ch = &ctx.endpoints[ep.index];
+        let key = format!("{PREFIX}{}", window * HOT_KEYS + rng.gen_range(0..HOT_KEYS));
+        let node = ep.index;
+        let ch = &ctx.endpoints[node];
         let call = ctx.history.now();
         let (op, result) = match rng.gen_range(0..10) {
             0..=3 => match client::get(ch, &key).await {
@@ -81,6 +83,7 @@ pub async fn client(ctx: Arc<Ctx>, client: u64, mut rng: StdRng) {
         }
         ctx.history.push(Record {
             client,
+            node,
             key,
             op,
             call,

@@ -18,8 +18,9 @@ pub async fn client(ctx: Arc<Ctx>, client: u64, mut rng: StdRng) {
     while ctx.running() {
         let value = ctx.fresh();
         let key = format!("{PREFIX}{value:012}");
+        let node = ep.index;
         let call = ctx.history.now();
-        let result = client::put(&ctx.endpoints[ep.index], &key, value).await;
+        let result = client::put(&ctx.endpoints[node], &key, value).await;
         let ret = ctx.history.now();
         let (status, error) = match result {
             Ok(_) => (Status::Ok, None),
@@ -31,6 +32,7 @@ pub async fn client(ctx: Arc<Ctx>, client: u64, mut rng: StdRng) {
         };
         ctx.history.push(Record {
             client,
+            node,
             key,
             op: Op::Add { value },
             call,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use proto::etcd::watch_client::WatchClient;
 use proto::etcd::watch_request::RequestUnion;
-use proto::etcd::{WatchCreateRequest, WatchRequest};
+use proto::etcd::{prefix_end, WatchCreateRequest, WatchRequest};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -19,7 +19,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 use super::{Ctx, Endpoint};
-use crate::client::{self, describe, prefix_end};
+use crate::client::{self, describe};
 use crate::history::{Op, Record, Status};
 
 pub const PREFIX: &str = "watch/";
@@ -59,8 +59,9 @@ pub async fn writer(ctx: Arc<Ctx>, client: u64, mut rng: StdRng) {
         let mut keys: Vec<String> = names.choose_multiple(&mut rng, n).cloned().collect();
         keys.sort();
         let value = ctx.fresh();
+        let node = ep.index;
         let call = ctx.history.now();
-        let result = client::multi_put(&ctx.endpoints[ep.index], &keys, value).await;
+        let result = client::multi_put(&ctx.endpoints[node], &keys, value).await;
         let ret = ctx.history.now();
         let (status, revision, error) = match result {
             Ok(rev) => (Status::Ok, Some(rev), None),
@@ -72,6 +73,7 @@ pub async fn writer(ctx: Arc<Ctx>, client: u64, mut rng: StdRng) {
         };
         ctx.history.push(Record {
             client,
+            node,
             key: keys.join(","),
             op: Op::MultiPut {
                 keys,
@@ -184,5 +186,9 @@ async fn follow(
             *next = (*next).max(last.revision + 1);
         }
         log.responses.push(events);
+        let stop = stop_at.load(Ordering::Acquire);
+        if stop > 0 && *next > stop {
+            return;
+        }
     }
 }

@@ -34,6 +34,17 @@ impl Cluster {
     /// Start `n` masters; `extra` flags go to every one.
     pub async fn start(n: usize, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
+        let pki = dir.path().join("pki");
+        let init = Command::new(env!("CARGO_BIN_EXE_control-plane"))
+            .args(["init", "--pki-dir"])
+            .arg(&pki)
+            .output()
+            .expect("control-plane init");
+        assert!(
+            init.status.success(),
+            "{}",
+            String::from_utf8_lossy(&init.stderr)
+        );
         let slot = NEXT.fetch_add(1, Ordering::SeqCst);
         let a = 20 + (std::process::id() % 200);
         let base = format!("127.{a}.{}", slot + 1);
@@ -59,6 +70,10 @@ impl Cluster {
                     format!("{ip}:2381"),
                     "--initial-cluster".into(),
                     initial.clone(),
+                    "--listen-api".into(),
+                    format!("{ip}:6443"),
+                    "--pki-dir".into(),
+                    pki.display().to_string(),
                 ];
                 args.extend(extra.iter().map(|s| s.to_string()));
                 Master {
@@ -110,6 +125,10 @@ impl Cluster {
             &initial.join(","),
             "--initial-cluster-state",
             "existing",
+            "--listen-api",
+            &format!("{ip}:6443"),
+            "--pki-dir",
+            &self.dir.path().join("pki").display().to_string(),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -159,6 +178,28 @@ impl Cluster {
             .map(|m| format!("{}:2379", m.ip))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    pub fn api_url(&self, i: usize) -> String {
+        format!("https://{}:6443", self.masters[i].ip)
+    }
+
+    /// A kubeconfig file for the admin against master `i`.
+    pub fn kubeconfig(&self, i: usize) -> PathBuf {
+        let path = self.dir.path().join(format!("kubeconfig-{i}"));
+        let out = Command::new(env!("CARGO_BIN_EXE_control-plane"))
+            .args(["kubeconfig", "--pki-dir"])
+            .arg(self.dir.path().join("pki"))
+            .args(["--server", &self.api_url(i)])
+            .output()
+            .expect("control-plane kubeconfig");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(&path, &out.stdout).expect("writing kubeconfig");
+        path
     }
 
     pub fn metrics_url(&self, i: usize) -> String {
@@ -267,6 +308,42 @@ pub fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String, String) {
         .args(args)
         .output()
         .expect("running etcdctl (apt-get install etcd-client)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Run the real kubectl with `kubeconfig`; returns (success, stdout, stderr).
+pub fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    kubectl_stdin(kubeconfig, args, None)
+}
+
+pub fn kubectl_stdin(
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (bool, String, String) {
+    use std::io::Write;
+    let cache = kubeconfig.with_extension("cache");
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running kubectl");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).expect("kubectl stdin");
+    }
+    drop(input);
+    let out = child.wait_with_output().expect("kubectl");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

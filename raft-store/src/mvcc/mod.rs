@@ -88,17 +88,7 @@ impl KeyRange {
     }
 }
 
-/// The smallest key greater than every key with this prefix (`[0]` if none).
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
+pub use proto::etcd::prefix_end;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SortOrder {

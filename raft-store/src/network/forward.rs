@@ -24,6 +24,7 @@ pub enum Forwarded {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Reply {
     WriteBatch(Vec<Response>),
+    /// The log index a reader must have applied.
     ReadIndex(u64),
     /// The lease's TTL, or None if it does not exist.
     LeaseKeepAlive(Option<i64>),

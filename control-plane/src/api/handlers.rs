@@ -1,0 +1,641 @@
+//! The verbs on objects: get, list, create, update, patch, delete,
+//! deletecollection, and the scale and binding subresources. Watch lives in
+//! `watch.rs`.
+
+use std::collections::HashMap;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use super::objects::{self, name_of};
+use super::patch::{self, PatchType};
+use super::resources::{Resource, RESOURCES};
+use super::selector::{FieldSelector, LabelSelector};
+use super::status::{ApiError, ApiResult};
+use super::Api;
+use crate::registry::{RegistryError, Stored};
+
+pub type Query = HashMap<String, String>;
+
+pub fn key(r: &Resource, namespace: Option<&str>, name: &str) -> String {
+    match (r.namespaced, namespace) {
+        (true, Some(ns)) => format!("/registry/{}/{}/{ns}/{name}", r.storage_group(), r.plural),
+        _ => format!("/registry/{}/{}/{name}", r.storage_group(), r.plural),
+    }
+}
+
+/// Every object of `r` (in `namespace`, if given), as a key prefix.
+pub fn prefix(r: &Resource, namespace: Option<&str>) -> String {
+    match (r.namespaced, namespace) {
+        (true, Some(ns)) => format!("/registry/{}/{}/{ns}/", r.storage_group(), r.plural),
+        _ => format!("/registry/{}/{}/", r.storage_group(), r.plural),
+    }
+}
+
+pub fn json_response(code: StatusCode, v: &Value) -> Response {
+    (code, axum::Json(v)).into_response()
+}
+
+/// The selectors of a list, watch or deletecollection.
+pub struct Filter {
+    labels: LabelSelector,
+    fields: FieldSelector,
+}
+
+impl Filter {
+    pub fn from_query(q: &Query) -> ApiResult<Filter> {
+        Ok(Filter {
+            labels: LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))
+                .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?,
+            fields: FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))
+                .map_err(ApiError::bad_request)?,
+        })
+    }
+
+    pub fn matches(&self, object: &Value) -> bool {
+        self.labels.matches(object) && self.fields.matches(object)
+    }
+}
+
+fn parse_rv(s: Option<&String>) -> ApiResult<i64> {
+    match s.map(String::as_str) {
+        None | Some("") => Ok(0),
+        Some(v) => v
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}"))),
+    }
+}
+
+/// A continue token: the revision the list is read at and the next key.
+fn encode_continue(revision: i64, next: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(json!({"rv": revision, "start": next}).to_string())
+}
+
+fn decode_continue(token: &str) -> ApiResult<(i64, String)> {
+    use base64::Engine;
+    let bad = || ApiError::bad_request("invalid continue token");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    Ok((
+        v["rv"].as_i64().ok_or_else(bad)?,
+        v["start"].as_str().ok_or_else(bad)?.to_string(),
+    ))
+}
+
+impl Api {
+    pub async fn get(&self, r: &Resource, ns: Option<&str>, name: &str) -> ApiResult<Stored> {
+        self.registry
+            .get(&key(r, ns, name))
+            .await
+            .map_err(|e| ApiError::from_registry(e, r, name))
+    }
+
+    pub async fn list(
+        &self,
+        r: &'static Resource,
+        ns: Option<&str>,
+        q: &Query,
+    ) -> ApiResult<Value> {
+        let filter = Filter::from_query(q)?;
+        let limit: i64 = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
+        let (revision, start) = match q.get("continue").filter(|c| !c.is_empty()) {
+            Some(token) => {
+                let (rv, start) = decode_continue(token)?;
+                (rv, Some(start))
+            }
+            None => (0, None),
+        };
+        let page = self
+            .registry
+            .list(&prefix(r, ns), start.as_deref(), revision, limit.max(0))
+            .await
+            .map_err(|e| match e {
+                RegistryError::Gone(_) => ApiError::gone(
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                ),
+                other => ApiError::from_registry(other, r, ""),
+            })?;
+        let items: Vec<Value> = page
+            .items
+            .into_iter()
+            .map(|s| s.object)
+            .filter(|o| filter.matches(o))
+            .collect();
+        let mut metadata = json!({"resourceVersion": page.revision.to_string()});
+        if let Some(next) = &page.next {
+            metadata["continue"] = json!(encode_continue(page.revision, next));
+        }
+        Ok(json!({
+            "apiVersion": r.api_version(),
+            "kind": format!("{}List", r.kind),
+            "metadata": metadata,
+            "items": items,
+        }))
+    }
+
+    /// Refuse new objects in a namespace that does not exist or is going away.
+    async fn check_namespace(&self, ns: &str) -> ApiResult<()> {
+        let nsr = namespaces();
+        match self.registry.get(&key(nsr, None, ns)).await {
+            Ok(s)
+                if s.object.pointer("/status/phase").and_then(Value::as_str)
+                    == Some("Terminating") =>
+            {
+                Err(ApiError::forbidden(format!(
+                    "unable to create new content in namespace {ns} because it is being terminated"
+                )))
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(ApiError::from_registry(e, nsr, ns)),
+        }
+    }
+
+    pub async fn create(
+        &self,
+        r: &'static Resource,
+        ns: Option<&str>,
+        body: Value,
+        q: &Query,
+    ) -> ApiResult<Value> {
+        let mut object = objects::for_create(r, ns, body)?;
+        if r.namespaced {
+            self.check_namespace(ns.unwrap_or("default")).await?;
+        }
+        let name = name_of(&object).to_string();
+        if dry_run(q) {
+            return Ok(object);
+        }
+        let rev = self
+            .registry
+            .create(&key(r, ns, &name), &object)
+            .await
+            .map_err(|e| ApiError::from_registry(e, r, &name))?;
+        crate::registry::set_resource_version(&mut object, rev);
+        Ok(object)
+    }
+
+    /// Replace an object (or its status), checking `metadata.resourceVersion`
+    /// when the body carries one.
+    pub async fn update(
+        &self,
+        r: &'static Resource,
+        ns: Option<&str>,
+        name: &str,
+        sub: Option<&str>,
+        body: Value,
+        q: &Query,
+    ) -> ApiResult<Value> {
+        let current = self.get(r, ns, name).await?;
+        let expected =
+            match body
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+            {
+                Some(rv) if !rv.is_empty() => Some(rv.parse::<i64>().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
+                })?),
+                _ => None,
+            };
+        if expected.is_some_and(|e| e != current.revision) {
+            return Err(ApiError::conflict(r, name));
+        }
+        let next = objects::for_update(r, ns, &current.object, body, sub)?;
+        self.store_update(r, ns, name, current.revision, next, q)
+            .await
+    }
+
+    /// Write `next` over the object last seen at `revision`. An object that is
+    /// being deleted and has no finalizers left goes away instead.
+    async fn store_update(
+        &self,
+        r: &'static Resource,
+        ns: Option<&str>,
+        name: &str,
+        revision: i64,
+        mut next: Value,
+        q: &Query,
+    ) -> ApiResult<Value> {
+        if dry_run(q) {
+            return Ok(next);
+        }
+        let k = key(r, ns, name);
+        let deleting = next.pointer("/metadata/deletionTimestamp").is_some();
+        let finalizers = next
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
+        if deleting && !finalizers && r.plural != "namespaces" {
+            let (_, rev) = self
+                .registry
+                .delete(&k, Some(revision))
+                .await
+                .map_err(|e| ApiError::from_registry(e, r, name))?;
+            crate::registry::set_resource_version(&mut next, rev);
+            return Ok(next);
+        }
+        let rev = self
+            .registry
+            .update(&k, &next, Some(revision))
+            .await
+            .map_err(|e| ApiError::from_registry(e, r, name))?;
+        crate::registry::set_resource_version(&mut next, rev);
+        Ok(next)
+    }
+
+    // The object's coordinates, the subresource, the patch and the query:
+    // each is needed, and a struct for them would only be unpacked here.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn patch(
+        &self,
+        r: &'static Resource,
+        ns: Option<&str>,
+        name: &str,
+        sub: Option<&str>,
+        kind: PatchType,
+        body: &[u8],
+        q: &Query,
+    ) -> ApiResult<Value> {
+        // Retry on a concurrent change: a patch applies to whatever is there.
+        for _ in 0..5 {
+            let current = self.get(r, ns, name).await?;
+            let mut patched = current.object.clone();
+            patch::apply(kind, &mut patched, body)?;
+            let next = objects::for_update(r, ns, &current.object, patched, sub)?;
+            match self
+                .store_update(r, ns, name, current.revision, next, q)
+                .await
+            {
+                Err(e) if e.reason == "Conflict" => continue,
+                other => return other,
+            }
+        }
+        Err(ApiError::conflict(r, name))
+    }
+
+    /// `deployments/<name>/scale` and friends, as an autoscaling/v1 Scale.
+    pub fn scale_of(&self, object: &Value) -> Value {
+        let selector = object
+            .pointer("/spec/selector/matchLabels")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        let meta = objects::meta(object).cloned().unwrap_or_default();
+        json!({
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+                "creationTimestamp": meta.get("creationTimestamp"),
+            },
+            "spec": {"replicas": object.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+            "status": {
+                "replicas": object.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
+                "selector": selector,
+            },
+        })
+    }
+
+    /// Update or patch a Scale: only `spec.replicas` reaches the object.
+    pub async fn write_scale(
+        &self,
+        r: &'static Resource,
+        ns: Option<&str>,
+        name: &str,
+        patch_kind: Option<PatchType>,
+        body: &[u8],
+        q: &Query,
+    ) -> ApiResult<Value> {
+        for _ in 0..5 {
+            let current = self.get(r, ns, name).await?;
+            let mut scale = self.scale_of(&current.object);
+            match patch_kind {
+                Some(kind) => patch::apply(kind, &mut scale, body)?,
+                None => {
+                    scale = serde_json::from_slice(body)
+                        .map_err(|e| ApiError::bad_request(format!("invalid Scale: {e}")))?;
+                    if let Some(rv) = scale
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+                    {
+                        if !rv.is_empty() && rv != current.revision.to_string() {
+                            return Err(ApiError::conflict(r, name));
+                        }
+                    }
+                }
+            }
+            let replicas = scale
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        r,
+                        name,
+                        &[(
+                            "spec.replicas".into(),
+                            "must be a non-negative integer".into(),
+                        )],
+                    )
+                })?;
+            let mut next = current.object.clone();
+            next["spec"]["replicas"] = json!(replicas);
+            let next = objects::for_update(r, ns, &current.object, next, None)?;
+            match self
+                .store_update(r, ns, name, current.revision, next, q)
+                .await
+            {
+                Ok(updated) => return Ok(self.scale_of(&updated)),
+                Err(e) if e.reason == "Conflict" && patch_kind.is_some() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ApiError::conflict(r, name))
+    }
+
+    /// `pods/<name>/binding`: put the pod on a node.
+    pub async fn bind(
+        &self,
+        r: &'static Resource,
+        ns: Option<&str>,
+        name: &str,
+        body: Value,
+    ) -> ApiResult<Value> {
+        let node = body
+            .pointer("/target/name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                ApiError::invalid(r, name, &[("target.name".into(), "Required value".into())])
+            })?
+            .to_string();
+        let current = self.get(r, ns, name).await?;
+        if current
+            .object
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty())
+        {
+            return Err(ApiError::conflict(r, name));
+        }
+        let mut next = current.object.clone();
+        next["spec"]["nodeName"] = json!(node);
+        self.registry
+            .update(&key(r, ns, name), &next, Some(current.revision))
+            .await
+            .map_err(|e| ApiError::from_registry(e, r, name))?;
+        Ok(
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        )
+    }
+
+    pub async fn delete(
+        &self,
+        r: &'static Resource,
+        ns: Option<&str>,
+        name: &str,
+        body: &[u8],
+        q: &Query,
+    ) -> ApiResult<Value> {
+        let opts: Value = if body.is_empty() {
+            json!({})
+        } else {
+            serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+        };
+        let policy = q
+            .get("propagationPolicy")
+            .map(String::as_str)
+            .or_else(|| opts["propagationPolicy"].as_str())
+            .unwrap_or("Background")
+            .to_string();
+        if !matches!(policy.as_str(), "Background" | "Foreground" | "Orphan") {
+            return Err(ApiError::bad_request(format!(
+                "unknown propagationPolicy {policy:?}"
+            )));
+        }
+        let current = self.get(r, ns, name).await?;
+        if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str) {
+            if current
+                .object
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                != Some(uid)
+            {
+                return Err(ApiError::conflict(r, name));
+            }
+        }
+        if let Some(rv) = opts
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+        {
+            if rv != current.revision.to_string() {
+                return Err(ApiError::conflict(r, name));
+            }
+        }
+        if dry_run(q) {
+            return Ok(current.object);
+        }
+        let uid = current
+            .object
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if r.plural == "namespaces" {
+            return self.terminate_namespace(name, current).await;
+        }
+        let has_finalizers = current
+            .object
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
+        if policy == "Foreground" {
+            self.collect_dependents(ns, &uid, false).await;
+        }
+        if has_finalizers {
+            // Finalizers hold the object until their owners remove them.
+            let mut next = current.object.clone();
+            if next.pointer("/metadata/deletionTimestamp").is_none() {
+                next["metadata"]["deletionTimestamp"] = json!(objects::now());
+            }
+            return self
+                .store_update(r, ns, name, current.revision, next, q)
+                .await;
+        }
+        let (mut gone, rev) = self
+            .registry
+            .delete(&key(r, ns, name), Some(current.revision))
+            .await
+            .map_err(|e| ApiError::from_registry(e, r, name))?;
+        crate::registry::set_resource_version(&mut gone.object, rev);
+        match policy.as_str() {
+            "Orphan" => self.collect_dependents(ns, &uid, true).await,
+            "Background" => {
+                let api = self.clone();
+                let ns = ns.map(str::to_string);
+                tokio::spawn(
+                    async move { api.collect_dependents(ns.as_deref(), &uid, false).await },
+                );
+            }
+            _ => {}
+        }
+        Ok(gone.object)
+    }
+
+    /// `delete`, boxed: deleting an owner deletes its dependents, which
+    /// recurses, and a recursive future needs a named (boxed) type.
+    fn delete_boxed<'a>(
+        &'a self,
+        r: &'static Resource,
+        ns: Option<&'a str>,
+        name: &'a str,
+        q: &'a Query,
+    ) -> futures::future::BoxFuture<'a, ApiResult<Value>> {
+        Box::pin(self.delete(r, ns, name, b"", q))
+    }
+
+    /// Delete (or, with `orphan`, release) every object in `ns` owned by `uid`.
+    async fn collect_dependents(&self, ns: Option<&str>, uid: &str, orphan: bool) {
+        if uid.is_empty() {
+            return;
+        }
+        let q = Query::new();
+        for r in RESOURCES.iter().filter(|r| r.namespaced) {
+            let Ok(list) = self.list(r, ns, &q).await else {
+                continue;
+            };
+            for item in list["items"].as_array().into_iter().flatten() {
+                let owned = item
+                    .pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                    .is_some_and(|refs| refs.iter().any(|o| o["uid"] == uid));
+                if !owned {
+                    continue;
+                }
+                let name = name_of(item).to_string();
+                let item_ns = item.pointer("/metadata/namespace").and_then(Value::as_str);
+                let result = if orphan {
+                    let mut next = item.clone();
+                    if let Some(refs) = next["metadata"]["ownerReferences"].as_array_mut() {
+                        refs.retain(|o| o["uid"] != uid);
+                    }
+                    let rev = item
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
+                    self.store_update(r, item_ns, &name, rev, next, &q).await
+                } else {
+                    self.delete_boxed(r, item_ns, &name, &q).await
+                };
+                if let Err(e) = result {
+                    tracing::debug!(
+                        resource = r.plural,
+                        name,
+                        "garbage collection: {}",
+                        e.message
+                    );
+                }
+            }
+        }
+    }
+
+    /// Mark a namespace Terminating, then delete everything in it and it.
+    async fn terminate_namespace(&self, name: &str, current: Stored) -> ApiResult<Value> {
+        let nsr = namespaces();
+        let mut next = current.object.clone();
+        next["status"] = json!({"phase": "Terminating"});
+        if next.pointer("/metadata/deletionTimestamp").is_none() {
+            next["metadata"]["deletionTimestamp"] = json!(objects::now());
+        }
+        let rev = self
+            .registry
+            .update(&key(nsr, None, name), &next, Some(current.revision))
+            .await
+            .map_err(|e| ApiError::from_registry(e, nsr, name))?;
+        crate::registry::set_resource_version(&mut next, rev);
+        let api = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move { api.empty_namespace(&name).await });
+        Ok(next)
+    }
+
+    async fn empty_namespace(&self, ns: &str) {
+        let q = Query::new();
+        for r in RESOURCES.iter().filter(|r| r.namespaced) {
+            if let Ok(list) = self.list(r, Some(ns), &q).await {
+                for item in list["items"].as_array().into_iter().flatten() {
+                    let _ = self
+                        .registry
+                        .delete(&key(r, Some(ns), name_of(item)), None)
+                        .await;
+                }
+            }
+        }
+        let _ = self
+            .registry
+            .delete(&key(namespaces(), None, ns), None)
+            .await;
+    }
+
+    pub async fn delete_collection(
+        &self,
+        r: &'static Resource,
+        ns: Option<&str>,
+        q: &Query,
+    ) -> ApiResult<Value> {
+        let list = self.list(r, ns, q).await?;
+        let mut deleted = Vec::new();
+        for item in list["items"].as_array().into_iter().flatten() {
+            let item_ns = item.pointer("/metadata/namespace").and_then(Value::as_str);
+            match self.delete(r, item_ns, name_of(item), b"", q).await {
+                Ok(o) => deleted.push(o),
+                Err(e) if e.reason == "NotFound" => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(json!({
+            "apiVersion": r.api_version(),
+            "kind": format!("{}List", r.kind),
+            "metadata": {"resourceVersion": self.registry.store().revision().to_string()},
+            "items": deleted,
+        }))
+    }
+
+    /// Make sure `default` and `kube-system` exist (every master, at start).
+    pub async fn ensure_namespaces(&self) {
+        for ns in ["default", "kube-system", "kube-public"] {
+            let body = json!({"metadata": {"name": ns}});
+            match self.create(namespaces(), None, body, &Query::new()).await {
+                Ok(_) => tracing::info!(namespace = ns, "created"),
+                Err(e) if e.reason == "AlreadyExists" => {}
+                Err(e) => tracing::warn!(namespace = ns, "could not be created yet: {}", e.message),
+            }
+        }
+    }
+}
+
+pub fn namespaces() -> &'static Resource {
+    super::resources::find("", "v1", "namespaces").expect("namespaces are served")
+}
+
+fn dry_run(q: &Query) -> bool {
+    q.get("dryRun").is_some_and(|v| v == "All")
+}
+
+pub fn parse_rv_param(q: &Query) -> ApiResult<i64> {
+    parse_rv(q.get("resourceVersion"))
+}

@@ -1,0 +1,348 @@
+//! The Kubernetes API over HTTPS, served by every master from its embedded
+//! store.
+//!
+//! - [`resources`]: what is served; [`path`]: URLs to resources and objects.
+//! - [`discovery`]: `/version`, `/api`, `/apis`, resource lists.
+//! - [`handlers`]: get, list, create, update, patch, delete and subresources;
+//!   [`watch`]: watch streams; [`objects`]: server-set fields and defaults;
+//!   [`patch`]: merge, JSON and strategic merge patches; [`selector`]:
+//!   label and field selectors; [`status`]: errors as `Status` objects.
+//!
+//! Every request must carry a client certificate signed by the cluster CA or
+//! a known bearer token; anything else gets 401.
+
+mod discovery;
+mod handlers;
+mod objects;
+mod patch;
+mod path;
+mod resources;
+mod selector;
+mod status;
+mod watch;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Router};
+use serde_json::Value;
+use tokio_rustls::TlsAcceptor;
+
+use crate::pki::{self, Identity};
+use crate::registry::Registry;
+use handlers::{json_response, Query};
+use patch::PatchType;
+use path::{ObjectPath, Target};
+use status::{ApiError, ApiResult};
+
+/// Request bodies above this are refused with 413.
+pub const MAX_BODY: usize = 3 << 20;
+
+#[derive(Clone)]
+pub struct Api {
+    registry: Registry,
+    /// Bearer tokens (from `<pki>/tokens.csv`: token,user,uid,"group,...").
+    tokens: Arc<HashMap<String, Identity>>,
+}
+
+/// The caller, as the TLS handshake established it.
+#[derive(Clone)]
+struct Peer(Option<Identity>);
+
+impl Api {
+    pub fn new(registry: Registry, tokens: HashMap<String, Identity>) -> Self {
+        Api {
+            registry,
+            tokens: Arc::new(tokens),
+        }
+    }
+}
+
+/// Read a Kubernetes static token file, if there is one.
+pub fn load_tokens(path: &std::path::Path) -> anyhow::Result<HashMap<String, Identity>> {
+    let mut out = HashMap::new();
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(out);
+    };
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.splitn(4, ',').collect();
+        if fields.len() < 2 {
+            anyhow::bail!(
+                "{}:{}: expected token,user[,uid[,\"groups\"]]",
+                path.display(),
+                i + 1
+            );
+        }
+        let groups = fields
+            .get(3)
+            .map(|g| {
+                g.trim_matches('"')
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.insert(
+            fields[0].to_string(),
+            Identity {
+                user: fields[1].to_string(),
+                groups,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Serve HTTPS on `listener` until `shutdown` resolves.
+pub async fn serve(
+    api: Api,
+    listener: tokio::net::TcpListener,
+    tls: rustls::ServerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let app = Router::new().fallback(dispatch).with_state(api.clone());
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => { tracing::warn!("api accept: {e}"); continue }
+            },
+            _ = &mut shutdown => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!("api TLS handshake: {e}");
+                    return;
+                }
+            };
+            let who = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| pki::identity_of(c));
+            let service =
+                hyper_util::service::TowerToHyperService::new(app.layer(Extension(Peer(who))));
+            let io = hyper_util::rt::TokioIo::new(tls);
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
+                tracing::debug!("api connection: {e}");
+            }
+        });
+    }
+}
+
+fn verb_of(method: &Method, target: &Target<'_>, q: &Query) -> &'static str {
+    let Target::Object(o) = target else {
+        return "get";
+    };
+    match (method.as_str(), o.name.is_some()) {
+        ("GET", false) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => "watch",
+        ("GET", false) => "list",
+        ("GET", true) => "get",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", false) => "deletecollection",
+        ("DELETE", true) => "delete",
+        _ => "other",
+    }
+}
+
+async fn dispatch(
+    State(api): State<Api>,
+    Extension(peer): Extension<Peer>,
+    method: Method,
+    headers: HeaderMap,
+    request: Request,
+) -> Response {
+    let started = Instant::now();
+    let uri = request.uri().clone();
+    let q: Query = uri
+        .query()
+        .map(|s| serde_urlencoded::from_str(s).unwrap_or_default())
+        .unwrap_or_default();
+    let target = path::parse(uri.path());
+    let (verb, resource) = match &target {
+        Ok(t @ Target::Object(o)) => (verb_of(&method, t, &q), o.resource.plural),
+        _ => ("get", ""),
+    };
+    metrics::gauge!("apiserver_current_inflight_requests").increment(1.0);
+    // The body is read in full before any answer, so that a client still
+    // sending it sees the answer rather than a reset connection.
+    let body = axum::body::to_bytes(request.into_body(), MAX_BODY).await;
+    let response = match (authenticate(&api, &peer, &headers), body) {
+        (None, _) => ApiError::unauthorized().into_response(),
+        (Some(_), Err(_)) => ApiError::too_large().into_response(),
+        (Some(_who), Ok(body)) => match target {
+            Err(path::Unknown) => ApiError::not_found_path(uri.path()).into_response(),
+            Ok(t) => route(&api, &method, &headers, t, &q, &body)
+                .await
+                .unwrap_or_else(IntoResponse::into_response),
+        },
+    };
+    finish(response, verb, resource, started)
+}
+
+fn finish(
+    response: Response,
+    verb: &'static str,
+    resource: &'static str,
+    started: Instant,
+) -> Response {
+    metrics::gauge!("apiserver_current_inflight_requests").decrement(1.0);
+    let code = response.status().as_u16().to_string();
+    metrics::counter!("apiserver_request_total", "verb" => verb, "resource" => resource, "code" => code)
+        .increment(1);
+    if verb != "watch" {
+        metrics::histogram!("apiserver_request_duration_seconds", "verb" => verb, "resource" => resource)
+            .record(started.elapsed().as_secs_f64());
+    }
+    response
+}
+
+fn authenticate(api: &Api, peer: &Peer, headers: &HeaderMap) -> Option<Identity> {
+    if let Some(who) = &peer.0 {
+        return Some(who.clone());
+    }
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))?;
+    api.tokens.get(token.trim()).cloned()
+}
+
+/// Decode a create/update body: JSON, or YAML when sent as YAML.
+fn decode_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
+    let ct = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    match ct.split(';').next().unwrap_or("").trim() {
+        "application/json" | "" | "*/*" => serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}"))),
+        "application/yaml" | "application/x-yaml" => serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("the body is not valid YAML: {e}"))),
+        other => Err(ApiError::unsupported_media(other)),
+    }
+}
+
+async fn route(
+    api: &Api,
+    method: &Method,
+    headers: &HeaderMap,
+    target: Target<'_>,
+    q: &Query,
+    body: &[u8],
+) -> ApiResult<Response> {
+    let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
+    match target {
+        Target::Version => ok(discovery::version()),
+        Target::CoreVersions => ok(discovery::core_versions()),
+        Target::Groups => ok(discovery::groups()),
+        Target::GroupVersion { group, version } => match discovery::resource_list(group, version) {
+            Some(v) => ok(v),
+            None => Err(ApiError::not_found_path(&format!(
+                "/apis/{group}/{version}"
+            ))),
+        },
+        Target::OpenApi => Err(ApiError::not_found_path("/openapi")),
+        Target::Object(o) => object(api, method, headers, o, q, body).await,
+    }
+}
+
+async fn object(
+    api: &Api,
+    method: &Method,
+    headers: &HeaderMap,
+    o: ObjectPath<'_>,
+    q: &Query,
+    body: &[u8],
+) -> ApiResult<Response> {
+    let r = o.resource;
+    let ns = if r.namespaced { o.namespace } else { None };
+    let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
+    let patch_type = || {
+        let ct = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        PatchType::from_content_type(ct).ok_or_else(|| ApiError::unsupported_media(ct))
+    };
+    match (method.as_str(), o.name, o.sub) {
+        ("GET", None, None) => {
+            if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
+                api.watch(r, ns, q).await
+            } else {
+                ok(api.list(r, ns, q).await?)
+            }
+        }
+        ("GET", Some(name), None | Some("status")) => ok(api.get(r, ns, name).await?.object),
+        ("GET", Some(name), Some("scale")) => ok(api.scale_of(&api.get(r, ns, name).await?.object)),
+        (_, Some(_), Some("log" | "exec")) => Err(ApiError::unavailable(
+            "pod logs and exec are served through the node agent, which does not exist yet",
+        )),
+        ("POST", None, None) => {
+            let created = api
+                .create(
+                    r,
+                    ns.or(Some("default")).filter(|_| r.namespaced),
+                    decode_body(headers, body)?,
+                    q,
+                )
+                .await?;
+            Ok(json_response(StatusCode::CREATED, &created))
+        }
+        ("POST", Some(name), Some("binding")) => {
+            let v = api.bind(r, ns, name, decode_body(headers, body)?).await?;
+            Ok(json_response(StatusCode::CREATED, &v))
+        }
+        ("PUT", Some(name), None | Some("status")) => ok(api
+            .update(r, ns, name, o.sub, decode_body(headers, body)?, q)
+            .await?),
+        ("PUT", Some(name), Some("scale")) => {
+            ok(api.write_scale(r, ns, name, None, body, q).await?)
+        }
+        ("PATCH", Some(name), None | Some("status")) => ok(api
+            .patch(r, ns, name, o.sub, patch_type()?, body, q)
+            .await?),
+        ("PATCH", Some(name), Some("scale")) => ok(api
+            .write_scale(r, ns, name, Some(patch_type()?), body, q)
+            .await?),
+        ("DELETE", Some(name), None) => ok(api.delete(r, ns, name, body, q).await?),
+        ("DELETE", None, None) if r.plural != "namespaces" => {
+            ok(api.delete_collection(r, ns, q).await?)
+        }
+        (m, _, _) => Err(ApiError::method_not_allowed(m)),
+    }
+}
+
+/// Create the built-in namespaces once a leader can take the writes.
+pub fn spawn_bootstrap(api: Api) {
+    tokio::spawn(async move {
+        for _ in 0..60 {
+            if api.registry.store().current_leader().is_some() {
+                api.ensure_namespaces().await;
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    });
+}

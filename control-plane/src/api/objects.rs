@@ -1,0 +1,486 @@
+//! What the server sets on objects: identity and timestamps on create,
+//! the fields an update may not change, `generation`, the status
+//! subresource split, and the defaults users see in `-o yaml`.
+
+use rand::Rng;
+use serde_json::{json, Map, Value};
+
+use super::resources::{check_name, Resource};
+use super::status::{ApiError, ApiResult};
+
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn uid() -> String {
+    let b: [u8; 16] = rand::thread_rng().gen();
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    // Version 4, variant 1.
+    format!(
+        "{}-{}-4{}-{:x}{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        (b[8] & 0x3) | 0x8,
+        &h[17..20],
+        &h[20..32]
+    )
+}
+
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::thread_rng();
+    (0..5)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+pub fn meta(object: &Value) -> Option<&Map<String, Value>> {
+    object.get("metadata").and_then(Value::as_object)
+}
+
+pub fn name_of(object: &Value) -> &str {
+    meta(object)
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+fn meta_mut(object: &mut Value) -> &mut Map<String, Value> {
+    if !object.get("metadata").is_some_and(Value::is_object) {
+        object["metadata"] = json!({});
+    }
+    object["metadata"]
+        .as_object_mut()
+        .expect("metadata is an object")
+}
+
+/// Checks shared by create and update: an object, of this kind, in this
+/// namespace, with a valid name, that decodes as its type.
+fn check(r: &Resource, namespace: Option<&str>, object: &mut Value) -> ApiResult<()> {
+    if !object.is_object() {
+        return Err(ApiError::bad_request(format!(
+            "the body of a {} must be a JSON object",
+            r.kind
+        )));
+    }
+    let api_version = r.api_version();
+    match object.get("apiVersion").and_then(Value::as_str) {
+        None => object["apiVersion"] = json!(api_version),
+        Some(v) if v == api_version => {}
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({v}) does not match the expected API version ({api_version})"
+            )))
+        }
+    }
+    match object.get("kind").and_then(Value::as_str) {
+        None => object["kind"] = json!(r.kind),
+        Some(k) if k == r.kind => {}
+        Some(k) => {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                r.kind
+            )))
+        }
+    }
+    let m = meta_mut(object);
+    if r.namespaced {
+        let ns = namespace.unwrap_or("default");
+        match m.get("namespace").and_then(Value::as_str) {
+            Some(given) if !given.is_empty() && given != ns => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ))
+            }
+            _ => {
+                m.insert("namespace".into(), json!(ns));
+            }
+        }
+    } else {
+        m.remove("namespace");
+    }
+    let name = name_of(object).to_string();
+    if name.is_empty() {
+        return Err(ApiError::invalid(
+            r,
+            "",
+            &[(
+                "metadata.name".into(),
+                "Required value: name or generateName is required".into(),
+            )],
+        ));
+    }
+    if let Err(msg) = check_name(r.names, &name) {
+        return Err(ApiError::invalid(
+            r,
+            &name,
+            &[("metadata.name".into(), msg)],
+        ));
+    }
+    let missing = required_missing(r, object);
+    if !missing.is_empty() {
+        let causes: Vec<(String, String)> = missing
+            .into_iter()
+            .map(|f| (f.to_string(), "Required value".to_string()))
+            .collect();
+        return Err(ApiError::invalid(r, &name, &causes));
+    }
+    (r.check)(object).map_err(|e| {
+        // A required field that is absent is a validation failure (422);
+        // a field of the wrong type is a decoding failure (400).
+        if let Some(field) = e
+            .strip_prefix("missing field `")
+            .and_then(|f| f.split('`').next())
+        {
+            return ApiError::invalid(r, &name, &[(field.to_string(), "Required value".into())]);
+        }
+        ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: {e}",
+            r.kind, r.version, r.kind
+        ))
+    })
+}
+
+/// Required fields that are absent (the typed decoding fills many of them
+/// with defaults, so they are checked here).
+fn required_missing(r: &Resource, object: &Value) -> Vec<&'static str> {
+    let absent = |p: &str| object.pointer(p).is_none_or(Value::is_null);
+    let mut out = Vec::new();
+    let workload = matches!(
+        r.kind,
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet"
+    );
+    if workload || r.kind == "Job" {
+        if absent("/spec") {
+            return vec!["spec"];
+        }
+        if workload && absent("/spec/selector") {
+            out.push("spec.selector");
+        }
+        if absent("/spec/template") {
+            out.push("spec.template");
+        }
+    }
+    let pod_spec = match r.kind {
+        "Pod" => object.get("spec"),
+        _ if workload || r.kind == "Job" => object.pointer("/spec/template/spec"),
+        _ => None,
+    };
+    if r.kind == "Pod" || (workload && !absent("/spec/template")) {
+        let containers = pod_spec
+            .and_then(|s| s.get("containers"))
+            .and_then(Value::as_array)
+            .filter(|c| !c.is_empty());
+        match containers {
+            None => out.push(if r.kind == "Pod" {
+                "spec.containers"
+            } else {
+                "spec.template.spec.containers"
+            }),
+            Some(cs) => {
+                if cs.iter().any(|c| {
+                    c.get("name")
+                        .and_then(Value::as_str)
+                        .is_none_or(str::is_empty)
+                }) {
+                    out.push("containers[].name");
+                }
+                if cs.iter().any(|c| {
+                    c.get("image")
+                        .and_then(Value::as_str)
+                        .is_none_or(str::is_empty)
+                }) {
+                    out.push("containers[].image");
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Prepare a new object for storage.
+pub fn for_create(r: &Resource, namespace: Option<&str>, mut object: Value) -> ApiResult<Value> {
+    if object.is_object() {
+        let m = meta_mut(&mut object);
+        let named = m
+            .get("name")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
+        if !named {
+            if let Some(prefix) = m.get("generateName").and_then(Value::as_str) {
+                let name = format!("{prefix}{}", random_suffix());
+                m.insert("name".into(), json!(name));
+            }
+        }
+    }
+    check(r, namespace, &mut object)?;
+    let m = meta_mut(&mut object);
+    m.insert("uid".into(), json!(uid()));
+    m.insert("creationTimestamp".into(), json!(now()));
+    m.remove("resourceVersion");
+    m.remove("deletionTimestamp");
+    m.remove("deletionGracePeriodSeconds");
+    m.insert("generation".into(), json!(1));
+    if r.has("status") {
+        if let Some(o) = object.as_object_mut() {
+            o.remove("status");
+        }
+    }
+    defaults(r, &mut object);
+    Ok(object)
+}
+
+/// The parts of an object that are not metadata or status: a change there
+/// bumps `generation`.
+fn spec_of(object: &Value) -> Value {
+    let mut v = object.clone();
+    if let Some(o) = v.as_object_mut() {
+        for k in ["metadata", "status", "apiVersion", "kind"] {
+            o.remove(k);
+        }
+    }
+    v
+}
+
+/// Prepare a replacement of `old` (a whole-object update, or a status
+/// update when `sub` is "status").
+pub fn for_update(
+    r: &Resource,
+    namespace: Option<&str>,
+    old: &Value,
+    mut new: Value,
+    sub: Option<&str>,
+) -> ApiResult<Value> {
+    check(r, namespace, &mut new)?;
+    if name_of(&new) != name_of(old) {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({}) does not match the name on the URL ({})",
+            name_of(&new),
+            name_of(old)
+        )));
+    }
+    let mut out = if sub == Some("status") {
+        // Only the status changes; everything else stays as stored.
+        let mut o = old.clone();
+        o["status"] = new.get("status").cloned().unwrap_or(Value::Null);
+        o
+    } else {
+        if r.has("status") {
+            match old.get("status") {
+                Some(s) => new["status"] = s.clone(),
+                None => {
+                    if let Some(o) = new.as_object_mut() {
+                        o.remove("status");
+                    }
+                }
+            }
+        }
+        new
+    };
+    // Fields only the server sets.
+    let old_meta = meta(old).cloned().unwrap_or_default();
+    let m = meta_mut(&mut out);
+    for k in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+    ] {
+        match old_meta.get(k) {
+            Some(v) => m.insert(k.into(), v.clone()),
+            None => m.remove(k),
+        };
+    }
+    if sub != Some("status") && spec_of(&out) != spec_of(old) {
+        let g = old_meta
+            .get("generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        meta_mut(&mut out).insert("generation".into(), json!(g + 1));
+    }
+    defaults(r, &mut out);
+    Ok(out)
+}
+
+fn set_default(v: &mut Value, key: &str, default: Value) {
+    if let Some(o) = v.as_object_mut() {
+        if o.get(key).is_none_or(Value::is_null) {
+            o.insert(key.into(), default);
+        }
+    }
+}
+
+/// Kubernetes' defaults for the fields users meet most.
+fn defaults(r: &Resource, object: &mut Value) {
+    match r.kind {
+        "Namespace" => {
+            set_default(object, "spec", json!({"finalizers": ["kubernetes"]}));
+            set_default(object, "status", json!({"phase": "Active"}));
+        }
+        "Pod" => {
+            if let Some(spec) = object.get_mut("spec") {
+                pod_spec_defaults(spec);
+            }
+            set_default(
+                object,
+                "status",
+                json!({"phase": "Pending", "qosClass": "BestEffort"}),
+            );
+        }
+        "Deployment" => {
+            if let Some(spec) = object.get_mut("spec") {
+                set_default(spec, "replicas", json!(1));
+                set_default(spec, "revisionHistoryLimit", json!(10));
+                set_default(spec, "progressDeadlineSeconds", json!(600));
+                set_default(
+                    spec,
+                    "strategy",
+                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
+                );
+                if let Some(pod) = spec.pointer_mut("/template/spec") {
+                    pod_spec_defaults(pod);
+                }
+            }
+        }
+        "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job" => {
+            if let Some(spec) = object.get_mut("spec") {
+                if r.kind != "DaemonSet" && r.kind != "Job" {
+                    set_default(spec, "replicas", json!(1));
+                }
+                if let Some(pod) = spec.pointer_mut("/template/spec") {
+                    pod_spec_defaults(pod);
+                }
+            }
+        }
+        "Service" => {
+            if let Some(spec) = object.get_mut("spec") {
+                set_default(spec, "type", json!("ClusterIP"));
+                set_default(spec, "sessionAffinity", json!("None"));
+                if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+                    for p in ports {
+                        set_default(p, "protocol", json!("TCP"));
+                        if let Some(port) = p.get("port").cloned() {
+                            set_default(p, "targetPort", port);
+                        }
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn pod_spec_defaults(spec: &mut Value) {
+    set_default(spec, "restartPolicy", json!("Always"));
+    set_default(spec, "dnsPolicy", json!("ClusterFirst"));
+    set_default(spec, "terminationGracePeriodSeconds", json!(30));
+    set_default(spec, "schedulerName", json!("default-scheduler"));
+    set_default(spec, "securityContext", json!({}));
+    if let Some(containers) = spec.get_mut("containers").and_then(Value::as_array_mut) {
+        for c in containers {
+            let image = c.get("image").and_then(Value::as_str).unwrap_or("");
+            let tag = image
+                .rsplit('/')
+                .next()
+                .and_then(|last| last.split_once(':'))
+                .map(|(_, t)| t);
+            let policy = if matches!(tag, None | Some("latest")) {
+                "Always"
+            } else {
+                "IfNotPresent"
+            };
+            set_default(c, "imagePullPolicy", json!(policy));
+            set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
+            set_default(c, "terminationMessagePolicy", json!("File"));
+            set_default(c, "resources", json!({}));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::resources::find;
+
+    #[test]
+    fn create_sets_identity_and_defaults() {
+        let r = find("apps", "v1", "deployments").unwrap();
+        let body = json!({"metadata": {"name": "web"}, "spec": {"selector": {"matchLabels": {"a": "b"}},
+            "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
+            "status": {"replicas": 9}});
+        let o = for_create(r, Some("default"), body).unwrap();
+        assert_eq!(o["kind"], "Deployment");
+        assert_eq!(o["metadata"]["namespace"], "default");
+        assert_eq!(o["metadata"]["generation"], 1);
+        assert_eq!(o["metadata"]["uid"].as_str().unwrap().len(), 36);
+        assert!(
+            o.get("status").is_none(),
+            "status is not writable on create"
+        );
+        assert_eq!(o["spec"]["replicas"], 1);
+        assert_eq!(o["spec"]["strategy"]["type"], "RollingUpdate");
+        assert_eq!(o["spec"]["template"]["spec"]["restartPolicy"], "Always");
+        assert_eq!(
+            o["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
+            "Always"
+        );
+    }
+
+    #[test]
+    fn update_keeps_status_and_bumps_generation_on_spec_change() {
+        let r = find("apps", "v1", "deployments").unwrap();
+        let mut old = for_create(
+            r,
+            Some("d"),
+            json!({"metadata": {"name": "w"}, "spec": {"replicas": 1, "selector": {},
+                "template": {"spec": {"containers": [{"name": "c", "image": "i:1"}]}}}}),
+        )
+        .unwrap();
+        old["status"] = json!({"replicas": 1});
+        let mut new = old.clone();
+        new["spec"]["replicas"] = json!(3);
+        new["status"] = json!({"replicas": 100});
+        new["metadata"]["uid"] = json!("forged");
+        let o = for_update(r, Some("d"), &old, new, None).unwrap();
+        assert_eq!(o["status"]["replicas"], 1);
+        assert_eq!(o["metadata"]["generation"], 2);
+        assert_eq!(o["metadata"]["uid"], old["metadata"]["uid"]);
+        let mut st = o.clone();
+        st["status"] = json!({"replicas": 3});
+        st["spec"]["replicas"] = json!(7);
+        let o2 = for_update(r, Some("d"), &o, st, Some("status")).unwrap();
+        assert_eq!(o2["status"]["replicas"], 3);
+        assert_eq!(
+            o2["spec"]["replicas"], 3,
+            "a status write leaves the spec alone"
+        );
+    }
+
+    #[test]
+    fn bad_objects_are_refused() {
+        let r = find("", "v1", "configmaps").unwrap();
+        let e = for_create(r, Some("d"), json!({"metadata": {"name": "Bad_Name"}})).unwrap_err();
+        assert_eq!(e.code.as_u16(), 422);
+        let e = for_create(r, Some("d"), json!({"metadata": {}})).unwrap_err();
+        assert_eq!(e.code.as_u16(), 422);
+        let e = for_create(
+            r,
+            Some("d"),
+            json!({"kind": "Secret", "metadata": {"name": "a"}}),
+        )
+        .unwrap_err();
+        assert_eq!(e.code.as_u16(), 400);
+        let e = for_create(
+            r,
+            Some("d"),
+            json!({"metadata": {"name": "a", "namespace": "other"}}),
+        )
+        .unwrap_err();
+        assert_eq!(e.code.as_u16(), 400);
+        let e =
+            for_create(r, Some("d"), json!({"metadata": {"name": "a"}, "data": []})).unwrap_err();
+        assert_eq!(e.code.as_u16(), 400);
+    }
+}

@@ -1,0 +1,269 @@
+//! Kubernetes objects over the replicated store. Objects are JSON under
+//! `/registry/<group>/<resource>/<namespace>/<name>` (`core` for the core
+//! group; no namespace segment for cluster-scoped resources). The stored
+//! JSON has no `resourceVersion`: it is the key's mod revision, put back on
+//! every read. Writes are store transactions that compare the key's
+//! revisions, which is what makes updates optimistic (409 on a stale one).
+
+use std::sync::Arc;
+
+use raft_store::mvcc::{
+    Compare, CompareOp, CompareTarget, DeleteRequest, KeyRange, KeyValue, Op, OpResult, PutRequest,
+    RangeRequest, TxnRequest,
+};
+use raft_store::watch::{WatchSpec, Watcher};
+use raft_store::{ApplyError, Command, Outcome, Store, StoreError};
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("not found")]
+    NotFound,
+    #[error("already exists")]
+    AlreadyExists,
+    /// The object changed since the revision the caller had.
+    #[error("conflict")]
+    Conflict,
+    /// The requested revision has been compacted away.
+    #[error("revision {0} has been compacted")]
+    Gone(i64),
+    #[error("stored object {key} is not valid JSON: {detail}")]
+    Corrupt { key: String, detail: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+/// An object as read: its JSON (with `metadata.resourceVersion` filled in)
+/// and the revision it was last modified at.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub object: Value,
+    pub revision: i64,
+}
+
+/// One page of a list.
+pub struct Page {
+    pub items: Vec<Stored>,
+    /// The store revision the page was read at (the list's resourceVersion).
+    pub revision: i64,
+    /// The key to continue from, if more remain.
+    pub next: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    store: Arc<Store>,
+}
+
+impl Registry {
+    pub fn new(store: Arc<Store>) -> Self {
+        Registry { store }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn decode(kv: &KeyValue) -> Result<Stored> {
+        let mut object: Value =
+            serde_json::from_slice(&kv.value).map_err(|e| RegistryError::Corrupt {
+                key: String::from_utf8_lossy(&kv.key).into_owned(),
+                detail: e.to_string(),
+            })?;
+        set_resource_version(&mut object, kv.mod_revision);
+        Ok(Stored {
+            object,
+            revision: kv.mod_revision,
+        })
+    }
+
+    /// A linearizable read of one object.
+    pub async fn get(&self, key: &str) -> Result<Stored> {
+        let req = RangeRequest {
+            range: KeyRange::single(key),
+            ..Default::default()
+        };
+        let (resp, _) = self.store.range(&req, false).await?;
+        resp.kvs
+            .first()
+            .map(Self::decode)
+            .unwrap_or(Err(RegistryError::NotFound))
+    }
+
+    /// Up to `limit` objects (0: all) under `prefix`, from `start` (a key,
+    /// for continuing a list) at `revision` (0: now, linearizable).
+    pub async fn list(
+        &self,
+        prefix: &str,
+        start: Option<&str>,
+        revision: i64,
+        limit: i64,
+    ) -> Result<Page> {
+        let range = KeyRange::prefix(prefix.as_bytes().to_vec());
+        let req = RangeRequest {
+            range: KeyRange {
+                key: start.map(|s| s.as_bytes().to_vec()).unwrap_or(range.key),
+                range_end: range.range_end,
+            },
+            limit,
+            revision,
+            ..Default::default()
+        };
+        let (resp, now) = self.store.range(&req, false).await.map_err(|e| match e {
+            StoreError::Rejected(ApplyError::Compacted) => RegistryError::Gone(revision),
+            other => other.into(),
+        })?;
+        let items = resp
+            .kvs
+            .iter()
+            .map(Self::decode)
+            .collect::<Result<Vec<_>>>()?;
+        let next = match (resp.more, resp.kvs.last()) {
+            (true, Some(last)) => {
+                let mut k = last.key.clone();
+                k.push(0);
+                Some(String::from_utf8_lossy(&k).into_owned())
+            }
+            _ => None,
+        };
+        Ok(Page {
+            items,
+            revision: if revision > 0 { revision } else { now },
+            next,
+        })
+    }
+
+    async fn txn(&self, txn: TxnRequest) -> Result<(bool, Vec<OpResult>, i64)> {
+        let resp = self.store.write(Command::Txn(txn)).await?;
+        match resp.outcome.map_err(StoreError::from)? {
+            Outcome::Txn { succeeded, results } => Ok((succeeded, results, resp.revision)),
+            other => Err(StoreError::Raft(format!("unexpected outcome {other:?}")).into()),
+        }
+    }
+
+    /// Store a new object; fails if the key exists. Returns its revision.
+    pub async fn create(&self, key: &str, object: &Value) -> Result<i64> {
+        let txn = TxnRequest {
+            compare: vec![compare(key, CompareTarget::Create(0))],
+            success: vec![put(key, object)],
+            failure: vec![],
+        };
+        match self.txn(txn).await? {
+            (true, _, rev) => Ok(rev),
+            (false, _, _) => Err(RegistryError::AlreadyExists),
+        }
+    }
+
+    /// Replace an object that exists, if it is still at `expected` (when
+    /// given). Returns the new revision.
+    pub async fn update(&self, key: &str, object: &Value, expected: Option<i64>) -> Result<i64> {
+        let guard = match expected {
+            Some(rev) => compare(key, CompareTarget::Mod(rev)),
+            None => Compare {
+                range: KeyRange::single(key),
+                op: CompareOp::Greater,
+                target: CompareTarget::Version(0),
+            },
+        };
+        let txn = TxnRequest {
+            compare: vec![guard],
+            success: vec![put(key, object)],
+            failure: vec![Op::Range(RangeRequest {
+                range: KeyRange::single(key),
+                count_only: true,
+                ..Default::default()
+            })],
+        };
+        match self.txn(txn).await? {
+            (true, _, rev) => Ok(rev),
+            (false, results, _) => Err(missing_or_conflict(&results)),
+        }
+    }
+
+    /// Delete an object, if it is still at `expected` (when given). Returns
+    /// the object as it was and the deleting revision.
+    pub async fn delete(&self, key: &str, expected: Option<i64>) -> Result<(Stored, i64)> {
+        let guard = match expected {
+            Some(rev) => compare(key, CompareTarget::Mod(rev)),
+            None => Compare {
+                range: KeyRange::single(key),
+                op: CompareOp::Greater,
+                target: CompareTarget::Version(0),
+            },
+        };
+        let txn = TxnRequest {
+            compare: vec![guard],
+            success: vec![Op::Delete(DeleteRequest {
+                range: KeyRange::single(key),
+                prev_kv: true,
+            })],
+            failure: vec![Op::Range(RangeRequest {
+                range: KeyRange::single(key),
+                count_only: true,
+                ..Default::default()
+            })],
+        };
+        match self.txn(txn).await? {
+            (true, mut results, rev) => match results.pop() {
+                Some(OpResult::Delete { mut prev_kvs, .. }) if !prev_kvs.is_empty() => {
+                    Ok((Self::decode(&prev_kvs.remove(0))?, rev))
+                }
+                _ => Err(RegistryError::NotFound),
+            },
+            (false, results, _) => Err(missing_or_conflict(&results)),
+        }
+    }
+
+    /// Watch `range` from the revision after `after` (0: from now).
+    pub fn watch(&self, range: KeyRange, after: i64) -> Watcher {
+        self.store.watch(
+            WatchSpec {
+                range,
+                start_revision: if after > 0 { after + 1 } else { 0 },
+                prev_kv: true,
+                ..Default::default()
+            },
+            256,
+        )
+    }
+}
+
+fn compare(key: &str, target: CompareTarget) -> Compare {
+    Compare {
+        range: KeyRange::single(key),
+        op: CompareOp::Equal,
+        target,
+    }
+}
+
+fn put(key: &str, object: &Value) -> Op {
+    let mut stored = object.clone();
+    if let Some(meta) = stored.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+    }
+    Op::Put(PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: serde_json::to_vec(&stored).unwrap_or_default(),
+        ..Default::default()
+    })
+}
+
+/// A failed guard: the count in the failure branch tells whether the object
+/// is gone or was changed.
+fn missing_or_conflict(results: &[OpResult]) -> RegistryError {
+    match results.first() {
+        Some(OpResult::Range(r)) if r.count == 0 => RegistryError::NotFound,
+        _ => RegistryError::Conflict,
+    }
+}
+
+pub fn set_resource_version(object: &mut Value, revision: i64) {
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert(
+            "resourceVersion".into(),
+            Value::String(revision.to_string()),
+        );
+    }
+}

@@ -1,0 +1,508 @@
+//! The real kubectl 1.32 against a 3-master cluster over HTTPS with client
+//! certificates.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{etcdctl, kubectl, kubectl_stdin, Cluster};
+
+const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n";
+
+fn configmap(ns: &str, name: &str, value: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\ndata:\n  k: \"{value}\"\n")
+}
+
+const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: demo
+  labels: {app: web}
+spec:
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: busybox:IMAGE
+        env:
+        - {name: MODE, value: serve}
+"#;
+
+fn ok(r: (bool, String, String)) -> String {
+    assert!(r.0, "kubectl failed:\nstdout: {}\nstderr: {}", r.1, r.2);
+    r.1
+}
+
+/// Wait until `f` returns Some, or panic after `within`.
+fn eventually<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not reached within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_works_against_any_master() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let kc = cluster.kubeconfig(0);
+
+    // The built-in namespaces appear once a leader has taken the writes.
+    eventually(Duration::from_secs(20), || {
+        let (good, out, _) = kubectl(&kc, &["get", "ns", "-o", "name"]);
+        (good && out.contains("namespace/default") && out.contains("namespace/kube-system"))
+            .then_some(())
+    });
+    // (`kubectl create namespace` and friends send protobuf, not served yet:
+    // manifests travel as JSON.)
+    ok(kubectl_stdin(
+        &kc,
+        &["create", "--validate=false", "-f", "-"],
+        Some(NAMESPACE),
+    ));
+
+    // apply creates, a changed manifest applied again patches (strategic merge).
+    let v1 = DEPLOYMENT.replace("IMAGE", "1.36");
+    ok(kubectl_stdin(
+        &kc,
+        &["apply", "--validate=false", "-f", "-"],
+        Some(&v1),
+    ));
+    let v2 = DEPLOYMENT.replace("IMAGE", "1.37");
+    let out = ok(kubectl_stdin(
+        &kc,
+        &["apply", "--validate=false", "-f", "-"],
+        Some(&v2),
+    ));
+    assert!(out.contains("deployment.apps/web configured"), "{out}");
+    let json: serde_json::Value = serde_json::from_str(&ok(kubectl(
+        &kc,
+        &["get", "deployment", "web", "-n", "demo", "-o", "json"],
+    )))
+    .unwrap();
+    let c = &json["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["image"], "busybox:1.37");
+    assert_eq!(c["env"][0]["value"], "serve");
+    assert_eq!(json["metadata"]["generation"], 2);
+    assert_eq!(json["spec"]["replicas"], 1, "defaulted");
+    assert_eq!(json["spec"]["strategy"]["type"], "RollingUpdate");
+    assert!(json["metadata"]["uid"].as_str().unwrap().len() == 36);
+    let yaml = ok(kubectl(
+        &kc,
+        &["get", "deploy", "web", "-n", "demo", "-o", "yaml"],
+    ));
+    assert!(yaml.contains("image: busybox:1.37"), "{yaml}");
+
+    // label, annotate, scale.
+    ok(kubectl(
+        &kc,
+        &["label", "deploy", "web", "-n", "demo", "tier=front"],
+    ));
+    ok(kubectl(
+        &kc,
+        &["annotate", "deploy", "web", "-n", "demo", "note=hello"],
+    ));
+    ok(kubectl(
+        &kc,
+        &["scale", "deploy", "web", "-n", "demo", "--replicas=3"],
+    ));
+    let out = ok(kubectl(
+        &kc,
+        &[
+            "get",
+            "deploy",
+            "-n",
+            "demo",
+            "-l",
+            "tier=front",
+            "-o",
+            "jsonpath={.items[0].spec.replicas} {.items[0].metadata.annotations.note}",
+        ],
+    ));
+    assert_eq!(out, "3 hello");
+    let out = ok(kubectl(
+        &kc,
+        &[
+            "get",
+            "deploy",
+            "-n",
+            "demo",
+            "-l",
+            "tier in (back)",
+            "-o",
+            "name",
+        ],
+    ));
+    assert_eq!(out.trim(), "");
+
+    // A stale update is refused with 409.
+    ok(kubectl_stdin(
+        &kc,
+        &["create", "--validate=false", "-f", "-"],
+        Some(&configmap("demo", "settings", "v1")),
+    ));
+    let stale = ok(kubectl(
+        &kc,
+        &["get", "cm", "settings", "-n", "demo", "-o", "json"],
+    ));
+    ok(kubectl(
+        &kc,
+        &[
+            "patch",
+            "cm",
+            "settings",
+            "-n",
+            "demo",
+            "-p",
+            r#"{"data":{"k":"v2"}}"#,
+        ],
+    ));
+    let (good, _, err) = kubectl_stdin(
+        &kc,
+        &["replace", "--validate=false", "-f", "-"],
+        Some(&stale),
+    );
+    assert!(
+        !good && err.contains("the object has been modified"),
+        "{err}"
+    );
+
+    // get -w sees a change made by another kubectl (through another master).
+    let kc2 = cluster.kubeconfig(1);
+    let mut watch = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .args([
+            "get",
+            "cm",
+            "settings",
+            "-n",
+            "demo",
+            "-w",
+            "-o",
+            "jsonpath={.data.k}{\"\\n\"}",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "v2");
+    ok(kubectl(
+        &kc2,
+        &[
+            "patch",
+            "cm",
+            "settings",
+            "-n",
+            "demo",
+            "-p",
+            r#"{"data":{"k":"v3"}}"#,
+        ],
+    ));
+    assert_eq!(lines.next().unwrap().unwrap(), "v3");
+    let _ = watch.kill();
+    let _ = watch.wait();
+
+    // A bad manifest gets the 422 message and stores nothing.
+    let bad = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Not_Valid\n  namespace: demo\n";
+    let (good, _, err) = kubectl_stdin(&kc, &["create", "--validate=false", "-f", "-"], Some(bad));
+    assert!(
+        !good && err.contains("is invalid") && err.contains("metadata.name"),
+        "{err}"
+    );
+    let out = ok(kubectl(&kc, &["get", "cm", "-n", "demo", "-o", "name"]));
+    assert_eq!(out.trim(), "configmap/settings");
+
+    // Without a client certificate: 401.
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{}/api/v1/namespaces", cluster.api_url(0)),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+
+    // Kill the master kubectl points at: another one has everything.
+    cluster.kill(0);
+    cluster.wait_leader(Duration::from_secs(10)).await;
+    let kc3 = cluster.kubeconfig(2);
+    let out = eventually(Duration::from_secs(10), || {
+        let (good, out, _) = kubectl(&kc3, &["get", "deploy,cm", "-n", "demo", "-o", "name"]);
+        good.then_some(out)
+    });
+    assert!(
+        out.contains("deployment.apps/web") && out.contains("configmap/settings"),
+        "{out}"
+    );
+
+    // Cascading delete of the namespace: Terminating, then gone with its objects.
+    let out = ok(kubectl(
+        &kc3,
+        &["delete", "namespace", "demo", "--wait=false"],
+    ));
+    assert!(out.contains("deleted"), "{out}");
+    let (good, _, err) = kubectl_stdin(
+        &kc3,
+        &["create", "--validate=false", "-f", "-"],
+        Some(&configmap("demo", "late", "x")),
+    );
+    assert!(
+        !good && (err.contains("being terminated") || err.contains("not found")),
+        "{err}"
+    );
+    eventually(Duration::from_secs(20), || {
+        let (_, _, err) = kubectl(&kc3, &["get", "ns", "demo"]);
+        err.contains("not found").then_some(())
+    });
+    let (endpoints, _) = (cluster.endpoints(), ());
+    let (_, keys, _) = etcdctl(
+        &endpoints,
+        &["get", "/registry/", "--prefix", "--keys-only"],
+    );
+    assert!(!keys.contains("/demo/"), "objects left behind: {keys}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_resumes_from_a_resource_version_and_answers_410_after_compaction() {
+    let cluster = Cluster::start(3, &[]).await;
+    let kc = cluster.kubeconfig(1);
+    eventually(Duration::from_secs(20), || {
+        kubectl(&kc, &["get", "ns", "default"]).0.then_some(())
+    });
+    ok(kubectl_stdin(
+        &kc,
+        &["create", "--validate=false", "-f", "-"],
+        Some(&configmap("default", "a", "1")),
+    ));
+    let rv = ok(kubectl(
+        &kc,
+        &[
+            "get",
+            "cm",
+            "a",
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ],
+    ));
+    ok(kubectl(
+        &kc,
+        &["patch", "cm", "a", "-p", r#"{"data":{"k":"2"}}"#],
+    ));
+    ok(kubectl(&kc, &["delete", "cm", "a"]));
+
+    // From the resourceVersion of the create: the update, then the delete.
+    let raw = format!(
+        "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=2"
+    );
+    let out = ok(kubectl(&kc, &["get", "--raw", &raw]));
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["MODIFIED", "DELETED"], "{out}");
+    assert_eq!(events[0]["object"]["data"]["k"], "2");
+    let rvs: Vec<i64> = events
+        .iter()
+        .map(|e| {
+            e["object"]["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        rvs[0] > rv.parse::<i64>().unwrap() && rvs[1] > rvs[0],
+        "{rvs:?}"
+    );
+
+    // Compact past it: the same watch now gets 410 Gone.
+    let (_, status, _) = etcdctl(&cluster.endpoints(), &["endpoint", "status", "-w", "json"]);
+    let revision = serde_json::from_str::<serde_json::Value>(&status).unwrap()[0]["Status"]
+        ["header"]["revision"]
+        .as_i64()
+        .unwrap();
+    let (good, _, err) = etcdctl(&cluster.endpoints(), &["compaction", &revision.to_string()]);
+    assert!(good, "{err}");
+    let out = ok(kubectl(&kc, &["get", "--raw", &raw]));
+    let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(first["type"], "ERROR", "{out}");
+    assert_eq!(first["object"]["code"], 410);
+}
+
+/// Client certificate and key from a kubeconfig, as PEM files for curl.
+fn client_pem(kubeconfig: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use base64::Engine;
+    let text = std::fs::read_to_string(kubeconfig).unwrap();
+    let field = |name: &str| {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap();
+        let b64 = line.split_once(':').unwrap().1.trim();
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap()
+    };
+    let cert = kubeconfig.with_extension("crt");
+    let key = kubeconfig.with_extension("key");
+    std::fs::write(&cert, field("client-certificate-data")).unwrap();
+    std::fs::write(&key, field("client-key-data")).unwrap();
+    (cert, key)
+}
+
+/// POST `body` with `content_type`; returns (HTTP code, Status JSON).
+fn post(
+    cluster: &Cluster,
+    pem: &(std::path::PathBuf, std::path::PathBuf),
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, serde_json::Value) {
+    let file = cluster.dir.path().join("body");
+    std::fs::write(&file, body).unwrap();
+    let out = Command::new("curl")
+        .args(["-sk", "-w", "\n%{http_code}", "-X", "POST", "-H"])
+        .arg(format!("Content-Type: {content_type}"))
+        .arg("--cert")
+        .arg(&pem.0)
+        .arg("--key")
+        .arg(&pem.1)
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!("{}{path}", cluster.api_url(0)))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (json, code) = text.rsplit_once('\n').unwrap();
+    (
+        code.parse().unwrap(),
+        serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_a_status_and_store_nothing() {
+    let cluster = Cluster::start(3, &[]).await;
+    let kc = cluster.kubeconfig(0);
+    eventually(Duration::from_secs(20), || {
+        kubectl(&kc, &["get", "ns", "default"]).0.then_some(())
+    });
+    let pem = client_pem(&kc);
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        (
+            "malformed JSON",
+            "application/json",
+            b"{\"metadata\": ".to_vec(),
+            400,
+            "BadRequest",
+        ),
+        (
+            "malformed YAML",
+            "application/yaml",
+            b"metadata: [unclosed".to_vec(),
+            400,
+            "BadRequest",
+        ),
+        (
+            "wrong field type",
+            "application/json",
+            br#"{"metadata":{"name":"a"},"data":{"k":1}}"#.to_vec(),
+            400,
+            "BadRequest",
+        ),
+        (
+            "invalid name",
+            "application/json",
+            br#"{"metadata":{"name":"UPPER"}}"#.to_vec(),
+            422,
+            "Invalid",
+        ),
+        (
+            "no name",
+            "application/json",
+            br#"{"metadata":{}}"#.to_vec(),
+            422,
+            "Invalid",
+        ),
+        (
+            "wrong content type",
+            "text/plain",
+            b"hello".to_vec(),
+            415,
+            "UnsupportedMediaType",
+        ),
+        (
+            "over 3 MiB",
+            "application/json",
+            vec![b' '; (3 << 20) + 1],
+            413,
+            "RequestEntityTooLarge",
+        ),
+    ];
+    for (what, ct, body, code, reason) in cases {
+        let (got, status) = post(&cluster, &pem, cms, ct, &body);
+        assert_eq!(got, code, "{what}: {status}");
+        assert_eq!(status["kind"], "Status", "{what}");
+        assert_eq!(status["reason"], reason, "{what}: {status}");
+        assert_eq!(status["code"], code, "{what}");
+    }
+    // Missing required field: 422 with the field among the causes.
+    let deploy = br#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"d"},"spec":{"template":{}}}"#;
+    let (got, status) = post(
+        &cluster,
+        &pem,
+        "/apis/apps/v1/namespaces/default/deployments",
+        "application/json",
+        deploy,
+    );
+    assert_eq!(got, 422, "{status}");
+    assert_eq!(
+        status["details"]["causes"][0]["field"], "spec.selector",
+        "{status}"
+    );
+    // Unknown resource: 404.
+    let (got, status) = post(
+        &cluster,
+        &pem,
+        "/api/v1/namespaces/default/widgets",
+        "application/json",
+        b"{}",
+    );
+    assert_eq!((got, status["reason"].as_str()), (404, Some("NotFound")));
+    // Nothing was stored, and the server still serves.
+    let out = ok(kubectl(&kc, &["get", "cm,deploy", "-o", "name"]));
+    assert_eq!(out.trim(), "", "{out}");
+    let (_, keys, _) = etcdctl(
+        &cluster.endpoints(),
+        &[
+            "get",
+            "/registry/core/configmaps/",
+            "--prefix",
+            "--keys-only",
+        ],
+    );
+    assert_eq!(keys.trim(), "");
+}
