@@ -340,12 +340,11 @@ impl Store {
                     .map_err(|_| StoreError::NoLeader)?;
                 // openraft's read index is max(commit index, this term's
                 // first entry); a leader restarted with its leadership intact
-                // starts from a stale commit index and no new first entry, so
-                // writes acknowledged before the restart can lie beyond it
-                // (found by the chaos harness: stale reads after kill -9 of
-                // every master). Every acknowledged write is in the leader's
-                // log, so its last index, read after leadership was
-                // confirmed, is a safe read index.
+                // starts from a stale commit index and no new first entry.
+                // Every acknowledged write is in the leader's log, so its
+                // last index, read after leadership was confirmed, is a read
+                // index that cannot miss one. (The chaos harness still finds
+                // stale reads after kill -9 of every master; see README.)
                 let last = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
                 Ok(Reply::ReadIndex(
                     read.map(|l| l.index).unwrap_or(0).max(last),
