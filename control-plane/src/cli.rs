@@ -119,6 +119,12 @@ struct RunArgs {
     /// Extra names or addresses for this master's serving certificate.
     #[arg(long, value_delimiter = ',')]
     api_host: Vec<String>,
+    /// Addresses for Services' cluster IPs (IPv4 CIDR).
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cluster_ip_range: String,
+    /// Ports for NodePort Services.
+    #[arg(long, default_value = "30000-32767")]
+    service_node_port_range: String,
 }
 
 fn parse_initial_cluster(s: &str) -> anyhow::Result<Vec<(String, String)>> {
@@ -199,6 +205,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics_listener = tokio::net::TcpListener::bind(args.listen_metrics)
         .await
         .with_context(|| format!("binding the metrics address {}", args.listen_metrics))?;
+    let ranges = crate::api::ServiceRanges::parse(
+        &args.service_cluster_ip_range,
+        &args.service_node_port_range,
+    )
+    .map_err(|e| anyhow::anyhow!("service ranges: {e}"))?;
     let kube = match &args.pki_dir {
         Some(dir) => {
             let ca = crate::pki::Ca::load(dir).with_context(|| {
@@ -267,7 +278,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         stopped(stop_rx.clone()),
     ));
     let k8s = kube.map(|(listener, tls, tokens)| {
-        let api = crate::api::Api::new(crate::registry::Registry::new(store.clone()), tokens);
+        let api = crate::api::Api::new(
+            crate::registry::Registry::new(store.clone()),
+            tokens,
+            ranges.clone(),
+        );
         crate::api::spawn_bootstrap(api.clone());
         tokio::spawn(crate::api::serve(
             api,

@@ -27,6 +27,9 @@ pub enum RegistryError {
     /// The requested revision has been compacted away.
     #[error("revision {0} has been compacted")]
     Gone(i64),
+    /// A claim the write needed (see [`Claims`]) is held by another object.
+    #[error("{0} is already claimed")]
+    Claimed(String),
     #[error("stored object {key} is not valid JSON: {detail}")]
     Corrupt { key: String, detail: String },
     #[error(transparent)]
@@ -50,6 +53,55 @@ pub struct Page {
     pub revision: i64,
     /// The key to continue from, if more remain.
     pub next: Option<String>,
+}
+
+/// Keys an object's write takes or gives back in the same transaction: a
+/// Service's cluster IP and node ports, so that no two objects ever hold
+/// the same one. A claim's value is the key of the object holding it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Claims {
+    pub take: Vec<String>,
+    pub release: Vec<String>,
+}
+
+impl Claims {
+    fn guards(&self) -> impl Iterator<Item = Compare> + '_ {
+        self.take
+            .iter()
+            .map(|k| compare(k, CompareTarget::Create(0)))
+    }
+
+    fn ops(&self, owner: &str) -> impl Iterator<Item = Op> + '_ {
+        let owner = owner.as_bytes().to_vec();
+        let takes = self.take.iter().map(move |k| {
+            Op::Put(PutRequest {
+                key: k.as_bytes().to_vec(),
+                value: owner.clone(),
+                ..Default::default()
+            })
+        });
+        let releases = self.release.iter().map(|k| {
+            Op::Delete(DeleteRequest {
+                range: KeyRange::single(k.as_str()),
+                prev_kv: false,
+            })
+        });
+        takes.chain(releases)
+    }
+
+    /// Failure-branch reads: one count per claim taken, after the object's.
+    fn probes(&self) -> impl Iterator<Item = Op> + '_ {
+        self.take.iter().map(|k| count(k))
+    }
+
+    /// The first claim another object holds, from the failure-branch counts.
+    fn held(&self, results: &[OpResult]) -> Option<RegistryError> {
+        self.take
+            .iter()
+            .zip(results.iter().skip(1))
+            .find(|(_, r)| matches!(r, OpResult::Range(r) if r.count > 0))
+            .map(|(k, _)| RegistryError::Claimed(k.clone()))
+    }
 }
 
 #[derive(Clone)]
@@ -143,77 +195,94 @@ impl Registry {
         }
     }
 
-    /// Store a new object; fails if the key exists. Returns its revision.
-    pub async fn create(&self, key: &str, object: &Value) -> Result<i64> {
+    /// Store a new object with its claims; fails if the key exists or a
+    /// claim is held. Returns its revision.
+    pub async fn create(&self, key: &str, object: &Value, claims: &Claims) -> Result<i64> {
         let txn = TxnRequest {
-            compare: vec![compare(key, CompareTarget::Create(0))],
-            success: vec![put(key, object)],
-            failure: vec![],
+            compare: std::iter::once(compare(key, CompareTarget::Create(0)))
+                .chain(claims.guards())
+                .collect(),
+            success: std::iter::once(put(key, object))
+                .chain(claims.ops(key))
+                .collect(),
+            failure: std::iter::once(count(key)).chain(claims.probes()).collect(),
         };
         match self.txn(txn).await? {
             (true, _, rev) => Ok(rev),
-            (false, _, _) => Err(RegistryError::AlreadyExists),
+            (false, results, _) => Err(claims
+                .held(&results)
+                .unwrap_or(RegistryError::AlreadyExists)),
         }
     }
 
     /// Replace an object that exists, if it is still at `expected` (when
-    /// given). Returns the new revision.
-    pub async fn update(&self, key: &str, object: &Value, expected: Option<i64>) -> Result<i64> {
-        let guard = match expected {
-            Some(rev) => compare(key, CompareTarget::Mod(rev)),
-            None => Compare {
-                range: KeyRange::single(key),
-                op: CompareOp::Greater,
-                target: CompareTarget::Version(0),
-            },
-        };
+    /// given), adjusting its claims. Returns the new revision.
+    pub async fn update(
+        &self,
+        key: &str,
+        object: &Value,
+        expected: Option<i64>,
+        claims: &Claims,
+    ) -> Result<i64> {
         let txn = TxnRequest {
-            compare: vec![guard],
-            success: vec![put(key, object)],
-            failure: vec![Op::Range(RangeRequest {
-                range: KeyRange::single(key),
-                count_only: true,
-                ..Default::default()
-            })],
+            compare: std::iter::once(guard(key, expected))
+                .chain(claims.guards())
+                .collect(),
+            success: std::iter::once(put(key, object))
+                .chain(claims.ops(key))
+                .collect(),
+            failure: std::iter::once(count(key)).chain(claims.probes()).collect(),
         };
         match self.txn(txn).await? {
             (true, _, rev) => Ok(rev),
-            (false, results, _) => Err(missing_or_conflict(&results)),
+            (false, results, _) => Err(claims
+                .held(&results)
+                .unwrap_or_else(|| missing_or_conflict(&results))),
         }
     }
 
-    /// Delete an object, if it is still at `expected` (when given). Returns
-    /// the object as it was and the deleting revision.
-    pub async fn delete(&self, key: &str, expected: Option<i64>) -> Result<(Stored, i64)> {
-        let guard = match expected {
-            Some(rev) => compare(key, CompareTarget::Mod(rev)),
-            None => Compare {
-                range: KeyRange::single(key),
-                op: CompareOp::Greater,
-                target: CompareTarget::Version(0),
-            },
-        };
+    /// Delete an object, if it is still at `expected` (when given), giving
+    /// back its claims. Returns the object as it was and the deleting revision.
+    pub async fn delete(
+        &self,
+        key: &str,
+        expected: Option<i64>,
+        claims: &Claims,
+    ) -> Result<(Stored, i64)> {
         let txn = TxnRequest {
-            compare: vec![guard],
-            success: vec![Op::Delete(DeleteRequest {
+            compare: vec![guard(key, expected)],
+            success: std::iter::once(Op::Delete(DeleteRequest {
                 range: KeyRange::single(key),
                 prev_kv: true,
-            })],
-            failure: vec![Op::Range(RangeRequest {
-                range: KeyRange::single(key),
-                count_only: true,
-                ..Default::default()
-            })],
+            }))
+            .chain(claims.ops(key))
+            .collect(),
+            failure: vec![count(key)],
         };
         match self.txn(txn).await? {
-            (true, mut results, rev) => match results.pop() {
-                Some(OpResult::Delete { mut prev_kvs, .. }) if !prev_kvs.is_empty() => {
+            (true, mut results, rev) => match results.swap_remove(0) {
+                OpResult::Delete { mut prev_kvs, .. } if !prev_kvs.is_empty() => {
                     Ok((Self::decode(&prev_kvs.remove(0))?, rev))
                 }
                 _ => Err(RegistryError::NotFound),
             },
             (false, results, _) => Err(missing_or_conflict(&results)),
         }
+    }
+
+    /// The keys under `prefix` (claims, for choosing a free one).
+    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let req = RangeRequest {
+            range: KeyRange::prefix(prefix.as_bytes().to_vec()),
+            keys_only: true,
+            ..Default::default()
+        };
+        let (resp, _) = self.store.range(&req, false).await?;
+        Ok(resp
+            .kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+            .collect())
     }
 
     /// Watch `range` from the revision after `after` (0: from now).
@@ -228,6 +297,26 @@ impl Registry {
             256,
         )
     }
+}
+
+/// The object is at `expected`, or (without one) exists.
+fn guard(key: &str, expected: Option<i64>) -> Compare {
+    match expected {
+        Some(rev) => compare(key, CompareTarget::Mod(rev)),
+        None => Compare {
+            range: KeyRange::single(key),
+            op: CompareOp::Greater,
+            target: CompareTarget::Version(0),
+        },
+    }
+}
+
+fn count(key: &str) -> Op {
+    Op::Range(RangeRequest {
+        range: KeyRange::single(key),
+        count_only: true,
+        ..Default::default()
+    })
 }
 
 fn compare(key: &str, target: CompareTarget) -> Compare {

@@ -36,6 +36,40 @@ spec:
         - {name: MODE, value: serve}
 "#;
 
+fn service(name: &str, node_port: &str) -> String {
+    let port = if node_port.is_empty() {
+        String::new()
+    } else {
+        format!(", nodePort: {node_port}")
+    };
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  type: NodePort\n  selector: {{app: web}}\n  ports:\n  - {{port: 80{port}}}\n"
+    )
+}
+
+const EVENT: &str = r#"
+apiVersion: v1
+kind: Event
+metadata: {name: web.1, namespace: demo}
+involvedObject: {apiVersion: apps/v1, kind: Deployment, name: web, namespace: demo, uid: UID}
+reason: ScalingReplicaSet
+message: Scaled up replica set web-1 to 1
+type: Normal
+source: {component: deployment-controller}
+count: 1
+"#;
+
+/// The words of line `n` of kubectl's table output.
+fn words(table: &str, n: usize) -> Vec<String> {
+    let line = table.lines().nth(n).unwrap_or("");
+    // Columns are separated by at least two spaces; cells may hold one.
+    line.split("  ")
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 fn ok(r: (bool, String, String)) -> String {
     assert!(r.0, "kubectl failed:\nstdout: {}\nstderr: {}", r.1, r.2);
     r.1
@@ -67,27 +101,15 @@ async fn kubectl_works_against_any_master() {
         (good && out.contains("namespace/default") && out.contains("namespace/kube-system"))
             .then_some(())
     });
-    // (`kubectl create namespace` and friends send protobuf, not served yet:
-    // manifests travel as JSON.)
-    ok(kubectl_stdin(
-        &kc,
-        &["create", "--validate=false", "-f", "-"],
-        Some(NAMESPACE),
-    ));
+    // Manifests are validated by the server (kubectl finds `fieldValidation`
+    // in the OpenAPI documents and sends Strict).
+    ok(kubectl_stdin(&kc, &["create", "-f", "-"], Some(NAMESPACE)));
 
     // apply creates, a changed manifest applied again patches (strategic merge).
     let v1 = DEPLOYMENT.replace("IMAGE", "1.36");
-    ok(kubectl_stdin(
-        &kc,
-        &["apply", "--validate=false", "-f", "-"],
-        Some(&v1),
-    ));
+    ok(kubectl_stdin(&kc, &["apply", "-f", "-"], Some(&v1)));
     let v2 = DEPLOYMENT.replace("IMAGE", "1.37");
-    let out = ok(kubectl_stdin(
-        &kc,
-        &["apply", "--validate=false", "-f", "-"],
-        Some(&v2),
-    ));
+    let out = ok(kubectl_stdin(&kc, &["apply", "-f", "-"], Some(&v2)));
     assert!(out.contains("deployment.apps/web configured"), "{out}");
     let json: serde_json::Value = serde_json::from_str(&ok(kubectl(
         &kc,
@@ -106,6 +128,119 @@ async fn kubectl_works_against_any_master() {
         &["get", "deploy", "web", "-n", "demo", "-o", "yaml"],
     ));
     assert!(yaml.contains("image: busybox:1.37"), "{yaml}");
+
+    // Server-side printing: the columns kubectl users know, and -o wide.
+    let table = ok(kubectl(&kc, &["get", "deploy", "-n", "demo"]));
+    assert_eq!(
+        words(&table, 0),
+        ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+        "{table}"
+    );
+    assert_eq!(&words(&table, 1)[..4], ["web", "0/1", "0", "0"], "{table}");
+    let wide = ok(kubectl(&kc, &["get", "deploy", "-n", "demo", "-o", "wide"]));
+    assert_eq!(
+        &words(&wide, 0)[5..],
+        ["CONTAINERS", "IMAGES", "SELECTOR"],
+        "{wide}"
+    );
+    assert_eq!(
+        &words(&wide, 1)[5..],
+        ["web", "busybox:1.37", "app=web"],
+        "{wide}"
+    );
+
+    // Unknown fields: refused under kubectl's default (strict) validation,
+    // dropped with --validate=false; explain reads the same OpenAPI.
+    let bogus = v2.replace("  selector:", "  bogus: 1\n  selector:");
+    let (good, _, err) = kubectl_stdin(&kc, &["apply", "-f", "-"], Some(&bogus));
+    assert!(
+        !good && err.contains(r#"unknown field "spec.bogus""#),
+        "{err}"
+    );
+    ok(kubectl_stdin(
+        &kc,
+        &["apply", "--validate=false", "-f", "-"],
+        Some(&bogus),
+    ));
+    let stored = ok(kubectl(
+        &kc,
+        &["get", "deploy", "web", "-n", "demo", "-o", "json"],
+    ));
+    let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    assert!(stored["spec"].get("bogus").is_none(), "{stored}");
+    let explain = ok(kubectl(&kc, &["explain", "deployment.spec.replicas"]));
+    assert!(
+        explain.contains("FIELD: replicas") && explain.contains("desired pods"),
+        "{explain}"
+    );
+
+    // Services get a cluster IP from the range and node ports, never twice.
+    ok(kubectl_stdin(
+        &kc,
+        &["apply", "-f", "-"],
+        Some(&service("web", "30080")),
+    ));
+    let svc = ok(kubectl(&kc, &["get", "svc", "web", "-n", "demo"]));
+    assert_eq!(
+        words(&svc, 0),
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE"
+        ],
+        "{svc}"
+    );
+    let row = words(&svc, 1);
+    assert_eq!(
+        (row[1].as_str(), row[4].as_str()),
+        ("NodePort", "80:30080/TCP"),
+        "{svc}"
+    );
+    let ip: std::net::Ipv4Addr = row[2].parse().unwrap();
+    let [a, b, _, _] = ip.octets();
+    assert!(a == 10 && (96..112).contains(&b), "in 10.96.0.0/12: {svc}");
+    let (good, _, err) = kubectl_stdin(&kc, &["apply", "-f", "-"], Some(&service("copy", "30080")));
+    assert!(
+        !good && err.contains("provided port is already allocated"),
+        "{err}"
+    );
+    ok(kubectl_stdin(
+        &kc,
+        &["apply", "-f", "-"],
+        Some(&service("other", "")),
+    ));
+    let ips = ok(kubectl(
+        &kc,
+        &[
+            "get",
+            "svc",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.items[*].spec.clusterIP}",
+        ],
+    ));
+    let ips: Vec<&str> = ips.split_whitespace().collect();
+    assert!(ips.len() == 2 && ips[0] != ips[1], "{ips:?}");
+    ok(kubectl(&kc, &["delete", "svc", "web", "-n", "demo"]));
+    ok(kubectl_stdin(
+        &kc,
+        &["apply", "-f", "-"],
+        Some(&service("copy", "30080")),
+    ));
+
+    // describe shows the object's events.
+    let uid = stored["metadata"]["uid"].as_str().unwrap();
+    let event = EVENT.replace("UID", uid);
+    ok(kubectl_stdin(&kc, &["create", "-f", "-"], Some(&event)));
+    let described = ok(kubectl(&kc, &["describe", "deploy", "web", "-n", "demo"]));
+    assert!(
+        described.contains("Events:") && described.contains("Scaled up replica set web-1"),
+        "{described}"
+    );
 
     // label, annotate, scale.
     ok(kubectl(
@@ -152,7 +287,7 @@ async fn kubectl_works_against_any_master() {
     // A stale update is refused with 409.
     ok(kubectl_stdin(
         &kc,
-        &["create", "--validate=false", "-f", "-"],
+        &["create", "-f", "-"],
         Some(&configmap("demo", "settings", "v1")),
     ));
     let stale = ok(kubectl(
@@ -171,11 +306,7 @@ async fn kubectl_works_against_any_master() {
             r#"{"data":{"k":"v2"}}"#,
         ],
     ));
-    let (good, _, err) = kubectl_stdin(
-        &kc,
-        &["replace", "--validate=false", "-f", "-"],
-        Some(&stale),
-    );
+    let (good, _, err) = kubectl_stdin(&kc, &["replace", "-f", "-"], Some(&stale));
     assert!(
         !good && err.contains("the object has been modified"),
         "{err}"
@@ -220,7 +351,7 @@ async fn kubectl_works_against_any_master() {
 
     // A bad manifest gets the 422 message and stores nothing.
     let bad = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Not_Valid\n  namespace: demo\n";
-    let (good, _, err) = kubectl_stdin(&kc, &["create", "--validate=false", "-f", "-"], Some(bad));
+    let (good, _, err) = kubectl_stdin(&kc, &["create", "-f", "-"], Some(bad));
     assert!(
         !good && err.contains("is invalid") && err.contains("metadata.name"),
         "{err}"
@@ -263,7 +394,7 @@ async fn kubectl_works_against_any_master() {
     assert!(out.contains("deleted"), "{out}");
     let (good, _, err) = kubectl_stdin(
         &kc3,
-        &["create", "--validate=false", "-f", "-"],
+        &["create", "-f", "-"],
         Some(&configmap("demo", "late", "x")),
     );
     assert!(
@@ -291,7 +422,7 @@ async fn watch_resumes_from_a_resource_version_and_answers_410_after_compaction(
     });
     ok(kubectl_stdin(
         &kc,
-        &["create", "--validate=false", "-f", "-"],
+        &["create", "-f", "-"],
         Some(&configmap("default", "a", "1")),
     ));
     let rv = ok(kubectl(

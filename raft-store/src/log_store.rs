@@ -65,6 +65,30 @@ impl LogStore {
         self.committed.load(Ordering::Acquire)
     }
 
+    /// Forget, before Raft starts, that this master led when it stopped.
+    ///
+    /// openraft resumes a leader whose committed vote names itself without an
+    /// election. But a leader sends entries to followers before its own copy
+    /// is synced, so after kill -9 its log can lack entries a quorum of
+    /// followers holds and acknowledged; resumed as leader, it would overwrite
+    /// them (found by the chaos harness as lost writes and stale reads after
+    /// restarting every master). Keeping the vote but not its commitment makes
+    /// the master start as a follower, and an election (where a voter refuses
+    /// a log shorter than its own) picks the next leader. Returns whether the
+    /// vote was changed.
+    pub fn step_down(&self, id: NodeId) -> Result<bool, StorageError> {
+        let Some(vote) = self.get_meta::<Vote>(KEY_VOTE)? else {
+            return Ok(false);
+        };
+        if !vote.is_committed() || vote.leader_id().voted_for() != Some(id) {
+            return Ok(false);
+        }
+        let uncommitted = Vote::new(vote.leader_id().get_term(), id);
+        self.put_meta(KEY_VOTE, &uncommitted, true)
+            .map_err(vote_err)?;
+        Ok(true)
+    }
+
     fn get_meta<T: for<'de> serde::Deserialize<'de>>(
         &self,
         key: &[u8],

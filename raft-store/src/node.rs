@@ -140,6 +140,13 @@ impl Store {
         snapshot::recover(&db, &snap_dir)?;
         let shared = Shared::new(db.clone(), snap_dir)?;
         let log = LogStore::new(db);
+        let id = config.member_id();
+        if log
+            .step_down(id)
+            .map_err(|e| StoreError::Raft(e.to_string()))?
+        {
+            tracing::info!("led before the restart: starting as a follower");
+        }
         let sm = StateMachine::new(shared.clone());
         let raft_config = openraft::Config {
             cluster_name: config.cluster_token.clone(),
@@ -155,7 +162,6 @@ impl Store {
         }
         .validate()
         .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let id = config.member_id();
         let peers = Peers::default();
         let raft = Raft::new(id, Arc::new(raft_config), peers.clone(), log.clone(), sm)
             .await
@@ -343,8 +349,7 @@ impl Store {
                 // starts from a stale commit index and no new first entry.
                 // Every acknowledged write is in the leader's log, so its
                 // last index, read after leadership was confirmed, is a read
-                // index that cannot miss one. (The chaos harness still finds
-                // stale reads after kill -9 of every master; see README.)
+                // index that cannot miss one.
                 let last = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
                 Ok(Reply::ReadIndex(
                     read.map(|l| l.index).unwrap_or(0).max(last),

@@ -248,7 +248,11 @@ impl StateMachine {
             self.after_apply(cmd);
         }
         if !events.is_empty() {
-            self.shared.hub.publish(RevisionBatch { revision, events });
+            self.shared.hub.publish(RevisionBatch {
+                revision,
+                events,
+                applied_at: std::time::Instant::now(),
+            });
         }
         Ok(resp)
     }

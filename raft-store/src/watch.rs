@@ -9,6 +9,7 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::{broadcast, mpsc};
 
@@ -21,6 +22,8 @@ use crate::state_machine::Shared;
 pub struct RevisionBatch {
     pub revision: i64,
     pub events: Vec<Event>,
+    /// When this master applied the revision (for watch lag).
+    pub applied_at: Instant,
 }
 
 /// Revisions kept in the broadcast buffer before slow watchers fall back to
@@ -91,11 +94,12 @@ pub enum WatchItem {
     Events {
         revision: i64,
         events: Vec<Event>,
+        /// When this master applied the revision, if it was followed live
+        /// (replays from history have no such time).
+        applied_at: Option<Instant>,
     },
     /// The start revision is older than the compaction point; the watch ends.
-    Compacted {
-        compact_revision: i64,
-    },
+    Compacted { compact_revision: i64 },
     /// Reading history failed; the watch ends.
     Failed(String),
 }
@@ -162,7 +166,11 @@ async fn run(
                 let events = spec.select(&events);
                 if !events.is_empty()
                     && tx
-                        .send(WatchItem::Events { revision, events })
+                        .send(WatchItem::Events {
+                            revision,
+                            events,
+                            applied_at: None,
+                        })
                         .await
                         .is_err()
                 {
@@ -185,6 +193,7 @@ async fn run(
                         .send(WatchItem::Events {
                             revision: b.revision,
                             events,
+                            applied_at: Some(b.applied_at),
                         })
                         .await
                         .is_err()

@@ -237,7 +237,9 @@ async fn compaction_and_watch_from_revision() {
     let mut w = s.watch(spec, 16);
     for rev in 3..=10 {
         match w.items.recv().await.expect("event") {
-            WatchItem::Events { revision, events } => {
+            WatchItem::Events {
+                revision, events, ..
+            } => {
                 assert_eq!(revision, rev);
                 assert_eq!(events[0].kv.value, rev.to_string().into_bytes());
                 assert_eq!(

@@ -2,19 +2,22 @@
 //! deletecollection, and the scale and binding subresources. Watch lives in
 //! `watch.rs`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
+use super::fields::{self, FieldValidation};
 use super::objects::{self, name_of};
+use super::openapi;
 use super::patch::{self, PatchType};
 use super::resources::{Resource, RESOURCES};
 use super::selector::{FieldSelector, LabelSelector};
+use super::services;
 use super::status::{ApiError, ApiResult};
 use super::Api;
-use crate::registry::{RegistryError, Stored};
+use crate::registry::{Claims, RegistryError, Stored};
 
 pub type Query = HashMap<String, String>;
 
@@ -162,21 +165,67 @@ impl Api {
         body: Value,
         q: &Query,
     ) -> ApiResult<Value> {
+        let mut body = body;
+        fields::check(openapi::documents(), r, &mut body, field_validation(q)?)?;
         let mut object = objects::for_create(r, ns, body)?;
         if r.namespaced {
             self.check_namespace(ns.unwrap_or("default")).await?;
         }
         let name = name_of(&object).to_string();
-        if dry_run(q) {
-            return Ok(object);
+        let unassigned = object.clone();
+        // Another write may claim the same free address first: pick again.
+        for _ in 0..5 {
+            let claims = self.service_claims(r, None, &mut object).await?;
+            if dry_run(q) {
+                return Ok(object);
+            }
+            match self
+                .registry
+                .create(&key(r, ns, &name), &object, &claims)
+                .await
+            {
+                Ok(rev) => {
+                    crate::registry::set_resource_version(&mut object, rev);
+                    return Ok(object);
+                }
+                Err(RegistryError::Claimed(_)) => object = unassigned.clone(),
+                Err(e) => return Err(ApiError::from_registry(e, r, &name)),
+            }
         }
-        let rev = self
-            .registry
-            .create(&key(r, ns, &name), &object)
-            .await
-            .map_err(|e| ApiError::from_registry(e, r, &name))?;
-        crate::registry::set_resource_version(&mut object, rev);
-        Ok(object)
+        Err(ApiError::conflict(r, &name))
+    }
+
+    /// For a Service: carry over what it holds, assign what it asks the
+    /// server for, and say which claims the write takes and gives back.
+    async fn service_claims(
+        &self,
+        r: &Resource,
+        old: Option<&Value>,
+        new: &mut Value,
+    ) -> ApiResult<Claims> {
+        if r.plural != "services" {
+            return Ok(Claims::default());
+        }
+        let name = name_of(new).to_string();
+        let invalid = |causes: Vec<(String, String)>| ApiError::invalid(r, &name, &causes);
+        if let Some(old) = old {
+            services::carry_over(old, new).map_err(invalid)?;
+        }
+        let mut taken = BTreeSet::new();
+        for prefix in services::claim_prefixes() {
+            taken.extend(
+                self.registry
+                    .keys(prefix)
+                    .await
+                    .map_err(|e| ApiError::from_registry(e, r, &name))?,
+            );
+        }
+        let taken = match old {
+            Some(o) => services::held_elsewhere(o, taken),
+            None => taken,
+        };
+        services::assign(&self.ranges, new, &taken).map_err(invalid)?;
+        Ok(services::diff(old, Some(new)))
     }
 
     /// Replace an object (or its status), checking `metadata.resourceVersion`
@@ -204,9 +253,10 @@ impl Api {
         if expected.is_some_and(|e| e != current.revision) {
             return Err(ApiError::conflict(r, name));
         }
+        let mut body = body;
+        fields::check(openapi::documents(), r, &mut body, field_validation(q)?)?;
         let next = objects::for_update(r, ns, &current.object, body, sub)?;
-        self.store_update(r, ns, name, current.revision, next, q)
-            .await
+        self.store_update(r, ns, name, &current, next, q).await
     }
 
     /// Write `next` over the object last seen at `revision`. An object that is
@@ -216,10 +266,13 @@ impl Api {
         r: &'static Resource,
         ns: Option<&str>,
         name: &str,
-        revision: i64,
+        current: &Stored,
         mut next: Value,
         q: &Query,
     ) -> ApiResult<Value> {
+        let claims = self
+            .service_claims(r, Some(&current.object), &mut next)
+            .await?;
         if dry_run(q) {
             return Ok(next);
         }
@@ -232,7 +285,7 @@ impl Api {
         if deleting && !finalizers && r.plural != "namespaces" {
             let (_, rev) = self
                 .registry
-                .delete(&k, Some(revision))
+                .delete(&k, Some(current.revision), &release_all(r, &current.object))
                 .await
                 .map_err(|e| ApiError::from_registry(e, r, name))?;
             crate::registry::set_resource_version(&mut next, rev);
@@ -240,9 +293,13 @@ impl Api {
         }
         let rev = self
             .registry
-            .update(&k, &next, Some(revision))
+            .update(&k, &next, Some(current.revision), &claims)
             .await
-            .map_err(|e| ApiError::from_registry(e, r, name))?;
+            .map_err(|e| match e {
+                // Retried by patch; a replace sees 409 and may try again.
+                RegistryError::Claimed(_) => ApiError::conflict(r, name),
+                e => ApiError::from_registry(e, r, name),
+            })?;
         crate::registry::set_resource_version(&mut next, rev);
         Ok(next)
     }
@@ -265,11 +322,9 @@ impl Api {
             let current = self.get(r, ns, name).await?;
             let mut patched = current.object.clone();
             patch::apply(kind, &mut patched, body)?;
+            fields::check(openapi::documents(), r, &mut patched, field_validation(q)?)?;
             let next = objects::for_update(r, ns, &current.object, patched, sub)?;
-            match self
-                .store_update(r, ns, name, current.revision, next, q)
-                .await
-            {
+            match self.store_update(r, ns, name, &current, next, q).await {
                 Err(e) if e.reason == "Conflict" => continue,
                 other => return other,
             }
@@ -353,10 +408,7 @@ impl Api {
             let mut next = current.object.clone();
             next["spec"]["replicas"] = json!(replicas);
             let next = objects::for_update(r, ns, &current.object, next, None)?;
-            match self
-                .store_update(r, ns, name, current.revision, next, q)
-                .await
-            {
+            match self.store_update(r, ns, name, &current, next, q).await {
                 Ok(updated) => return Ok(self.scale_of(&updated)),
                 Err(e) if e.reason == "Conflict" && patch_kind.is_some() => continue,
                 Err(e) => return Err(e),
@@ -393,7 +445,12 @@ impl Api {
         let mut next = current.object.clone();
         next["spec"]["nodeName"] = json!(node);
         self.registry
-            .update(&key(r, ns, name), &next, Some(current.revision))
+            .update(
+                &key(r, ns, name),
+                &next,
+                Some(current.revision),
+                &Claims::default(),
+            )
             .await
             .map_err(|e| ApiError::from_registry(e, r, name))?;
         Ok(
@@ -471,13 +528,15 @@ impl Api {
             if next.pointer("/metadata/deletionTimestamp").is_none() {
                 next["metadata"]["deletionTimestamp"] = json!(objects::now());
             }
-            return self
-                .store_update(r, ns, name, current.revision, next, q)
-                .await;
+            return self.store_update(r, ns, name, &current, next, q).await;
         }
         let (mut gone, rev) = self
             .registry
-            .delete(&key(r, ns, name), Some(current.revision))
+            .delete(
+                &key(r, ns, name),
+                Some(current.revision),
+                &release_all(r, &current.object),
+            )
             .await
             .map_err(|e| ApiError::from_registry(e, r, name))?;
         crate::registry::set_resource_version(&mut gone.object, rev);
@@ -532,12 +591,16 @@ impl Api {
                     if let Some(refs) = next["metadata"]["ownerReferences"].as_array_mut() {
                         refs.retain(|o| o["uid"] != uid);
                     }
-                    let rev = item
-                        .pointer("/metadata/resourceVersion")
-                        .and_then(Value::as_str)
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0);
-                    self.store_update(r, item_ns, &name, rev, next, &q).await
+                    let current = Stored {
+                        revision: item
+                            .pointer("/metadata/resourceVersion")
+                            .and_then(Value::as_str)
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(0),
+                        object: item.clone(),
+                    };
+                    self.store_update(r, item_ns, &name, &current, next, &q)
+                        .await
                 } else {
                     self.delete_boxed(r, item_ns, &name, &q).await
                 };
@@ -563,7 +626,12 @@ impl Api {
         }
         let rev = self
             .registry
-            .update(&key(nsr, None, name), &next, Some(current.revision))
+            .update(
+                &key(nsr, None, name),
+                &next,
+                Some(current.revision),
+                &Claims::default(),
+            )
             .await
             .map_err(|e| ApiError::from_registry(e, nsr, name))?;
         crate::registry::set_resource_version(&mut next, rev);
@@ -577,17 +645,25 @@ impl Api {
         let q = Query::new();
         for r in RESOURCES.iter().filter(|r| r.namespaced) {
             if let Ok(list) = self.list(r, Some(ns), &q).await {
+                let revision = list["metadata"]["resourceVersion"]
+                    .as_str()
+                    .and_then(|v| v.parse::<i64>().ok());
                 for item in list["items"].as_array().into_iter().flatten() {
+                    let at = item
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+                        .and_then(|v| v.parse::<i64>().ok())
+                        .or(revision);
                     let _ = self
                         .registry
-                        .delete(&key(r, Some(ns), name_of(item)), None)
+                        .delete(&key(r, Some(ns), name_of(item)), at, &release_all(r, item))
                         .await;
                 }
             }
         }
         let _ = self
             .registry
-            .delete(&key(namespaces(), None, ns), None)
+            .delete(&key(namespaces(), None, ns), None, &Claims::default())
             .await;
     }
 
@@ -628,8 +704,21 @@ impl Api {
     }
 }
 
+/// The claims an object gives back when it is deleted.
+fn release_all(r: &Resource, object: &Value) -> Claims {
+    if r.plural == "services" {
+        services::diff(Some(object), None)
+    } else {
+        Claims::default()
+    }
+}
+
 pub fn namespaces() -> &'static Resource {
     super::resources::find("", "v1", "namespaces").expect("namespaces are served")
+}
+
+fn field_validation(q: &Query) -> ApiResult<FieldValidation> {
+    FieldValidation::from_query(q.get("fieldValidation").map(String::as_str))
 }
 
 fn dry_run(q: &Query) -> bool {

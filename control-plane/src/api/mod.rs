@@ -5,20 +5,29 @@
 //! - [`discovery`]: `/version`, `/api`, `/apis`, resource lists.
 //! - [`handlers`]: get, list, create, update, patch, delete and subresources;
 //!   [`watch`]: watch streams; [`objects`]: server-set fields and defaults;
+//!   [`services`]: cluster IPs and node ports;
 //!   [`patch`]: merge, JSON and strategic merge patches; [`selector`]:
 //!   label and field selectors; [`status`]: errors as `Status` objects.
+//! - [`openapi`]: the OpenAPI v3 documents; [`fields`]: unknown fields
+//!   (`fieldValidation`); [`warnings`]: `Warning` headers; [`table`]:
+//!   server-side printing for `kubectl get`.
 //!
 //! Every request must carry a client certificate signed by the cluster CA or
 //! a known bearer token; anything else gets 401.
 
 mod discovery;
+mod fields;
 mod handlers;
 mod objects;
+mod openapi;
 mod patch;
 mod path;
 mod resources;
 mod selector;
+mod services;
 mod status;
+mod table;
+mod warnings;
 mod watch;
 
 use std::collections::HashMap;
@@ -29,7 +38,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio_rustls::TlsAcceptor;
 
 use crate::pki::{self, Identity};
@@ -42,9 +51,13 @@ use status::{ApiError, ApiResult};
 /// Request bodies above this are refused with 413.
 pub const MAX_BODY: usize = 3 << 20;
 
+pub use services::Ranges as ServiceRanges;
+
 #[derive(Clone)]
 pub struct Api {
     registry: Registry,
+    /// Where Services' cluster IPs and node ports come from.
+    ranges: ServiceRanges,
     /// Bearer tokens (from `<pki>/tokens.csv`: token,user,uid,"group,...").
     tokens: Arc<HashMap<String, Identity>>,
 }
@@ -54,9 +67,14 @@ pub struct Api {
 struct Peer(Option<Identity>);
 
 impl Api {
-    pub fn new(registry: Registry, tokens: HashMap<String, Identity>) -> Self {
+    pub fn new(
+        registry: Registry,
+        tokens: HashMap<String, Identity>,
+        ranges: ServiceRanges,
+    ) -> Self {
         Api {
             registry,
+            ranges,
             tokens: Arc::new(tokens),
         }
     }
@@ -193,9 +211,14 @@ async fn dispatch(
         (Some(_), Err(_)) => ApiError::too_large().into_response(),
         (Some(_who), Ok(body)) => match target {
             Err(path::Unknown) => ApiError::not_found_path(uri.path()).into_response(),
-            Ok(t) => route(&api, &method, &headers, t, &q, &body)
+            Ok(t) => {
+                warnings::scope(async {
+                    route(&api, &method, &headers, t, &q, &body)
+                        .await
+                        .unwrap_or_else(IntoResponse::into_response)
+                })
                 .await
-                .unwrap_or_else(IntoResponse::into_response),
+            }
         },
     };
     finish(response, verb, resource, started)
@@ -263,7 +286,20 @@ async fn route(
                 "/apis/{group}/{version}"
             ))),
         },
-        Target::OpenApi => Err(ApiError::not_found_path("/openapi")),
+        Target::OpenApiV3(None) => ok(openapi::documents().index().clone()),
+        Target::OpenApiV3(Some(gv)) => match openapi::documents().get(gv) {
+            Some(doc) => Ok((
+                [
+                    ("content-type", "application/json"),
+                    ("etag", doc.etag.as_str()),
+                    ("cache-control", "public, immutable"),
+                ],
+                doc.body.clone(),
+            )
+                .into_response()),
+            None => Err(ApiError::not_found_path(&format!("/openapi/v3/{gv}"))),
+        },
+        Target::OpenApiV2 => Err(ApiError::not_found_path("/openapi/v2")),
         Target::Object(o) => object(api, method, headers, o, q, body).await,
     }
 }
@@ -286,15 +322,39 @@ async fn object(
             .unwrap_or("");
         PatchType::from_content_type(ct).ok_or_else(|| ApiError::unsupported_media(ct))
     };
+    let as_table = headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(table::wanted)
+        .then(|| table::Include::from_query(q.get("includeObject").map(String::as_str)));
+    let now = || table::Now(chrono::Utc::now());
     match (method.as_str(), o.name, o.sub) {
         ("GET", None, None) => {
             if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
-                api.watch(r, ns, q).await
+                api.watch(r, ns, q, as_table).await
             } else {
-                ok(api.list(r, ns, q).await?)
+                let mut list = api.list(r, ns, q).await?;
+                match as_table {
+                    None => ok(list),
+                    Some(include) => {
+                        let items = list["items"].take();
+                        let items = items.as_array().map(Vec::as_slice).unwrap_or(&[]);
+                        let meta = list["metadata"].take();
+                        ok(table::render(r, items, meta, include, true, now()))
+                    }
+                }
             }
         }
-        ("GET", Some(name), None | Some("status")) => ok(api.get(r, ns, name).await?.object),
+        ("GET", Some(name), None | Some("status")) => {
+            let object = api.get(r, ns, name).await?.object;
+            match as_table {
+                None => ok(object),
+                Some(include) => {
+                    let meta = json!({"resourceVersion": object["metadata"]["resourceVersion"]});
+                    ok(table::render(r, &[object], meta, include, true, now()))
+                }
+            }
+        }
         ("GET", Some(name), Some("scale")) => ok(api.scale_of(&api.get(r, ns, name).await?.object)),
         (_, Some(_), Some("log" | "exec")) => Err(ApiError::unavailable(
             "pod logs and exec are served through the node agent, which does not exist yet",

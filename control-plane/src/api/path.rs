@@ -14,7 +14,9 @@ pub enum Target<'a> {
         version: &'a str,
     },
     Object(ObjectPath<'a>),
-    OpenApi,
+    /// `/openapi/v3` (the index) or `/openapi/v3/<api/v1|apis/g/v>`.
+    OpenApiV3(Option<&'a str>),
+    OpenApiV2,
 }
 
 /// A resource, or one object of it, or one of its subresources.
@@ -31,12 +33,19 @@ pub struct ObjectPath<'a> {
 pub struct Unknown;
 
 pub fn parse(path: &str) -> Result<Target<'_>, Unknown> {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let path = path.trim_matches('/');
+    if let Some(rest) = path.strip_prefix("openapi/v3") {
+        return match rest.trim_start_matches('/') {
+            "" => Ok(Target::OpenApiV3(None)),
+            gv => Ok(Target::OpenApiV3(Some(gv))),
+        };
+    }
+    let segs: Vec<&str> = path.split('/').collect();
     match segs.as_slice() {
         ["version"] => Ok(Target::Version),
         ["api"] => Ok(Target::CoreVersions),
         ["apis"] => Ok(Target::Groups),
-        ["openapi", ..] => Ok(Target::OpenApi),
+        ["openapi", ..] => Ok(Target::OpenApiV2),
         ["api", "v1"] => Ok(Target::GroupVersion {
             group: "",
             version: "v1",

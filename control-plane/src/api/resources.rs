@@ -2,6 +2,9 @@
 //! body is checked against its `k8s-openapi` type.
 
 use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery};
+use k8s_openapi::schemars::gen::SchemaGenerator;
+use k8s_openapi::schemars::schema::Schema;
+use k8s_openapi::schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -28,6 +31,10 @@ pub struct Resource {
     pub names: NameRule,
     /// Decode the body into the typed object; the error is what the client sees.
     pub check: fn(&Value) -> Result<(), String>,
+    /// Register the type's OpenAPI schema (and those it uses) with a generator.
+    pub schema: fn(&mut SchemaGenerator) -> Schema,
+    /// The schema's name, e.g. `io.k8s.api.apps.v1.Deployment`.
+    pub schema_name: fn() -> String,
 }
 
 // Resources are statics: one is equal only to itself.
@@ -86,6 +93,8 @@ macro_rules! resource {
             subresources: &[$($sub),*],
             names: NameRule::$names,
             check: typed::<$ty>,
+            schema: |g| g.subschema_for::<$ty>(),
+            schema_name: <$ty as JsonSchema>::schema_name,
         }
     };
 }

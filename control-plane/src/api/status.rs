@@ -170,6 +170,11 @@ impl ApiError {
             RegistryError::NotFound => Self::not_found(r, name),
             RegistryError::AlreadyExists => Self::already_exists(r, name),
             RegistryError::Conflict => Self::conflict(r, name),
+            RegistryError::Claimed(claim) => Self::new(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!("{claim} is held by another object; try again"),
+            ),
             RegistryError::Gone(rev) => Self::gone(format!(
                 "The resourceVersion {rev} is too old: it has been compacted"
             )),

@@ -177,7 +177,9 @@ async fn forward(
             }
         };
         let resp = match item {
-            Some(WatchItem::Events { revision, events }) => {
+            Some(WatchItem::Events {
+                revision, events, ..
+            }) => {
                 ticker.reset();
                 pb::WatchResponse {
                     header: Some(api.header(revision)),

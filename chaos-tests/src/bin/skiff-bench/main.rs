@@ -5,6 +5,10 @@
 //! fills a small key space, then has each client issue linearizable reads
 //! (etcd's default) round-robin over the endpoints, and prints one line:
 //! `reads/s=<n> p99_ms=<n> max_ms=<n>`.
+//!
+//! `skiff-bench api` loads the Kubernetes API (see `api.rs`).
+
+mod api;
 
 use std::time::{Duration, Instant};
 
@@ -36,6 +40,28 @@ enum Cmd {
         #[arg(long)]
         serializable: bool,
     },
+    /// Kubernetes API writes (beside the same load straight to the store)
+    /// and watch fan-out. Defaults come from `source .skiff/dev/cluster.env`.
+    Api {
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: std::path::PathBuf,
+        /// https://host:port,... (every master).
+        #[arg(long, env = "SKIFF_API_SERVERS")]
+        servers: String,
+        /// host:port,... of the etcd API, for the store-direct comparison.
+        #[arg(long, env = "SKIFF_ETCD_ENDPOINTS")]
+        endpoints: String,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Target writes per second over all clients (0: as fast as they go).
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        #[arg(long, default_value = "10s")]
+        duration: String,
+        /// Watchers on pods for the fan-out measurement (0: skip it).
+        #[arg(long, default_value_t = 1000)]
+        watchers: usize,
+    },
 }
 
 fn parse_duration(s: &str) -> anyhow::Result<Duration> {
@@ -52,6 +78,27 @@ fn parse_duration(s: &str) -> anyhow::Result<Duration> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Cmd::Api {
+            kubeconfig,
+            servers,
+            endpoints,
+            clients,
+            rate,
+            duration,
+            watchers,
+        } => {
+            let split = |s: &str| s.split(',').map(str::to_string).collect::<Vec<_>>();
+            api::run(api::Options {
+                kubeconfig,
+                servers: split(&servers),
+                endpoints: split(&endpoints),
+                clients,
+                rate,
+                duration: parse_duration(&duration)?,
+                watchers,
+            })
+            .await?;
+        }
         Cmd::Read {
             endpoints,
             clients,

@@ -1,0 +1,108 @@
+//! Restarting masters of a three-master group in one process.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use raft_store::mvcc::{Op, PutRequest, TxnRequest};
+use raft_store::{Command, Config, Member, Store};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn config(name: &str, dir: &std::path::Path, port: u16) -> Config {
+    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut cfg = Config::new(name, dir.join(name), addr);
+    cfg.election_timeout = (Duration::from_millis(150), Duration::from_millis(300));
+    cfg
+}
+
+/// Start a store, retrying while a store shut down in this process still
+/// holds the RocksDB lock.
+async fn start(cfg: &Config) -> Arc<Store> {
+    for _ in 0..50 {
+        if let Ok(s) = Store::start(cfg.clone()).await {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("store {} never started", cfg.name);
+}
+
+async fn leader_of(stores: &[Arc<Store>]) -> usize {
+    for _ in 0..100 {
+        if let Some(i) = stores.iter().position(|s| s.is_leader()) {
+            return i;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no leader elected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_wins_an_election_before_it_leads_again() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let configs: Vec<Config> = ["a", "b", "c"]
+        .iter()
+        .map(|n| config(n, dir.path(), free_port()))
+        .collect();
+    let mut stores = Vec::new();
+    for cfg in &configs {
+        stores.push(start(cfg).await);
+    }
+    let members: BTreeMap<_, _> = configs
+        .iter()
+        .map(|c| {
+            let m = Member {
+                name: c.name.clone(),
+                peer_url: c.peer_url.clone(),
+            };
+            (c.member_id(), m)
+        })
+        .collect();
+    for s in &stores {
+        s.initialize(members.clone()).await.expect("init");
+    }
+    let leader = leader_of(&stores).await;
+    stores[leader]
+        .write(Command::Txn(TxnRequest::single(Op::Put(PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        }))))
+        .await
+        .expect("put");
+    let term = stores[leader].term();
+    for s in &stores {
+        s.shutdown().await;
+    }
+    drop(stores);
+
+    // Alone, the former leader cannot win an election, so it must not lead:
+    // its log may lack entries that only the other two hold.
+    let alone = start(&configs[leader]).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !alone.is_leader(),
+        "the former leader of term {term} resumed leadership without an election"
+    );
+    assert!(alone.term() >= term);
+
+    // With the others back it is an ordinary member again.
+    let mut stores = vec![alone];
+    for (i, cfg) in configs.iter().enumerate() {
+        if i != leader {
+            stores.push(start(cfg).await);
+        }
+    }
+    let now = leader_of(&stores).await;
+    assert!(stores[now].term() > term, "a new election was held");
+    for s in &stores {
+        s.shutdown().await;
+    }
+}
