@@ -637,3 +637,128 @@ async fn bad_requests_get_a_status_and_store_nothing() {
     );
     assert_eq!(keys.trim(), "");
 }
+
+/// kubectl's typed commands send protobuf bodies; they work as they do
+/// against Kubernetes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_commands_send_protobuf_and_work() {
+    let cluster = Cluster::start(3, &[]).await;
+    let kc = cluster.kubeconfig(2);
+    eventually(Duration::from_secs(20), || {
+        kubectl(&kc, &["get", "ns", "default"]).0.then_some(())
+    });
+    let run = |args: &[&str]| ok(kubectl(&kc, args));
+    run(&["create", "namespace", "typed"]);
+    let n = ["-n", "typed"];
+    let with_ns = |args: &[&'static str]| [&n[..], args].concat();
+    run(&with_ns(&[
+        "create",
+        "configmap",
+        "cfg",
+        "--from-literal=a=1",
+    ]));
+    run(&with_ns(&[
+        "create",
+        "secret",
+        "generic",
+        "s",
+        "--from-literal=p=x",
+    ]));
+    run(&with_ns(&["create", "serviceaccount", "robot"]));
+    run(&with_ns(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox:1.36",
+        "--replicas=2",
+        "--port=8080",
+    ]));
+    run(&with_ns(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port=80",
+        "--target-port=8080",
+        "--type=NodePort",
+    ]));
+    run(&with_ns(&[
+        "run",
+        "solo",
+        "--image=busybox",
+        "--restart=Never",
+        "--labels=app=solo",
+        "--env=A=B",
+        "--",
+        "sleep",
+        "1",
+    ]));
+    run(&with_ns(&[
+        "create",
+        "job",
+        "once",
+        "--image=busybox",
+        "--",
+        "echo",
+        "hi",
+    ]));
+    run(&with_ns(&[
+        "create",
+        "cronjob",
+        "tick",
+        "--image=busybox",
+        "--schedule=*/5 * * * *",
+        "--",
+        "date",
+    ]));
+
+    let get = |what: &[&'static str]| -> serde_json::Value {
+        serde_json::from_str(&run(&[&["get"], what, &n[..], &["-o", "json"]].concat())).unwrap()
+    };
+    assert_eq!(get(&["configmap", "cfg"])["data"]["a"], "1");
+    assert_eq!(get(&["secret", "s"])["data"]["p"], "eA==");
+    assert_eq!(
+        get(&["serviceaccount", "robot"])["metadata"]["name"],
+        "robot"
+    );
+    let d = get(&["deployment", "web"]);
+    assert_eq!(d["spec"]["replicas"], 2);
+    assert_eq!(d["spec"]["selector"]["matchLabels"]["app"], "web");
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        (c["image"].as_str(), c["ports"][0]["containerPort"].as_i64()),
+        (Some("busybox:1.36"), Some(8080))
+    );
+    let s = get(&["service", "web"]);
+    assert_eq!(s["spec"]["type"], "NodePort");
+    assert_eq!(s["spec"]["selector"]["app"], "web");
+    assert_eq!(s["spec"]["ports"][0]["targetPort"], 8080);
+    assert!(
+        s["spec"]["ports"][0]["nodePort"]
+            .as_i64()
+            .is_some_and(|p| (30000..=32767).contains(&p)),
+        "{s}"
+    );
+    assert!(
+        s["spec"]["clusterIP"]
+            .as_str()
+            .is_some_and(|ip| ip.starts_with("10.")),
+        "{s}"
+    );
+    let p = get(&["pod", "solo"]);
+    assert_eq!(p["spec"]["restartPolicy"], "Never");
+    assert_eq!(
+        p["spec"]["containers"][0]["env"][0],
+        serde_json::json!({"name": "A", "value": "B"})
+    );
+    assert_eq!(
+        p["spec"]["containers"][0]["args"],
+        serde_json::json!(["sleep", "1"])
+    );
+    assert_eq!(p["metadata"]["labels"]["app"], "solo");
+    let j = get(&["job", "once"]);
+    assert_eq!(
+        j["spec"]["template"]["spec"]["containers"][0]["command"],
+        serde_json::json!(["echo", "hi"])
+    );
+    assert_eq!(get(&["cronjob", "tick"])["spec"]["schedule"], "*/5 * * * *");
+}

@@ -9,7 +9,8 @@
 //!   [`patch`]: merge, JSON and strategic merge patches; [`selector`]:
 //!   label and field selectors; [`status`]: errors as `Status` objects.
 //! - [`openapi`]: the OpenAPI v3 documents; [`fields`]: unknown fields
-//!   (`fieldValidation`); [`warnings`]: `Warning` headers; [`table`]:
+//!   (`fieldValidation`); [`protobuf`]: protobuf request bodies;
+//!   [`warnings`]: `Warning` headers; [`table`]:
 //!   server-side printing for `kubectl get`.
 //!
 //! Every request must carry a client certificate signed by the cluster CA or
@@ -22,6 +23,7 @@ mod objects;
 mod openapi;
 mod patch;
 mod path;
+mod protobuf;
 mod resources;
 mod selector;
 mod services;
@@ -263,6 +265,9 @@ fn decode_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
             .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}"))),
         "application/yaml" | "application/x-yaml" => serde_yaml::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("the body is not valid YAML: {e}"))),
+        protobuf::CONTENT_TYPE => protobuf::decode(body).map_err(|e| {
+            ApiError::bad_request(format!("the protobuf body could not be decoded: {e}"))
+        }),
         other => Err(ApiError::unsupported_media(other)),
     }
 }
