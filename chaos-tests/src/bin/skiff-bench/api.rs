@@ -75,6 +75,8 @@ fn percentile(sorted: &[Duration], p: usize) -> f64 {
 struct Figures {
     writes: usize,
     failed: usize,
+    /// Failures by reason (HTTP status or gRPC error), most common first.
+    reasons: Vec<(String, usize)>,
     secs: f64,
     latencies: Vec<Duration>,
 }
@@ -91,6 +93,9 @@ impl Figures {
             percentile(&self.latencies, 99),
             self.latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
         );
+        for (reason, n) in &self.reasons {
+            println!("       failed {n}x: {reason}");
+        }
     }
 
     fn per_sec(&self) -> f64 {
@@ -103,12 +108,12 @@ impl Figures {
 async fn drive<F, Fut>(clients: usize, rate: u64, duration: Duration, op: F) -> Figures
 where
     F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
 {
     let started = Instant::now();
     let deadline = started + duration;
     let interval = (rate > 0).then(|| Duration::from_secs_f64(clients as f64 / rate as f64));
-    let failed = Arc::new(AtomicUsize::new(0));
+    let failed: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
     let mut tasks = Vec::new();
     for c in 0..clients {
         let op = op.clone();
@@ -125,10 +130,13 @@ where
                     next += step;
                 }
                 let t = Instant::now();
-                if op(c, i).await {
-                    lat.push(t.elapsed());
-                } else {
-                    failed.fetch_add(1, Ordering::Relaxed);
+                match op(c, i).await {
+                    Ok(()) => lat.push(t.elapsed()),
+                    Err(reason) => {
+                        if let Ok(mut f) = failed.lock() {
+                            *f.entry(reason).or_default() += 1;
+                        }
+                    }
                 }
                 i += 1;
             }
@@ -139,9 +147,15 @@ where
     for t in tasks {
         latencies.extend(t.await.unwrap_or_default());
     }
+    let mut reasons: Vec<(String, usize)> = failed
+        .lock()
+        .map(|f| f.iter().map(|(k, v)| (k.clone(), *v)).collect())
+        .unwrap_or_default();
+    reasons.sort_by(|a, b| b.1.cmp(&a.1));
     Figures {
         writes: latencies.len(),
-        failed: failed.load(Ordering::Relaxed),
+        failed: reasons.iter().map(|r| r.1).sum(),
+        reasons,
         secs: started.elapsed().as_secs_f64(),
         latencies,
     }
@@ -167,7 +181,8 @@ async fn ensure_namespace(http: &reqwest::Client, server: &str) -> anyhow::Resul
     Ok(())
 }
 
-/// Through the API: even calls create `cm-<client>-<n>`, odd ones update it.
+/// Through the API: even calls create `cm-<run>-<client>-<n>`, odd ones
+/// update it.
 async fn api_writes(opts: &Options, http: &reqwest::Client) -> Figures {
     let servers = Arc::new(opts.servers.clone());
     let http = http.clone();
@@ -176,7 +191,7 @@ async fn api_writes(opts: &Options, http: &reqwest::Client) -> Figures {
         let servers = servers.clone();
         async move {
             let server = &servers[(c + i as usize) % servers.len()];
-            let name = format!("cm-{c}-{}", i / 2);
+            let name = format!("cm-{}-{c}-{}", std::process::id(), i / 2);
             let base = format!("{server}/api/v1/namespaces/bench/configmaps");
             let req = if i % 2 == 0 {
                 http.post(&base).json(&configmap(&name, i))
@@ -184,7 +199,22 @@ async fn api_writes(opts: &Options, http: &reqwest::Client) -> Figures {
                 http.put(format!("{base}/{name}"))
                     .json(&configmap(&name, i))
             };
-            matches!(req.send().await, Ok(r) if r.status().is_success())
+            match req.send().await {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => {
+                    let code = r.status().as_u16();
+                    let body: Value = r.json().await.unwrap_or(Value::Null);
+                    Err(format!("{code} {}", body["reason"].as_str().unwrap_or("")))
+                }
+                Err(e) => {
+                    // The innermost cause says what happened to the connection.
+                    let mut cause: &dyn std::error::Error = &e;
+                    while let Some(next) = cause.source() {
+                        cause = next;
+                    }
+                    Err(format!("transport: {cause}"))
+                }
+            }
         }
     })
     .await
@@ -204,7 +234,12 @@ async fn store_writes(opts: &Options) -> anyhow::Result<Figures> {
         let mut kv = KvClient::new(channels[(c + i as usize) % channels.len()].clone());
         let revisions = revisions.clone();
         async move {
-            let key = format!("/registry/core/configmaps/benchstore/cm-{c}-{}", i / 2).into_bytes();
+            let key = format!(
+                "/registry/core/configmaps/benchstore/cm-{}-{c}-{}",
+                std::process::id(),
+                i / 2
+            )
+            .into_bytes();
             let value = serde_json::to_vec(&configmap("x", i)).unwrap_or_default();
             let (target, union) = if i % 2 == 0 {
                 (CompareTarget::Create, TargetUnion::CreateRevision(0))
@@ -238,9 +273,13 @@ async fn store_writes(opts: &Options) -> anyhow::Result<Figures> {
                     if let (Some(h), Ok(mut m)) = (r.header, revisions.lock()) {
                         m.insert(c, h.revision);
                     }
-                    r.succeeded
+                    if r.succeeded {
+                        Ok(())
+                    } else {
+                        Err("compare failed".into())
+                    }
                 }
-                Err(_) => false,
+                Err(e) => Err(e.message().to_string()),
             }
         }
     })
