@@ -200,7 +200,13 @@ async fn api_writes(opts: &Options, http: &reqwest::Client) -> Figures {
                     .json(&configmap(&name, i))
             };
             match req.send().await {
-                Ok(r) if r.status().is_success() => Ok(()),
+                // Read the body: an HTTP/2 client that drops unread
+                // responses resets their streams, and after 1024 such resets
+                // on one connection h2 gives up on it ("too many internal
+                // resets").
+                Ok(r) if r.status().is_success() => {
+                    r.bytes().await.map(drop).map_err(|e| e.to_string())
+                }
                 Ok(r) => {
                     let code = r.status().as_u16();
                     let body: Value = r.json().await.unwrap_or(Value::Null);
