@@ -195,21 +195,35 @@ impl Registry {
         }
     }
 
-    /// Store a new object with its claims; fails if the key exists or a
-    /// claim is held. Returns its revision.
-    pub async fn create(&self, key: &str, object: &Value, claims: &Claims) -> Result<i64> {
+    /// Put `object` at `key` with its claims if `guard` holds. Ok(revision),
+    /// or Err(the failure-branch counts: the object's, then each claim's).
+    async fn put_claiming(
+        &self,
+        key: &str,
+        object: &Value,
+        guard: Compare,
+        claims: &Claims,
+    ) -> Result<Result<i64, Vec<OpResult>>> {
         let txn = TxnRequest {
-            compare: std::iter::once(compare(key, CompareTarget::Create(0)))
-                .chain(claims.guards())
-                .collect(),
+            compare: std::iter::once(guard).chain(claims.guards()).collect(),
             success: std::iter::once(put(key, object))
                 .chain(claims.ops(key))
                 .collect(),
             failure: std::iter::once(count(key)).chain(claims.probes()).collect(),
         };
-        match self.txn(txn).await? {
+        Ok(match self.txn(txn).await? {
             (true, _, rev) => Ok(rev),
-            (false, results, _) => Err(claims
+            (false, results, _) => Err(results),
+        })
+    }
+
+    /// Store a new object with its claims; fails if the key exists or a
+    /// claim is held. Returns its revision.
+    pub async fn create(&self, key: &str, object: &Value, claims: &Claims) -> Result<i64> {
+        let guard = compare(key, CompareTarget::Create(0));
+        match self.put_claiming(key, object, guard, claims).await? {
+            Ok(rev) => Ok(rev),
+            Err(results) => Err(claims
                 .held(&results)
                 .unwrap_or(RegistryError::AlreadyExists)),
         }
@@ -224,18 +238,12 @@ impl Registry {
         expected: Option<i64>,
         claims: &Claims,
     ) -> Result<i64> {
-        let txn = TxnRequest {
-            compare: std::iter::once(guard(key, expected))
-                .chain(claims.guards())
-                .collect(),
-            success: std::iter::once(put(key, object))
-                .chain(claims.ops(key))
-                .collect(),
-            failure: std::iter::once(count(key)).chain(claims.probes()).collect(),
-        };
-        match self.txn(txn).await? {
-            (true, _, rev) => Ok(rev),
-            (false, results, _) => Err(claims
+        match self
+            .put_claiming(key, object, guard(key, expected), claims)
+            .await?
+        {
+            Ok(rev) => Ok(rev),
+            Err(results) => Err(claims
                 .held(&results)
                 .unwrap_or_else(|| missing_or_conflict(&results))),
         }

@@ -399,8 +399,14 @@ async fn object(
     }
 }
 
-/// Create the built-in namespaces once a leader can take the writes.
+/// Create the built-in namespaces once a leader can take the writes, and
+/// build the OpenAPI documents.
 pub fn spawn_bootstrap(api: Api) {
+    // Build the OpenAPI documents (and the schemas field checks use) before
+    // the first request needs them.
+    tokio::task::spawn_blocking(|| {
+        openapi::documents();
+    });
     tokio::spawn(async move {
         for _ in 0..60 {
             if api.registry.store().current_leader().is_some() {

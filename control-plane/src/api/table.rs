@@ -37,7 +37,30 @@ struct Column {
     name: &'static str,
     kind: &'static str,
     wide: bool,
-    cell: fn(&Value, Now) -> Value,
+    cell: Cell,
+}
+
+/// How a cell is found: most are one field of the object.
+#[derive(Clone, Copy)]
+enum Cell {
+    /// An integer field; the given default when absent.
+    Int(&'static str, i64),
+    /// A string field, as it is.
+    Text(&'static str),
+    /// A string field, `<none>` when absent or empty.
+    TextOrNone(&'static str),
+    Computed(fn(&Value, Now) -> Value),
+}
+
+impl Cell {
+    fn of(self, o: &Value, now: Now) -> Value {
+        match self {
+            Cell::Int(p, default) => json!(o.pointer(p).and_then(Value::as_i64).unwrap_or(default)),
+            Cell::Text(p) => json!(s(o, p)),
+            Cell::TextOrNone(p) => or_none(s(o, p).to_string()),
+            Cell::Computed(f) => f(o, now),
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -48,20 +71,50 @@ const fn col(name: &'static str, cell: fn(&Value, Now) -> Value) -> Column {
         name,
         kind: "string",
         wide: false,
-        cell,
+        cell: Cell::Computed(cell),
     }
 }
 
-const fn int(name: &'static str, cell: fn(&Value, Now) -> Value) -> Column {
+const fn text(name: &'static str, cell: Cell) -> Column {
     Column {
         name,
-        kind: "integer",
+        kind: "string",
         wide: false,
         cell,
     }
 }
 
-const fn wide(name: &'static str, cell: fn(&Value, Now) -> Value) -> Column {
+/// An integer column read from `pointer` (0 when absent).
+const fn int(name: &'static str, pointer: &'static str) -> Column {
+    Column {
+        name,
+        kind: "integer",
+        wide: false,
+        cell: Cell::Int(pointer, 0),
+    }
+}
+
+/// An integer column read from `pointer`, `default` when absent.
+const fn int_or(name: &'static str, pointer: &'static str, default: i64) -> Column {
+    Column {
+        name,
+        kind: "integer",
+        wide: false,
+        cell: Cell::Int(pointer, default),
+    }
+}
+
+/// An integer column computed from the object.
+const fn count(name: &'static str, cell: fn(&Value, Now) -> Value) -> Column {
+    Column {
+        name,
+        kind: "integer",
+        wide: false,
+        cell: Cell::Computed(cell),
+    }
+}
+
+const fn wide(name: &'static str, cell: Cell) -> Column {
     Column {
         name,
         kind: "string",
@@ -84,10 +137,6 @@ fn or_none(v: String) -> Value {
     } else {
         v
     })
-}
-
-fn name(o: &Value, _: Now) -> Value {
-    json!(s(o, "/metadata/name"))
 }
 
 fn age(o: &Value, now: Now) -> Value {
@@ -261,18 +310,6 @@ fn pod_restarts(o: &Value, _: Now) -> Value {
     json!(total)
 }
 
-fn pod_ip(o: &Value, _: Now) -> Value {
-    or_none(s(o, "/status/podIP").to_string())
-}
-
-fn pod_node(o: &Value, _: Now) -> Value {
-    or_none(s(o, "/spec/nodeName").to_string())
-}
-
-fn pod_nominated(o: &Value, _: Now) -> Value {
-    or_none(s(o, "/status/nominatedNodeName").to_string())
-}
-
 fn pod_gates(o: &Value, _: Now) -> Value {
     let gates = o
         .pointer("/spec/readinessGates")
@@ -295,49 +332,6 @@ fn ready_of_replicas(o: &Value, _: Now) -> Value {
             .and_then(Value::as_i64)
             .unwrap_or(1)
     ))
-}
-
-fn updated(o: &Value, _: Now) -> Value {
-    json!(n(o, "/status/updatedReplicas"))
-}
-
-fn available(o: &Value, _: Now) -> Value {
-    json!(n(o, "/status/availableReplicas"))
-}
-
-fn desired(o: &Value, _: Now) -> Value {
-    json!(o
-        .pointer("/spec/replicas")
-        .and_then(Value::as_i64)
-        .unwrap_or(1))
-}
-
-fn current(o: &Value, _: Now) -> Value {
-    json!(n(o, "/status/replicas"))
-}
-
-fn ready_count(o: &Value, _: Now) -> Value {
-    json!(n(o, "/status/readyReplicas"))
-}
-
-fn ds_desired(o: &Value, _: Now) -> Value {
-    json!(n(o, "/status/desiredNumberScheduled"))
-}
-
-fn ds_current(o: &Value, _: Now) -> Value {
-    json!(n(o, "/status/currentNumberScheduled"))
-}
-
-fn ds_ready(o: &Value, _: Now) -> Value {
-    json!(n(o, "/status/numberReady"))
-}
-
-fn ds_updated(o: &Value, _: Now) -> Value {
-    json!(n(o, "/status/updatedNumberScheduled"))
-}
-
-fn ds_available(o: &Value, _: Now) -> Value {
-    json!(n(o, "/status/numberAvailable"))
 }
 
 fn ds_node_selector(o: &Value, _: Now) -> Value {
@@ -390,14 +384,6 @@ fn job_duration(o: &Value, now: Now) -> Value {
     json!(since(start, until))
 }
 
-fn cron_schedule(o: &Value, _: Now) -> Value {
-    json!(s(o, "/spec/schedule"))
-}
-
-fn cron_timezone(o: &Value, _: Now) -> Value {
-    or_none(s(o, "/spec/timeZone").to_string())
-}
-
 fn cron_suspend(o: &Value, _: Now) -> Value {
     json!(
         if o.pointer("/spec/suspend").and_then(Value::as_bool) == Some(true) {
@@ -431,10 +417,6 @@ fn svc_type(o: &Value, _: Now) -> Value {
         "" => "ClusterIP",
         t => t,
     })
-}
-
-fn svc_cluster_ip(o: &Value, _: Now) -> Value {
-    or_none(s(o, "/spec/clusterIP").to_string())
 }
 
 fn svc_external_ip(o: &Value, _: Now) -> Value {
@@ -526,10 +508,6 @@ fn node_roles(o: &Value, _: Now) -> Value {
     or_none(roles.join(","))
 }
 
-fn node_version(o: &Value, _: Now) -> Value {
-    json!(s(o, "/status/nodeInfo/kubeletVersion"))
-}
-
 fn node_address(o: &Value, kind: &str) -> Value {
     let found = o
         .pointer("/status/addresses")
@@ -548,18 +526,6 @@ fn node_internal_ip(o: &Value, _: Now) -> Value {
 
 fn node_external_ip(o: &Value, _: Now) -> Value {
     node_address(o, "ExternalIP")
-}
-
-fn node_os_image(o: &Value, _: Now) -> Value {
-    json!(s(o, "/status/nodeInfo/osImage"))
-}
-
-fn node_kernel(o: &Value, _: Now) -> Value {
-    json!(s(o, "/status/nodeInfo/kernelVersion"))
-}
-
-fn node_runtime(o: &Value, _: Now) -> Value {
-    json!(s(o, "/status/nodeInfo/containerRuntimeVersion"))
 }
 
 // Everything else.
@@ -640,14 +606,6 @@ fn event_last_seen(o: &Value, now: Now) -> Value {
     json!(since(t, now))
 }
 
-fn event_type(o: &Value, _: Now) -> Value {
-    json!(s(o, "/type"))
-}
-
-fn event_reason(o: &Value, _: Now) -> Value {
-    json!(s(o, "/reason"))
-}
-
 fn event_object(o: &Value, _: Now) -> Value {
     json!(format!(
         "{}/{}",
@@ -658,10 +616,6 @@ fn event_object(o: &Value, _: Now) -> Value {
 
 fn event_message(o: &Value, _: Now) -> Value {
     json!(s(o, "/message").trim())
-}
-
-fn lease_holder(o: &Value, _: Now) -> Value {
-    json!(s(o, "/spec/holderIdentity"))
 }
 
 fn hpa_reference(o: &Value, _: Now) -> Value {
@@ -700,25 +654,6 @@ fn hpa_targets(o: &Value, _: Now) -> Value {
         out.push(format!("{}: {current}/{target}", s(m, "/resource/name")));
     }
     or_none(out.join(", "))
-}
-
-fn hpa_min(o: &Value, _: Now) -> Value {
-    json!(o
-        .pointer("/spec/minReplicas")
-        .and_then(Value::as_i64)
-        .unwrap_or(1))
-}
-
-fn hpa_max(o: &Value, _: Now) -> Value {
-    json!(n(o, "/spec/maxReplicas"))
-}
-
-fn hpa_replicas(o: &Value, _: Now) -> Value {
-    json!(n(o, "/status/currentReplicas"))
-}
-
-fn slice_address_type(o: &Value, _: Now) -> Value {
-    json!(s(o, "/addressType"))
 }
 
 fn slice_ports(o: &Value, _: Now) -> Value {
@@ -765,13 +700,9 @@ fn revision_controller(o: &Value, _: Now) -> Value {
     }))
 }
 
-fn revision_number(o: &Value, _: Now) -> Value {
-    json!(n(o, "/revision"))
-}
-
 fn columns(r: &Resource) -> Vec<Column> {
     let named = |rest: Vec<Column>| {
-        let mut all = vec![col("Name", name)];
+        let mut all = vec![text("Name", Cell::Text("/metadata/name"))];
         all.extend(rest);
         all
     };
@@ -779,119 +710,131 @@ fn columns(r: &Resource) -> Vec<Column> {
         "pods" => named(vec![
             col("Ready", pod_ready),
             col("Status", pod_status),
-            int("Restarts", pod_restarts),
+            count("Restarts", pod_restarts),
             col("Age", age),
-            wide("IP", pod_ip),
-            wide("Node", pod_node),
-            wide("Nominated Node", pod_nominated),
-            wide("Readiness Gates", pod_gates),
+            wide("IP", Cell::TextOrNone("/status/podIP")),
+            wide("Node", Cell::TextOrNone("/spec/nodeName")),
+            wide(
+                "Nominated Node",
+                Cell::TextOrNone("/status/nominatedNodeName"),
+            ),
+            wide("Readiness Gates", Cell::Computed(pod_gates)),
         ]),
         "deployments" => named(vec![
             col("Ready", ready_of_replicas),
-            int("Up-to-date", updated),
-            int("Available", available),
+            int("Up-to-date", "/status/updatedReplicas"),
+            int("Available", "/status/availableReplicas"),
             col("Age", age),
-            wide("Containers", template_containers),
-            wide("Images", template_images),
-            wide("Selector", label_selector),
+            wide("Containers", Cell::Computed(template_containers)),
+            wide("Images", Cell::Computed(template_images)),
+            wide("Selector", Cell::Computed(label_selector)),
         ]),
         "replicasets" => named(vec![
-            int("Desired", desired),
-            int("Current", current),
-            int("Ready", ready_count),
+            int_or("Desired", "/spec/replicas", 1),
+            int("Current", "/status/replicas"),
+            int("Ready", "/status/readyReplicas"),
             col("Age", age),
-            wide("Containers", template_containers),
-            wide("Images", template_images),
-            wide("Selector", label_selector),
+            wide("Containers", Cell::Computed(template_containers)),
+            wide("Images", Cell::Computed(template_images)),
+            wide("Selector", Cell::Computed(label_selector)),
         ]),
         "statefulsets" => named(vec![
             col("Ready", ready_of_replicas),
             col("Age", age),
-            wide("Containers", template_containers),
-            wide("Images", template_images),
+            wide("Containers", Cell::Computed(template_containers)),
+            wide("Images", Cell::Computed(template_images)),
         ]),
         "daemonsets" => named(vec![
-            int("Desired", ds_desired),
-            int("Current", ds_current),
-            int("Ready", ds_ready),
-            int("Up-to-date", ds_updated),
-            int("Available", ds_available),
+            int("Desired", "/status/desiredNumberScheduled"),
+            int("Current", "/status/currentNumberScheduled"),
+            int("Ready", "/status/numberReady"),
+            int("Up-to-date", "/status/updatedNumberScheduled"),
+            int("Available", "/status/numberAvailable"),
             col("Node Selector", ds_node_selector),
             col("Age", age),
-            wide("Containers", template_containers),
-            wide("Images", template_images),
-            wide("Selector", label_selector),
+            wide("Containers", Cell::Computed(template_containers)),
+            wide("Images", Cell::Computed(template_images)),
+            wide("Selector", Cell::Computed(label_selector)),
         ]),
         "jobs" => named(vec![
             col("Status", job_status),
             col("Completions", job_completions),
             col("Duration", job_duration),
             col("Age", age),
-            wide("Containers", template_containers),
-            wide("Images", template_images),
-            wide("Selector", label_selector),
+            wide("Containers", Cell::Computed(template_containers)),
+            wide("Images", Cell::Computed(template_images)),
+            wide("Selector", Cell::Computed(label_selector)),
         ]),
         "cronjobs" => named(vec![
-            col("Schedule", cron_schedule),
-            col("Timezone", cron_timezone),
+            text("Schedule", Cell::Text("/spec/schedule")),
+            text("Timezone", Cell::TextOrNone("/spec/timeZone")),
             col("Suspend", cron_suspend),
-            int("Active", cron_active),
+            count("Active", cron_active),
             col("Last Schedule", cron_last),
             col("Age", age),
         ]),
         "services" => named(vec![
             col("Type", svc_type),
-            col("Cluster-IP", svc_cluster_ip),
+            text("Cluster-IP", Cell::TextOrNone("/spec/clusterIP")),
             col("External-IP", svc_external_ip),
             col("Port(s)", svc_ports),
             col("Age", age),
-            wide("Selector", map_selector),
+            wide("Selector", Cell::Computed(map_selector)),
         ]),
         "nodes" => named(vec![
             col("Status", node_status),
             col("Roles", node_roles),
             col("Age", age),
-            col("Version", node_version),
-            wide("Internal-IP", node_internal_ip),
-            wide("External-IP", node_external_ip),
-            wide("OS-Image", node_os_image),
-            wide("Kernel-Version", node_kernel),
-            wide("Container-Runtime", node_runtime),
+            text("Version", Cell::Text("/status/nodeInfo/kubeletVersion")),
+            wide("Internal-IP", Cell::Computed(node_internal_ip)),
+            wide("External-IP", Cell::Computed(node_external_ip)),
+            wide("OS-Image", Cell::Text("/status/nodeInfo/osImage")),
+            wide(
+                "Kernel-Version",
+                Cell::Text("/status/nodeInfo/kernelVersion"),
+            ),
+            wide(
+                "Container-Runtime",
+                Cell::Text("/status/nodeInfo/containerRuntimeVersion"),
+            ),
         ]),
         "namespaces" => named(vec![col("Status", ns_status), col("Age", age)]),
-        "configmaps" => named(vec![int("Data", data_count), col("Age", age)]),
+        "configmaps" => named(vec![count("Data", data_count), col("Age", age)]),
         "secrets" => named(vec![
             col("Type", secret_type),
-            int("Data", data_count),
+            count("Data", data_count),
             col("Age", age),
         ]),
-        "serviceaccounts" => named(vec![int("Secrets", sa_secrets), col("Age", age)]),
+        "serviceaccounts" => named(vec![count("Secrets", sa_secrets), col("Age", age)]),
         "endpoints" => named(vec![col("Endpoints", endpoints_list), col("Age", age)]),
         "events" => vec![
             col("Last Seen", event_last_seen),
-            col("Type", event_type),
-            col("Reason", event_reason),
+            text("Type", Cell::Text("/type")),
+            text("Reason", Cell::Text("/reason")),
             col("Object", event_object),
             col("Message", event_message),
         ],
-        "leases" => named(vec![col("Holder", lease_holder), col("Age", age)]),
+        "leases" => named(vec![
+            text("Holder", Cell::Text("/spec/holderIdentity")),
+            col("Age", age),
+        ]),
         "horizontalpodautoscalers" => named(vec![
             col("Reference", hpa_reference),
             col("Targets", hpa_targets),
-            int("MinPods", hpa_min),
-            int("MaxPods", hpa_max),
-            int("Replicas", hpa_replicas),
+            int_or("MinPods", "/spec/minReplicas", 1),
+            int("MaxPods", "/spec/maxReplicas"),
+            int("Replicas", "/status/currentReplicas"),
             col("Age", age),
         ]),
         "endpointslices" => named(vec![
-            col("AddressType", slice_address_type),
+            text("AddressType", Cell::Text("/addressType")),
             col("Ports", slice_ports),
             col("Endpoints", slice_endpoints),
             col("Age", age),
         ]),
         "controllerrevisions" => named(vec![
             col("Controller", revision_controller),
-            int("Revision", revision_number),
+            int("Revision", "/revision"),
             col("Age", age),
         ]),
         _ => named(vec![col("Age", age)]),
@@ -918,7 +861,7 @@ fn definitions(columns: &[Column]) -> Vec<Value> {
 }
 
 fn row(columns: &[Column], object: &Value, include: Include, now: Now) -> Value {
-    let cells: Vec<Value> = columns.iter().map(|c| (c.cell)(object, now)).collect();
+    let cells: Vec<Value> = columns.iter().map(|c| c.cell.of(object, now)).collect();
     let mut row = json!({"cells": cells});
     match include {
         Include::None => {}
