@@ -1,19 +1,14 @@
 //! Restarting masters of a three-master group in one process.
 
+mod common;
+use common::free_port;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use raft_store::mvcc::{Op, PutRequest, TxnRequest};
 use raft_store::{Command, Config, Member, Store};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 fn config(name: &str, dir: &std::path::Path, port: u16) -> Config {
     let addr = format!("127.0.0.1:{port}").parse().expect("addr");

@@ -1,6 +1,9 @@
 //! The state machine through a single-master store (real Raft, real RocksDB):
 //! revisions, transactions, compaction, lease expiry, watches.
 
+mod common;
+use common::free_port;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -51,14 +54,6 @@ async fn single_with(cfg: Config) -> std::sync::Arc<Store> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("single master never became leader");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 async fn put(s: &Store, k: &str, v: &str) -> i64 {

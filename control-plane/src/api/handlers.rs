@@ -212,7 +212,13 @@ impl Api {
             services::carry_over(old, new).map_err(invalid)?;
         }
         let mut taken = BTreeSet::new();
-        for prefix in services::claim_prefixes() {
+        // Most updates claim nothing new: no need to read every claim.
+        let prefixes = if services::needs_taken(old, new) {
+            &services::claim_prefixes()[..]
+        } else {
+            &[]
+        };
+        for prefix in prefixes {
             taken.extend(
                 self.registry
                     .keys(prefix)

@@ -128,6 +128,21 @@ pub fn claims_of(svc: &Value) -> BTreeSet<String> {
     out
 }
 
+/// Whether [`assign`] must know the claims already held: `new` leaves an
+/// address or port to the server, or asks for one `old` does not hold.
+pub fn needs_taken(old: Option<&Value>, new: &Value) -> bool {
+    if new.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName") {
+        return false;
+    }
+    let unassigned_ip = cluster_ip(new).is_none();
+    let unassigned_port = needs_node_ports(new)
+        && new
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .is_some_and(|ports| ports.iter().any(|p| p.get("nodePort").is_none()));
+    unassigned_ip || unassigned_port || !diff(old, Some(new)).take.is_empty()
+}
+
 /// What a write from `old` to `new` takes and gives back.
 pub fn diff(old: Option<&Value>, new: Option<&Value>) -> Claims {
     let before = old.map(claims_of).unwrap_or_default();
@@ -402,6 +417,8 @@ mod tests {
         assert_eq!(new["spec"]["clusterIP"], "10.96.0.9");
         assert_eq!(new["spec"]["ports"][0]["nodePort"], 30080);
         assert_eq!(diff(Some(&old), Some(&new)), Claims::default());
+        assert!(!needs_taken(Some(&old), &new), "nothing new to claim");
+        assert!(needs_taken(None, &svc(json!({"ports": [{"port": 80}]}))));
         let mut plain =
             svc(json!({"type": "ClusterIP", "ports": [{"port": 80, "nodePort": 30080}]}));
         carry_over(&old, &mut plain).expect("carried");

@@ -127,6 +127,26 @@ fn s<'a>(o: &'a Value, pointer: &str) -> &'a str {
     o.pointer(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
+/// The elements of the array at `pointer` (none when absent).
+fn items<'a>(o: &'a Value, pointer: &str) -> impl Iterator<Item = &'a Value> {
+    o.pointer(pointer)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+}
+
+/// The string map at `pointer` as `k=v,...`, or `<none>`.
+fn pairs(o: &Value, pointer: &str) -> Value {
+    let parts: Vec<String> = o
+        .pointer(pointer)
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+        .collect();
+    or_none(parts.join(","))
+}
+
 fn n(o: &Value, pointer: &str) -> i64 {
     o.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
 }
@@ -246,25 +266,14 @@ fn label_selector(o: &Value, _: Now) -> Value {
 }
 
 fn map_selector(o: &Value, _: Now) -> Value {
-    let parts: Vec<String> = o
-        .pointer("/spec/selector")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-        .collect();
-    or_none(parts.join(","))
+    pairs(o, "/spec/selector")
 }
 
 // Pods.
 
 fn pod_ready(o: &Value, _: Now) -> Value {
     let total = containers_of(o.get("spec")).count();
-    let ready = o
-        .pointer("/status/containerStatuses")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+    let ready = items(o, "/status/containerStatuses")
         .filter(|c| c.get("ready").and_then(Value::as_bool) == Some(true))
         .count();
     json!(format!("{ready}/{total}"))
@@ -300,11 +309,7 @@ fn pod_status(o: &Value, _: Now) -> Value {
 }
 
 fn pod_restarts(o: &Value, _: Now) -> Value {
-    let total: i64 = o
-        .pointer("/status/containerStatuses")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+    let total: i64 = items(o, "/status/containerStatuses")
         .map(|c| n(c, "/restartCount"))
         .sum();
     json!(total)
@@ -335,14 +340,7 @@ fn ready_of_replicas(o: &Value, _: Now) -> Value {
 }
 
 fn ds_node_selector(o: &Value, _: Now) -> Value {
-    let parts: Vec<String> = o
-        .pointer("/spec/template/spec/nodeSelector")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-        .collect();
-    or_none(parts.join(","))
+    pairs(o, "/spec/template/spec/nodeSelector")
 }
 
 fn job_status(o: &Value, _: Now) -> Value {
@@ -420,20 +418,11 @@ fn svc_type(o: &Value, _: Now) -> Value {
 }
 
 fn svc_external_ip(o: &Value, _: Now) -> Value {
-    let mut ips: Vec<String> = o
-        .pointer("/spec/externalIPs")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+    let mut ips: Vec<String> = items(o, "/spec/externalIPs")
         .filter_map(Value::as_str)
         .map(str::to_string)
         .collect();
-    for ingress in o
-        .pointer("/status/loadBalancer/ingress")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for ingress in items(o, "/status/loadBalancer/ingress") {
         let ip = s(ingress, "/ip");
         ips.push(
             if ip.is_empty() {
@@ -455,11 +444,7 @@ fn svc_external_ip(o: &Value, _: Now) -> Value {
 }
 
 fn svc_ports(o: &Value, _: Now) -> Value {
-    let ports: Vec<String> = o
-        .pointer("/spec/ports")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+    let ports: Vec<String> = items(o, "/spec/ports")
         .map(|p| {
             let proto = match s(p, "/protocol") {
                 "" => "TCP",
@@ -477,11 +462,7 @@ fn svc_ports(o: &Value, _: Now) -> Value {
 // Nodes.
 
 fn node_status(o: &Value, _: Now) -> Value {
-    let ready = o
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+    let ready = items(o, "/status/conditions")
         .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
         .and_then(|c| c.get("status").and_then(Value::as_str));
     let mut status = match ready {
@@ -509,11 +490,7 @@ fn node_roles(o: &Value, _: Now) -> Value {
 }
 
 fn node_address(o: &Value, kind: &str) -> Value {
-    let found = o
-        .pointer("/status/addresses")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+    let found = items(o, "/status/addresses")
         .find(|a| a.get("type").and_then(Value::as_str) == Some(kind))
         .map(|a| s(a, "/address").to_string())
         .unwrap_or_default();
@@ -631,13 +608,7 @@ fn hpa_targets(o: &Value, _: Now) -> Value {
     let currents = o
         .pointer("/status/currentMetrics")
         .and_then(Value::as_array);
-    for (i, m) in o
-        .pointer("/spec/metrics")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
+    for (i, m) in items(o, "/spec/metrics").enumerate() {
         if s(m, "/type") != "Resource" {
             out.push("<unknown>/<unknown>".to_string());
             continue;
@@ -689,11 +660,7 @@ fn slice_endpoints(o: &Value, _: Now) -> Value {
 }
 
 fn revision_controller(o: &Value, _: Now) -> Value {
-    let owner = o
-        .pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+    let owner = items(o, "/metadata/ownerReferences")
         .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true));
     or_none(owner.map_or(String::new(), |r| {
         format!("{}/{}", s(r, "/kind").to_lowercase(), s(r, "/name"))

@@ -151,7 +151,7 @@ where
         .lock()
         .map(|f| f.iter().map(|(k, v)| (k.clone(), *v)).collect())
         .unwrap_or_default();
-    reasons.sort_by(|a, b| b.1.cmp(&a.1));
+    reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
     Figures {
         writes: latencies.len(),
         failed: reasons.iter().map(|r| r.1).sum(),
