@@ -125,6 +125,21 @@ struct RunArgs {
     /// Ports for NodePort Services.
     #[arg(long, default_value = "30000-32767")]
     service_node_port_range: String,
+    /// A node whose heartbeat (its Lease in kube-node-lease) is older than
+    /// this goes Ready=Unknown and is tainted unreachable.
+    #[arg(long, default_value_t = 40)]
+    node_monitor_grace_period_secs: u64,
+    /// How long pods stay on an unreachable or not-ready node when they do
+    /// not say (by a toleration) themselves.
+    #[arg(long, default_value_t = 300)]
+    default_eviction_timeout_secs: u64,
+    /// How often each HorizontalPodAutoscaler re-evaluates its target.
+    #[arg(long, default_value_t = 15)]
+    horizontal_pod_autoscaler_sync_period_secs: u64,
+    /// Seconds added to the clock the controllers read (tests: fire a
+    /// CronJob without waiting for its minute).
+    #[arg(long, default_value_t = 0, hide = true)]
+    controller_clock_offset_secs: i64,
 }
 
 fn parse_initial_cluster(s: &str) -> anyhow::Result<Vec<(String, String)>> {
@@ -277,6 +292,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         store.clone(),
         stopped(stop_rx.clone()),
     ));
+    let leader_stop = tokio_util::sync::CancellationToken::new();
+    let settings = crate::controllers::Settings {
+        node_monitor_grace: Duration::from_secs(args.node_monitor_grace_period_secs),
+        default_eviction_timeout: Duration::from_secs(args.default_eviction_timeout_secs),
+        hpa_sync_period: Duration::from_secs(
+            args.horizontal_pod_autoscaler_sync_period_secs.max(1),
+        ),
+        clock_offset: chrono::Duration::seconds(args.controller_clock_offset_secs),
+    };
     let k8s = kube.map(|(listener, tls, tokens)| {
         let api = crate::api::Api::new(
             crate::registry::Registry::new(store.clone()),
@@ -284,6 +308,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             ranges.clone(),
         );
         crate::api::spawn_bootstrap(api.clone());
+        tokio::spawn(crate::leader::run(
+            store.clone(),
+            api.clone(),
+            settings,
+            leader_stop.clone(),
+        ));
         tokio::spawn(crate::api::serve(
             api,
             listener,
@@ -301,6 +331,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     shutdown_signal().await;
     tracing::info!("shutting down");
+    leader_stop.cancel();
     let _ = stop_tx.send(true);
     let drain = async {
         let _ = etcd.await;

@@ -1,25 +1,10 @@
-//! `control-plane`: the Skiff master.
-//!
-//! Every master runs the same binary: it embeds the replicated store
-//! (`raft-store`), serves the etcd v3 API to clients (`etcd/`), the
-//! Kubernetes API over HTTPS (`api/`, objects kept by `registry`, certificates
-//! from `pki`) and Prometheus metrics over HTTP (`metrics_http`). Later issues
-//! add the leader-only scheduler and controllers, and the agent gateway.
+//! `control-plane`: the Skiff master binary (see the library for the map).
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
-// tonic::Status and openraft::StorageError are the error types the gRPC and
-// openraft traits require; boxing them at every call site buys nothing.
-#![allow(clippy::result_large_err)]
-
-mod api;
-mod cli;
-mod etcd;
-mod metrics_http;
-mod pki;
-mod registry;
 
 use clap::Parser;
+use control_plane::cli;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();

@@ -12,10 +12,18 @@ fn ok(endpoints: &str, args: &[&str]) -> String {
     out
 }
 
+/// The store's revision (the cluster is idle once started).
+fn revision(eps: &str) -> i64 {
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(eps, &["get", "/none", "-w", "json"])).expect("json");
+    json["header"]["revision"].as_i64().expect("revision")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_txn_compaction_and_json() {
     let c = Cluster::start(3, &[]).await;
     let eps = c.endpoints();
+    let base = revision(&eps);
     assert_eq!(ok(&eps, &["put", "/a/1", "one"]), "OK\n");
     assert_eq!(ok(&eps, &["put", "/a/2", "two"]), "OK\n");
     assert_eq!(ok(&eps, &["put", "/a/1", "uno"]), "OK\n");
@@ -23,7 +31,8 @@ async fn kv_txn_compaction_and_json() {
         ok(&eps, &["get", "/a", "--prefix"]),
         "/a/1\nuno\n/a/2\ntwo\n"
     );
-    assert_eq!(ok(&eps, &["get", "/a/1", "--rev=1"]), "/a/1\none\n");
+    let rev = |n: i64| format!("--rev={}", base + n);
+    assert_eq!(ok(&eps, &["get", "/a/1", &rev(1)]), "/a/1\none\n");
     assert_eq!(
         ok(&eps, &["get", "/a", "--prefix", "--keys-only"]),
         "/a/1\n\n/a/2\n\n"
@@ -31,10 +40,10 @@ async fn kv_txn_compaction_and_json() {
 
     let json: serde_json::Value =
         serde_json::from_str(&ok(&eps, &["get", "/a/1", "-w", "json"])).expect("json");
-    assert_eq!(json["header"]["revision"], 3);
+    assert_eq!(json["header"]["revision"], base + 3);
     let kv = &json["kvs"][0];
-    assert_eq!(kv["create_revision"], 1);
-    assert_eq!(kv["mod_revision"], 3);
+    assert_eq!(kv["create_revision"], base + 1);
+    assert_eq!(kv["mod_revision"], base + 3);
     assert_eq!(kv["version"], 2);
     assert_eq!(kv["value"], "dW5v"); // base64("uno")
 
@@ -70,14 +79,18 @@ async fn kv_txn_compaction_and_json() {
 
     assert_eq!(ok(&eps, &["del", "/a", "--prefix"]), "3\n");
     assert_eq!(ok(&eps, &["get", "/a", "--prefix"]), "");
-    assert_eq!(ok(&eps, &["compaction", "3"]), "compacted revision 3\n");
-    let (success, _, err) = etcdctl(&eps, &["get", "/a/1", "--rev=2"]);
+    let at = (base + 3).to_string();
+    assert_eq!(
+        ok(&eps, &["compaction", &at]),
+        format!("compacted revision {at}\n")
+    );
+    let (success, _, err) = etcdctl(&eps, &["get", "/a/1", &rev(2)]);
     assert!(
         !success && err.contains("required revision has been compacted"),
         "{err}"
     );
     // Still readable at the compaction point.
-    assert_eq!(ok(&eps, &["get", "/a/1", "--rev=3"]), "/a/1\nuno\n");
+    assert_eq!(ok(&eps, &["get", "/a/1", &rev(3)]), "/a/1\nuno\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

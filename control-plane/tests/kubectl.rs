@@ -130,13 +130,20 @@ async fn kubectl_works_against_any_master() {
     assert!(yaml.contains("image: busybox:1.37"), "{yaml}");
 
     // Server-side printing: the columns kubectl users know, and -o wide.
-    let table = ok(kubectl(&kc, &["get", "deploy", "-n", "demo"]));
+    // (The Deployment controller makes its pod; no node runs it.)
+    let table = eventually(Duration::from_secs(20), || {
+        let table = ok(kubectl(&kc, &["get", "deploy", "-n", "demo"]));
+        words(&table, 1)
+            .get(2)
+            .is_some_and(|w| w == "1")
+            .then_some(table)
+    });
     assert_eq!(
         words(&table, 0),
         ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
         "{table}"
     );
-    assert_eq!(&words(&table, 1)[..4], ["web", "0/1", "0", "0"], "{table}");
+    assert_eq!(&words(&table, 1)[..4], ["web", "0/1", "1", "0"], "{table}");
     let wide = ok(kubectl(&kc, &["get", "deploy", "-n", "demo", "-o", "wide"]));
     assert_eq!(
         &words(&wide, 0)[5..],

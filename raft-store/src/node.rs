@@ -117,6 +117,9 @@ pub struct Status {
     pub is_learner: bool,
 }
 
+/// How long a linearizable read waits for a new leader before failing.
+const READ_FAILOVER_PATIENCE: Duration = Duration::from_secs(5);
+
 pub struct Store {
     id: NodeId,
     config: Config,
@@ -391,7 +394,20 @@ impl Store {
     /// Wait until this master has applied everything committed before the call
     /// (the read index), so that a read from local state is linearizable.
     pub async fn read_barrier(&self) -> Result<()> {
-        let index = match self.to_leader(Forwarded::ReadIndex).await? {
+        // A read index is safe to ask for again: ride through a failover
+        // (the leader just died, or no leader yet) rather than fail the read.
+        let deadline = tokio::time::Instant::now() + READ_FAILOVER_PATIENCE;
+        let reply = loop {
+            match self.to_leader(Forwarded::ReadIndex).await {
+                Err(StoreError::Forward { .. } | StoreError::NoLeader)
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => break other?,
+            }
+        };
+        let index = match reply {
             Reply::ReadIndex(i) => i,
             other => return Err(StoreError::Raft(format!("unexpected reply {other:?}"))),
         };

@@ -151,10 +151,10 @@ impl StateMachine {
             b.put_cf(cf(db, CF_SM), meta::APPLIED, codec::encode(&Some(log_id)))
         };
         match &entry.payload {
-            EntryPayload::Blank => self.apply_command(None, finish),
+            EntryPayload::Blank => self.apply_command(None, log_id, finish),
             EntryPayload::Membership(m) => {
                 let stored = StoredMembership::new(Some(log_id), m.clone());
-                self.apply_command(None, |b| {
+                self.apply_command(None, log_id, |b| {
                     b.put_cf(cf(db, CF_SM), meta::MEMBERSHIP, codec::encode(&stored));
                     finish(b);
                 })
@@ -176,9 +176,9 @@ impl StateMachine {
                         continue;
                     }
                     let resp = if i + 1 == cmds.len() {
-                        self.apply_command(Some(cmd), finish)?
+                        self.apply_command(Some(cmd), log_id, finish)?
                     } else {
-                        self.apply_command(Some(cmd), |b| {
+                        self.apply_command(Some(cmd), log_id, |b| {
                             b.put_cf(
                                 cf(db, CF_SM),
                                 meta::CURSOR,
@@ -194,7 +194,7 @@ impl StateMachine {
                     outcome: Ok(Outcome::Batch(responses)),
                 })
             }
-            EntryPayload::Normal(cmd) => self.apply_command(Some(cmd), finish),
+            EntryPayload::Normal(cmd) => self.apply_command(Some(cmd), log_id, finish),
         }
     }
 
@@ -203,6 +203,7 @@ impl StateMachine {
     fn apply_command(
         &self,
         cmd: Option<&Command>,
+        log_id: LogId,
         finish: impl FnOnce(&mut WriteBatch),
     ) -> Result<Response> {
         let db = &*self.shared.db;
@@ -215,7 +216,7 @@ impl StateMachine {
             None => Ok(Outcome::None),
             Some(cmd) => {
                 let mut writer = Writer::new(db, &view, &mut batch, base);
-                match self.execute(cmd, &view, &mut writer) {
+                match self.execute(cmd, log_id, &view, &mut writer) {
                     Ok(outcome) => {
                         if writer.changed() {
                             revision = writer.revision();
@@ -257,9 +258,22 @@ impl StateMachine {
         Ok(resp)
     }
 
-    fn execute(&self, cmd: &Command, view: &View<'_>, w: &mut Writer<'_>) -> Result<Outcome> {
+    fn execute(
+        &self,
+        cmd: &Command,
+        log_id: LogId,
+        view: &View<'_>,
+        w: &mut Writer<'_>,
+    ) -> Result<Outcome> {
         let db = &*self.shared.db;
         match cmd {
+            Command::Fenced { term, leader, cmd } => {
+                let by = log_id.leader_id;
+                if (by.term, by.node_id) != (*term, *leader) {
+                    return Err(ApplyError::Fenced.into());
+                }
+                self.execute(cmd, log_id, view, w)
+            }
             Command::Txn(t) => match w.txn(t)? {
                 crate::mvcc::OpResult::Txn { succeeded, results } => {
                     Ok(Outcome::Txn { succeeded, results })
@@ -346,6 +360,7 @@ impl StateMachine {
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(*id, attrs);
             }
+            Command::Fenced { cmd, .. } => self.after_apply(cmd),
             Command::Txn(_) | Command::Batch(_) => {}
         }
     }

@@ -63,6 +63,16 @@ pub enum Command {
     /// Several commands proposed together (one log entry, one fsync); each
     /// is applied as if proposed alone, in order.
     Batch(Vec<Command>),
+    /// `cmd`, applied only if the entry carrying it was appended by the
+    /// leadership named here (`term`, `leader`); otherwise refused with
+    /// [`ApplyError::Fenced`]. Leader-only work (controllers, scheduler)
+    /// proposes through this, so a deposed leader whose writes reach the
+    /// new leader by forwarding cannot commit them.
+    Fenced {
+        term: u64,
+        leader: NodeId,
+        cmd: Box<Command>,
+    },
     /// A member announces its name and client URLs once it has started.
     Publish {
         id: NodeId,
@@ -86,6 +96,9 @@ impl fmt::Display for Command {
             Command::LeaseRevoke { id } => write!(f, "lease-revoke({id:x})"),
             Command::Publish { id, name, .. } => write!(f, "publish({id:x}, {name})"),
             Command::Batch(cmds) => write!(f, "batch({})", cmds.len()),
+            Command::Fenced { term, leader, cmd } => {
+                write!(f, "fenced({term}, {leader:x}, {cmd})")
+            }
         }
     }
 }
@@ -123,6 +136,7 @@ impl Command {
         match self {
             Command::Txn(t) => 64 + t.approx_size(),
             Command::Batch(cmds) => cmds.iter().map(Command::approx_size).sum(),
+            Command::Fenced { cmd, .. } => 16 + cmd.approx_size(),
             _ => 64,
         }
     }
@@ -143,4 +157,7 @@ pub enum ApplyError {
     DuplicateKey,
     #[error("key not found")]
     KeyNotFound,
+    /// A [`Command::Fenced`] reached the log under another leadership.
+    #[error("proposed under a leadership that has ended")]
+    Fenced,
 }

@@ -511,31 +511,39 @@ impl Api {
         if dry_run(q) {
             return Ok(current.object);
         }
-        let uid = current
-            .object
-            .pointer("/metadata/uid")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
         if r.plural == "namespaces" {
             return self.terminate_namespace(name, current).await;
         }
-        let has_finalizers = current
+        let mut finalizers: Vec<Value> = current
             .object
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
-            .is_some_and(|f| !f.is_empty());
-        if policy == "Foreground" {
-            self.collect_dependents(ns, &uid, false).await;
+            .cloned()
+            .unwrap_or_default();
+        // Foreground and Orphan leave the object in place, marked, for the
+        // garbage collector (on the Raft leader) to finish: it deletes the
+        // dependents first, or releases them, then drops the finalizer.
+        let gc_finalizer = match policy.as_str() {
+            "Foreground" => Some("foregroundDeletion"),
+            "Orphan" => Some("orphan"),
+            _ => None,
+        };
+        if let Some(f) = gc_finalizer {
+            if !finalizers.iter().any(|x| x == f) {
+                finalizers.push(json!(f));
+            }
         }
-        if has_finalizers {
+        if !finalizers.is_empty() {
             // Finalizers hold the object until their owners remove them.
             let mut next = current.object.clone();
+            next["metadata"]["finalizers"] = json!(finalizers);
             if next.pointer("/metadata/deletionTimestamp").is_none() {
                 next["metadata"]["deletionTimestamp"] = json!(objects::now());
             }
             return self.store_update(r, ns, name, &current, next, q).await;
         }
+        // Background: the object goes now, its dependents after it (the
+        // garbage collector finds them owned by an object that is gone).
         let (mut gone, rev) = self
             .registry
             .delete(
@@ -546,83 +554,10 @@ impl Api {
             .await
             .map_err(|e| ApiError::from_registry(e, r, name))?;
         crate::registry::set_resource_version(&mut gone.object, rev);
-        match policy.as_str() {
-            "Orphan" => self.collect_dependents(ns, &uid, true).await,
-            "Background" => {
-                let api = self.clone();
-                let ns = ns.map(str::to_string);
-                tokio::spawn(
-                    async move { api.collect_dependents(ns.as_deref(), &uid, false).await },
-                );
-            }
-            _ => {}
-        }
         Ok(gone.object)
     }
 
-    /// `delete`, boxed: deleting an owner deletes its dependents, which
-    /// recurses, and a recursive future needs a named (boxed) type.
-    fn delete_boxed<'a>(
-        &'a self,
-        r: &'static Resource,
-        ns: Option<&'a str>,
-        name: &'a str,
-        q: &'a Query,
-    ) -> futures::future::BoxFuture<'a, ApiResult<Value>> {
-        Box::pin(self.delete(r, ns, name, b"", q))
-    }
-
-    /// Delete (or, with `orphan`, release) every object in `ns` owned by `uid`.
-    async fn collect_dependents(&self, ns: Option<&str>, uid: &str, orphan: bool) {
-        if uid.is_empty() {
-            return;
-        }
-        let q = Query::new();
-        for r in RESOURCES.iter().filter(|r| r.namespaced) {
-            let Ok(list) = self.list(r, ns, &q).await else {
-                continue;
-            };
-            for item in list["items"].as_array().into_iter().flatten() {
-                let owned = item
-                    .pointer("/metadata/ownerReferences")
-                    .and_then(Value::as_array)
-                    .is_some_and(|refs| refs.iter().any(|o| o["uid"] == uid));
-                if !owned {
-                    continue;
-                }
-                let name = name_of(item).to_string();
-                let item_ns = item.pointer("/metadata/namespace").and_then(Value::as_str);
-                let result = if orphan {
-                    let mut next = item.clone();
-                    if let Some(refs) = next["metadata"]["ownerReferences"].as_array_mut() {
-                        refs.retain(|o| o["uid"] != uid);
-                    }
-                    let current = Stored {
-                        revision: item
-                            .pointer("/metadata/resourceVersion")
-                            .and_then(Value::as_str)
-                            .and_then(|s| s.parse().ok())
-                            .unwrap_or(0),
-                        object: item.clone(),
-                    };
-                    self.store_update(r, item_ns, &name, &current, next, &q)
-                        .await
-                } else {
-                    self.delete_boxed(r, item_ns, &name, &q).await
-                };
-                if let Err(e) = result {
-                    tracing::debug!(
-                        resource = r.plural,
-                        name,
-                        "garbage collection: {}",
-                        e.message
-                    );
-                }
-            }
-        }
-    }
-
-    /// Mark a namespace Terminating, then delete everything in it and it.
+    /// Mark a namespace Terminating.
     async fn terminate_namespace(&self, name: &str, current: Stored) -> ApiResult<Value> {
         let nsr = namespaces();
         let mut next = current.object.clone();
@@ -641,36 +576,41 @@ impl Api {
             .await
             .map_err(|e| ApiError::from_registry(e, nsr, name))?;
         crate::registry::set_resource_version(&mut next, rev);
-        let api = self.clone();
-        let name = name.to_string();
-        tokio::spawn(async move { api.empty_namespace(&name).await });
+        // The namespace controller (on the Raft leader) empties it, then deletes it.
         Ok(next)
     }
 
-    async fn empty_namespace(&self, ns: &str) {
+    /// Delete everything in namespace `ns`, then `ns` itself (the
+    /// namespace controller's work once `ns` is Terminating).
+    pub async fn empty_namespace(&self, ns: &str) -> ApiResult<()> {
         let q = Query::new();
         for r in RESOURCES.iter().filter(|r| r.namespaced) {
-            if let Ok(list) = self.list(r, Some(ns), &q).await {
-                let revision = list["metadata"]["resourceVersion"]
-                    .as_str()
+            let list = self.list(r, Some(ns), &q).await?;
+            for item in list["items"].as_array().into_iter().flatten() {
+                let at = item
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
                     .and_then(|v| v.parse::<i64>().ok());
-                for item in list["items"].as_array().into_iter().flatten() {
-                    let at = item
-                        .pointer("/metadata/resourceVersion")
-                        .and_then(Value::as_str)
-                        .and_then(|v| v.parse::<i64>().ok())
-                        .or(revision);
-                    let _ = self
-                        .registry
-                        .delete(&key(r, Some(ns), name_of(item)), at, &release_all(r, item))
-                        .await;
+                let name = name_of(item);
+                match self
+                    .registry
+                    .delete(&key(r, Some(ns), name), at, &release_all(r, item))
+                    .await
+                {
+                    Ok(_) | Err(RegistryError::NotFound) => {}
+                    Err(e) => return Err(ApiError::from_registry(e, r, name)),
                 }
             }
         }
-        let _ = self
+        let nsr = namespaces();
+        match self
             .registry
-            .delete(&key(namespaces(), None, ns), None, &Claims::default())
-            .await;
+            .delete(&key(nsr, None, ns), None, &Claims::default())
+            .await
+        {
+            Ok(_) | Err(RegistryError::NotFound) => Ok(()),
+            Err(e) => Err(ApiError::from_registry(e, nsr, ns)),
+        }
     }
 
     pub async fn delete_collection(
@@ -699,7 +639,7 @@ impl Api {
 
     /// Make sure `default` and `kube-system` exist (every master, at start).
     pub async fn ensure_namespaces(&self) {
-        for ns in ["default", "kube-system", "kube-public"] {
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let body = json!({"metadata": {"name": ns}});
             match self.create(namespaces(), None, body, &Query::new()).await {
                 Ok(_) => tracing::info!(namespace = ns, "created"),

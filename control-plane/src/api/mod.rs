@@ -46,14 +46,17 @@ use tokio_rustls::TlsAcceptor;
 use crate::pki::{self, Identity};
 use crate::registry::Registry;
 use handlers::{json_response, Query};
-use patch::PatchType;
 use path::{ObjectPath, Target};
-use status::{ApiError, ApiResult};
+use status::ApiResult;
 
 /// Request bodies above this are refused with 413.
 pub const MAX_BODY: usize = 3 << 20;
 
+pub use handlers::Query as ApiQuery;
+pub use patch::PatchType;
+pub use resources::{find as find_resource, find_kind, Resource};
 pub use services::Ranges as ServiceRanges;
+pub use status::ApiError;
 
 #[derive(Clone)]
 pub struct Api {
@@ -80,6 +83,27 @@ impl Api {
             tokens: Arc::new(tokens),
         }
     }
+}
+
+impl Api {
+    /// This API with every write fenced to one Raft leadership: what the
+    /// leader-only loops write through.
+    pub fn fenced(&self, fence: crate::registry::Fence) -> Api {
+        Api {
+            registry: self.registry.fenced(fence),
+            ranges: self.ranges.clone(),
+            tokens: self.tokens.clone(),
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+/// The store prefix under which every object of `r` lives.
+pub fn prefix_of(r: &Resource) -> String {
+    handlers::prefix(r, None)
 }
 
 /// Read a Kubernetes static token file, if there is one.

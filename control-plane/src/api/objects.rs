@@ -349,6 +349,26 @@ fn defaults(r: &Resource, object: &mut Value) {
                 if r.kind != "DaemonSet" && r.kind != "Job" {
                     set_default(spec, "replicas", json!(1));
                 }
+                match r.kind {
+                    "DaemonSet" => {
+                        set_default(spec, "revisionHistoryLimit", json!(10));
+                        set_default(
+                            spec,
+                            "updateStrategy",
+                            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+                        );
+                    }
+                    "StatefulSet" => {
+                        set_default(spec, "revisionHistoryLimit", json!(10));
+                        set_default(spec, "podManagementPolicy", json!("OrderedReady"));
+                        set_default(
+                            spec,
+                            "updateStrategy",
+                            json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
+                        );
+                    }
+                    _ => {}
+                }
                 if let Some(pod) = spec.pointer_mut("/template/spec") {
                     pod_spec_defaults(pod);
                 }

@@ -178,6 +178,7 @@ impl ApiError {
             RegistryError::Gone(rev) => Self::gone(format!(
                 "The resourceVersion {rev} is too old: it has been compacted"
             )),
+            RegistryError::Fenced => Self::unavailable("leadership changed; try again"),
             RegistryError::Corrupt { .. } => {
                 tracing::error!("{e}");
                 Self::internal(e.to_string())

@@ -34,6 +34,8 @@ pub fn apply(e: ApplyError) -> Status {
             Status::invalid_argument("etcdserver: duplicate key given in txn request")
         }
         ApplyError::KeyNotFound => Status::invalid_argument("etcdserver: key not found"),
+        // The etcd API never proposes fenced commands.
+        ApplyError::Fenced => Status::unavailable("etcdserver: leader changed"),
     }
 }
 

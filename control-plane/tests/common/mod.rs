@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod fake_nodes;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -90,7 +92,34 @@ impl Cluster {
             c.spawn(i);
         }
         c.wait_leader(Duration::from_secs(20)).await;
+        c.wait_bootstrapped().await;
         c
+    }
+
+    /// Wait until the masters have written the built-in namespaces, the
+    /// only writes an idle cluster makes: a test that counts revisions
+    /// starts after them.
+    pub async fn wait_bootstrapped(&self) {
+        let prefix = b"/registry/core/namespaces/".to_vec();
+        let mut end = prefix.clone();
+        *end.last_mut().expect("prefix") += 1;
+        eventually("the built-in namespaces", Duration::from_secs(30), || {
+            let (prefix, end) = (prefix.clone(), end.clone());
+            async move {
+                let mut kv = self.kv(0).await;
+                let r = kv
+                    .range(RangeRequest {
+                        key: prefix,
+                        range_end: end,
+                        count_only: true,
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?;
+                (r.into_inner().count >= 4).then_some(())
+            }
+        })
+        .await;
     }
 
     /// Start one more master that joins the running cluster (after `member add`).
@@ -349,4 +378,20 @@ pub fn kubectl_stdin(
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Poll `f` every 200 ms until it gives a value; fail after `within`.
+pub async fn eventually<F, Fut, T>(what: &str, within: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -53,10 +53,19 @@ impl Peers {
     ) -> Result<Reply, StoreError> {
         let fail = |detail: String| StoreError::Forward { leader, detail };
         let mut client = self.client(url).map_err(|e| fail(e.to_string()))?;
+        let mut request = tonic::Request::new(Payload {
+            data: codec::encode(req),
+        });
+        // A leader that is stopped (not dead) keeps its connections open and
+        // never answers: give up, so the caller can find the next leader.
+        request.set_timeout(match req {
+            Forwarded::ReadIndex | Forwarded::LeaseKeepAlive(_) | Forwarded::LeaseTimeToLive(_) => {
+                Duration::from_secs(1)
+            }
+            _ => Duration::from_secs(5),
+        });
         let resp = client
-            .forward(Payload {
-                data: codec::encode(req),
-            })
+            .forward(request)
             .await
             .map_err(|s| fail(s.message().to_string()))?;
         let reply: Result<Reply, ForwardError> =

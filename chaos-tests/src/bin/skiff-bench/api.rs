@@ -27,6 +27,8 @@ use proto::etcd::{Compare, PutRequest, RequestOp, TxnRequest};
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
+use super::masters::{self, Proc};
+
 pub struct Options {
     pub kubeconfig: std::path::PathBuf,
     pub servers: Vec<String>,
@@ -38,7 +40,7 @@ pub struct Options {
 }
 
 /// An HTTPS client with the kubeconfig's CA and client certificate.
-fn https_client(kubeconfig: &std::path::Path) -> anyhow::Result<reqwest::Client> {
+pub(crate) fn https_client(kubeconfig: &std::path::Path) -> anyhow::Result<reqwest::Client> {
     let text = std::fs::read_to_string(kubeconfig)
         .with_context(|| format!("reading {}", kubeconfig.display()))?;
     let doc: serde_yaml::Value = serde_yaml::from_str(&text)?;
@@ -169,14 +171,17 @@ fn configmap(name: &str, i: u64) -> Value {
     })
 }
 
-async fn ensure_namespace(http: &reqwest::Client, server: &str) -> anyhow::Result<()> {
+/// The namespace the benchmarks write in.
+pub(crate) const NAMESPACE: &str = "bench";
+
+pub(crate) async fn ensure_namespace(http: &reqwest::Client, server: &str) -> anyhow::Result<()> {
     let r = http
         .post(format!("{server}/api/v1/namespaces"))
-        .json(&json!({"metadata": {"name": "bench"}}))
+        .json(&json!({"metadata": {"name": NAMESPACE}}))
         .send()
         .await?;
     if !(r.status().is_success() || r.status().as_u16() == 409) {
-        bail!("creating namespace bench: {}", r.text().await?);
+        bail!("creating namespace {NAMESPACE}: {}", r.text().await?);
     }
     Ok(())
 }
@@ -292,53 +297,29 @@ async fn store_writes(opts: &Options) -> anyhow::Result<Figures> {
     .await)
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+/// The control-plane processes serving `servers` (by their --listen-api
+/// address).
+fn master_procs(servers: &[String]) -> Vec<Proc> {
+    masters::all()
+        .into_iter()
+        .filter(|p| {
+            p.arg("--listen-api")
+                .is_some_and(|a| servers.iter().any(|s| s.ends_with(a)))
+        })
+        .collect()
 }
 
-/// Pids of the control-plane processes serving `servers` (by their
-/// --listen-api address).
-fn master_pids(servers: &[String]) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmd
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let serves = args
-            .windows(2)
-            .any(|w| w[0] == "--listen-api" && servers.iter().any(|s| s.ends_with(&w[1])));
-        if serves && args.first().is_some_and(|a| a.ends_with("control-plane")) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-fn total_rss_mib(pids: &[u32]) -> String {
-    let each: Vec<String> = pids
+fn total_rss_mib(procs: &[Proc]) -> String {
+    let each: Vec<String> = procs
         .iter()
-        .map(|p| format!("{:.0}", rss_kib(*p).unwrap_or(0) as f64 / 1024.0))
+        .map(|p| format!("{:.0}", p.rss_kib().unwrap_or(0) as f64 / 1024.0))
         .collect();
     format!("[{}] MiB", each.join(", "))
 }
 
 async fn watchers(opts: &Options, kubeconfig: &std::path::Path) -> anyhow::Result<()> {
-    let pids = master_pids(&opts.servers);
-    println!("masters RSS before watchers: {}", total_rss_mib(&pids));
+    let procs = master_procs(&opts.servers);
+    println!("masters RSS before watchers: {}", total_rss_mib(&procs));
     // A pod whose name is known before any watch starts sets the start point.
     let http = https_client(kubeconfig)?;
     let list: Value = http
@@ -404,7 +385,7 @@ async fn watchers(opts: &Options, kubeconfig: &std::path::Path) -> anyhow::Resul
     tokio::time::sleep(Duration::from_secs(1)).await;
     println!(
         "watchers open: {open}; masters RSS with them: {}",
-        total_rss_mib(&pids)
+        total_rss_mib(&procs)
     );
     let mut lags = Vec::new();
     let run = std::process::id();

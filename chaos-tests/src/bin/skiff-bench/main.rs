@@ -6,9 +6,14 @@
 //! (etcd's default) round-robin over the endpoints, and prints one line:
 //! `reads/s=<n> p99_ms=<n> max_ms=<n>`.
 //!
-//! `skiff-bench api` loads the Kubernetes API (see `api.rs`).
+//! `skiff-bench api` loads the Kubernetes API (see `api.rs`);
+//! `skiff-bench failover` kills and stops the leader under load (see
+//! `failover.rs`).
 
 mod api;
+mod failover;
+mod masters;
+mod scheduler;
 
 use std::time::{Duration, Instant};
 
@@ -62,6 +67,38 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         watchers: usize,
     },
+    /// The scheduling algorithm in process on fake nodes: pods bound per
+    /// second and p99 latency for 10,000 and 50,000 pods.
+    Scheduler {
+        #[arg(long, default_value_t = 5000)]
+        nodes: usize,
+        /// Also end to end through the API of the cluster in KUBECONFIG:
+        /// this many fake nodes and a Deployment of --replicas.
+        #[arg(long)]
+        e2e_nodes: Option<usize>,
+        #[arg(long, default_value_t = 10_000)]
+        replicas: usize,
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: Option<std::path::PathBuf>,
+        #[arg(long, env = "SKIFF_API_SERVERS")]
+        servers: Option<String>,
+    },
+    /// kill -9 the Raft leader under steady API writes: time to the first
+    /// accepted write and until the new leader's controllers act; then
+    /// SIGSTOP it for 5 s. Defaults come from `.skiff/dev/cluster.env`.
+    Failover {
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: std::path::PathBuf,
+        #[arg(long, env = "SKIFF_API_SERVERS")]
+        servers: String,
+        #[arg(long, env = "SKIFF_ETCD_ENDPOINTS")]
+        endpoints: String,
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Steady writes per second during the rounds.
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+    },
 }
 
 fn parse_duration(s: &str) -> anyhow::Result<Duration> {
@@ -77,7 +114,39 @@ fn parse_duration(s: &str) -> anyhow::Result<Duration> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let split = |s: &str| s.split(',').map(str::to_string).collect::<Vec<_>>();
     match Cli::parse().command {
+        Cmd::Scheduler {
+            nodes,
+            e2e_nodes,
+            replicas,
+            kubeconfig,
+            servers,
+        } => {
+            scheduler::run(nodes);
+            if let Some(n) = e2e_nodes {
+                let kubeconfig = kubeconfig.context("--e2e-nodes needs KUBECONFIG")?;
+                let servers = servers.context("--e2e-nodes needs SKIFF_API_SERVERS")?;
+                let server = split(&servers).remove(0);
+                scheduler::run_e2e(&kubeconfig, &server, n, replicas).await?;
+            }
+        }
+        Cmd::Failover {
+            kubeconfig,
+            servers,
+            endpoints,
+            rounds,
+            rate,
+        } => {
+            failover::run(failover::Options {
+                kubeconfig,
+                servers: split(&servers),
+                endpoints: split(&endpoints),
+                rounds,
+                rate,
+            })
+            .await?;
+        }
         Cmd::Api {
             kubeconfig,
             servers,
@@ -87,7 +156,6 @@ async fn main() -> anyhow::Result<()> {
             duration,
             watchers,
         } => {
-            let split = |s: &str| s.split(',').map(str::to_string).collect::<Vec<_>>();
             api::run(api::Options {
                 kubeconfig,
                 servers: split(&servers),

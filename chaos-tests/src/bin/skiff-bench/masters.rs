@@ -1,0 +1,68 @@
+//! The master (control-plane) processes on this machine, as /proc shows
+//! them: the benchmarks find the ones serving a cluster by their listen
+//! flags, to read their memory or to kill and restart them.
+
+use std::path::PathBuf;
+
+/// One master process.
+pub struct Proc {
+    pub pid: u32,
+    pub args: Vec<String>,
+}
+
+impl Proc {
+    /// The value given to `flag` on the command line.
+    pub fn arg(&self, flag: &str) -> Option<&str> {
+        self.args
+            .windows(2)
+            .find(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+    }
+
+    /// Its working directory.
+    pub fn cwd(&self) -> Option<PathBuf> {
+        std::fs::read_link(format!("/proc/{}/cwd", self.pid)).ok()
+    }
+
+    /// The file its stderr goes to, if it is a file.
+    pub fn stderr(&self) -> Option<PathBuf> {
+        std::fs::read_link(format!("/proc/{}/fd/2", self.pid))
+            .ok()
+            .filter(|p| p.is_absolute() && p.exists())
+    }
+
+    /// Resident memory, in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+}
+
+/// Every running control-plane process.
+pub fn all() -> Vec<Proc> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args: Vec<String> = cmd
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            args.first()
+                .is_some_and(|a| a.ends_with("control-plane"))
+                .then_some(Proc { pid, args })
+        })
+        .collect()
+}
+
+/// The master whose `flag` is `value` (`--listen-client 127.0.0.11:2379`).
+pub fn find(flag: &str, value: &str) -> Option<Proc> {
+    all().into_iter().find(|p| p.arg(flag) == Some(value))
+}

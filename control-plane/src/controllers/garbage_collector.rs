@@ -1,0 +1,365 @@
+//! Garbage collector: objects whose owners are all gone are deleted
+//! (background cascade); an owner deleted in the foreground waits, under its
+//! `foregroundDeletion` finalizer, until its blocking dependents are gone;
+//! an owner deleted with `orphan` first releases its dependents.
+//!
+//! It indexes every cached kind by uid and by owner uid. The cache decides
+//! what to look at; before deleting anything, a linearizable read confirms
+//! that the owner really is gone (the owner's cache may lag the dependent's).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::{json, Value};
+
+use super::client::Client;
+use super::runtime::{key_of, Action, Change, Informer, Object, WorkQueue};
+use super::{Ctx, Result};
+
+const FOREGROUND: &str = "foregroundDeletion";
+const ORPHAN: &str = "orphan";
+
+/// What the collector needs of one kind, whatever its type.
+trait Tracked: Send + Sync {
+    fn kind(&self) -> &'static str;
+    fn meta(&self, key: &str) -> Option<ObjectMeta>;
+    fn delete<'a>(
+        &'a self,
+        c: &'a Client,
+        m: &'a ObjectMeta,
+        policy: &'a str,
+    ) -> BoxFuture<'a, Result<()>>;
+    fn patch<'a>(
+        &'a self,
+        c: &'a Client,
+        m: &'a ObjectMeta,
+        patch: Value,
+    ) -> BoxFuture<'a, Result<()>>;
+}
+
+struct Kind<K>(Informer<K>);
+
+impl<K: Object> Tracked for Kind<K> {
+    fn kind(&self) -> &'static str {
+        K::KIND
+    }
+
+    fn meta(&self, key: &str) -> Option<ObjectMeta> {
+        self.0.get(key).map(|o| o.metadata().clone())
+    }
+
+    fn delete<'a>(
+        &'a self,
+        c: &'a Client,
+        m: &'a ObjectMeta,
+        policy: &'a str,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            c.delete::<K>(
+                m.namespace.as_deref(),
+                m.name.as_deref().unwrap_or(""),
+                m.uid.as_deref(),
+                Some(policy),
+            )
+            .await
+            .map(drop)
+        })
+    }
+
+    fn patch<'a>(
+        &'a self,
+        c: &'a Client,
+        m: &'a ObjectMeta,
+        patch: Value,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            c.patch::<K>(
+                m.namespace.as_deref(),
+                m.name.as_deref().unwrap_or(""),
+                None,
+                &patch,
+            )
+            .await
+            .map(|_| ())
+        })
+    }
+}
+
+/// A cached object: its kind's index in `kinds` and its key.
+type Ref = (usize, String);
+
+#[derive(Default)]
+struct Index {
+    by_uid: HashMap<String, Ref>,
+    dependents: HashMap<String, HashSet<Ref>>,
+}
+
+pub struct Collector {
+    kinds: Vec<Box<dyn Tracked>>,
+    index: Mutex<Index>,
+}
+
+impl Collector {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn dependents_of(&self, uid: &str) -> Vec<Ref> {
+        self.lock()
+            .dependents
+            .get(uid)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+fn queue_key((kind, key): &Ref) -> String {
+    format!("{kind}|{key}")
+}
+
+fn parse_key(s: &str) -> Option<Ref> {
+    let (k, key) = s.split_once('|')?;
+    Some((k.parse().ok()?, key.to_string()))
+}
+
+/// Track `informer`'s kind: keep the index and queue what may need work.
+fn track<K: Object>(
+    kinds: &mut Vec<Box<dyn Tracked>>,
+    informer: &Informer<K>,
+    collector: &Arc<std::sync::OnceLock<Arc<Collector>>>,
+    queue: &Arc<WorkQueue>,
+) {
+    let idx = kinds.len();
+    kinds.push(Box::new(Kind(informer.clone())));
+    let cell = collector.clone();
+    let q = queue.clone();
+    informer.on_change(move |c: &Change<'_, K>| {
+        let Some(gc) = cell.get() else { return };
+        let meta = c.object().metadata();
+        let key = key_of(meta);
+        let uid = meta.uid.clone().unwrap_or_default();
+        let owners: Vec<String> = meta
+            .owner_references
+            .iter()
+            .flatten()
+            .map(|o| o.uid.clone())
+            .collect();
+        let me = (idx, key);
+        let mut index = gc.lock();
+        for set in index.dependents.values_mut() {
+            set.remove(&me);
+        }
+        match c {
+            Change::Deleted(_) => {
+                index.by_uid.remove(&uid);
+                // Its dependents may now be orphans.
+                let deps: Vec<Ref> = index
+                    .dependents
+                    .get(&uid)
+                    .map(|s| s.iter().cloned().collect())
+                    .unwrap_or_default();
+                // Its owners, if waiting in the foreground, look again.
+                let owners: Vec<Ref> = owners
+                    .iter()
+                    .filter_map(|o| index.by_uid.get(o).cloned())
+                    .collect();
+                drop(index);
+                for d in deps.iter().chain(&owners) {
+                    q.add(queue_key(d));
+                }
+            }
+            Change::Applied { .. } => {
+                index.by_uid.insert(uid, me.clone());
+                for o in &owners {
+                    index
+                        .dependents
+                        .entry(o.clone())
+                        .or_default()
+                        .insert(me.clone());
+                }
+                drop(index);
+                let marked = meta.deletion_timestamp.is_some()
+                    && meta
+                        .finalizers
+                        .iter()
+                        .flatten()
+                        .any(|f| f == FOREGROUND || f == ORPHAN);
+                if marked || !owners.is_empty() {
+                    q.add(queue_key(&me));
+                }
+                // A dependent changed: an owner waiting in the foreground looks again.
+                for o in owners {
+                    if let Some(owner) = gc.lock().by_uid.get(&o).cloned() {
+                        q.add(queue_key(&owner));
+                    }
+                }
+            }
+        }
+    });
+}
+
+pub fn register(ctx: &Arc<Ctx>) -> Arc<WorkQueue> {
+    let queue = WorkQueue::new("garbage-collector");
+    let cell = Arc::new(std::sync::OnceLock::new());
+    let mut kinds: Vec<Box<dyn Tracked>> = Vec::new();
+    track(&mut kinds, &ctx.pods, &cell, &queue);
+    track(&mut kinds, &ctx.replicasets, &cell, &queue);
+    track(&mut kinds, &ctx.deployments, &cell, &queue);
+    track(&mut kinds, &ctx.jobs, &cell, &queue);
+    track(&mut kinds, &ctx.cronjobs, &cell, &queue);
+    track(&mut kinds, &ctx.daemonsets, &cell, &queue);
+    track(&mut kinds, &ctx.statefulsets, &cell, &queue);
+    track(&mut kinds, &ctx.services, &cell, &queue);
+    track(&mut kinds, &ctx.endpoint_slices, &cell, &queue);
+    let _ = cell.set(Arc::new(Collector {
+        kinds,
+        index: Mutex::new(Index::default()),
+    }));
+    let _ = ctx.collector.set(cell.get().cloned().expect("just set"));
+    queue
+}
+
+pub async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action> {
+    let Some(gc) = ctx.collector.get() else {
+        return Ok(Action::Done);
+    };
+    let Some((kind, key)) = parse_key(&key) else {
+        return Ok(Action::Done);
+    };
+    let Some(tracked) = gc.kinds.get(kind) else {
+        return Ok(Action::Done);
+    };
+    let Some(meta) = tracked.meta(&key) else {
+        return Ok(Action::Done);
+    };
+    let finalizers: Vec<&str> = meta
+        .finalizers
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    if meta.deletion_timestamp.is_some() && finalizers.contains(&FOREGROUND) {
+        return foreground(&ctx, gc, tracked.as_ref(), &meta).await;
+    }
+    if meta.deletion_timestamp.is_some() && finalizers.contains(&ORPHAN) {
+        return orphan(&ctx, gc, tracked.as_ref(), &meta).await;
+    }
+    let owners = meta.owner_references.as_deref().unwrap_or(&[]);
+    if owners.is_empty() || meta.deletion_timestamp.is_some() {
+        return Ok(Action::Done);
+    }
+    for o in owners {
+        if owner_exists(&ctx, gc, &meta, o).await? {
+            return Ok(Action::Done);
+        }
+    }
+    tracing::debug!(kind = tracked.kind(), key, "owners gone: deleting");
+    tracked.delete(&ctx.client, &meta, "Background").await?;
+    Ok(Action::Done)
+}
+
+/// Whether the owner `o` of `meta` exists: from the cache if it is there,
+/// else from a linearizable read (the cache may lag, or not hold the kind).
+async fn owner_exists(
+    ctx: &Ctx,
+    gc: &Collector,
+    meta: &ObjectMeta,
+    o: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+) -> Result<bool> {
+    if gc.lock().by_uid.contains_key(&o.uid) {
+        return Ok(true);
+    }
+    let (group, version) = match o.api_version.split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", o.api_version.as_str()),
+    };
+    let Some(r) = crate::api::find_kind(group, version, &o.kind) else {
+        // A kind this server does not serve cannot be an owner here.
+        return Ok(false);
+    };
+    let ns = if r.namespaced {
+        meta.namespace.as_deref()
+    } else {
+        None
+    };
+    match ctx.client.api().get(r, ns, &o.name).await {
+        Ok(s) => Ok(s.object.pointer("/metadata/uid").and_then(Value::as_str) == Some(&o.uid)),
+        Err(e) if e.reason == "NotFound" => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn without_finalizer(meta: &ObjectMeta, f: &str) -> Value {
+    let rest: Vec<&String> = meta
+        .finalizers
+        .iter()
+        .flatten()
+        .filter(|x| *x != f)
+        .collect();
+    json!({"metadata": {"finalizers": rest, "resourceVersion": meta.resource_version}})
+}
+
+/// Foreground: delete the dependents; once none blocks, let the owner go.
+async fn foreground(
+    ctx: &Ctx,
+    gc: &Collector,
+    tracked: &dyn Tracked,
+    meta: &ObjectMeta,
+) -> Result<Action> {
+    let uid = meta.uid.clone().unwrap_or_default();
+    let mut blocking = 0;
+    for (kind, key) in gc.dependents_of(&uid) {
+        let Some(t) = gc.kinds.get(kind) else {
+            continue;
+        };
+        let Some(dep) = t.meta(&key) else { continue };
+        let blocks = dep
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.uid == uid && o.block_owner_deletion == Some(true));
+        if blocks {
+            blocking += 1;
+        }
+        if dep.deletion_timestamp.is_none() {
+            t.delete(&ctx.client, &dep, "Foreground").await?;
+        }
+    }
+    if blocking == 0 {
+        tracked
+            .patch(&ctx.client, meta, without_finalizer(meta, FOREGROUND))
+            .await?;
+    }
+    Ok(Action::Done)
+}
+
+/// Orphan: remove the owner from its dependents, then let it go.
+async fn orphan(
+    ctx: &Ctx,
+    gc: &Collector,
+    tracked: &dyn Tracked,
+    meta: &ObjectMeta,
+) -> Result<Action> {
+    let uid = meta.uid.clone().unwrap_or_default();
+    for (kind, key) in gc.dependents_of(&uid) {
+        let Some(t) = gc.kinds.get(kind) else {
+            continue;
+        };
+        let Some(dep) = t.meta(&key) else { continue };
+        let refs: Vec<_> = dep
+            .owner_references
+            .iter()
+            .flatten()
+            .filter(|o| o.uid != uid)
+            .collect();
+        let patch =
+            json!({"metadata": {"ownerReferences": refs, "resourceVersion": dep.resource_version}});
+        t.patch(&ctx.client, &dep, patch).await?;
+    }
+    tracked
+        .patch(&ctx.client, meta, without_finalizer(meta, ORPHAN))
+        .await?;
+    Ok(Action::Done)
+}

@@ -1,0 +1,347 @@
+//! An informer: a cache of one resource's objects on this master, filled by
+//! a list and kept current by a watch on the local store (no polling). Its
+//! handlers are told of every change after the cache has it; they only map
+//! the change to work-queue keys, so they run inline.
+//!
+//! A watch that ends (history compacted, a read error) is followed by a fresh
+//! list; the difference against the cache is reported as changes, so a
+//! handler never misses one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::{Metadata, Resource as K8sResource};
+use raft_store::mvcc::{EventKind, KeyRange};
+use raft_store::watch::WatchItem;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::registry::Registry;
+
+/// What a Kubernetes object type needs to be cached.
+pub trait Object:
+    K8sResource + Metadata<Ty = ObjectMeta> + DeserializeOwned + Clone + Send + Sync + 'static
+{
+}
+
+impl<T> Object for T where
+    T: K8sResource + Metadata<Ty = ObjectMeta> + DeserializeOwned + Clone + Send + Sync + 'static
+{
+}
+
+/// One change, as handlers see it.
+pub enum Change<'a, K> {
+    /// Created (no `old`) or modified.
+    Applied {
+        old: Option<&'a K>,
+        new: &'a K,
+    },
+    Deleted(&'a K),
+}
+
+impl<K> Change<'_, K> {
+    /// The object as it is now, or as it was before it was deleted.
+    pub fn object(&self) -> &K {
+        match self {
+            Change::Applied { new, .. } => new,
+            Change::Deleted(o) => o,
+        }
+    }
+}
+
+type Handler<K> = Box<dyn Fn(&Change<'_, K>) + Send + Sync>;
+
+struct Inner<K> {
+    prefix: String,
+    cache: RwLock<HashMap<String, Arc<K>>>,
+    handlers: RwLock<Vec<Handler<K>>>,
+    synced: watch::Sender<bool>,
+    /// The store revision the cache reflects.
+    revision: watch::Sender<i64>,
+}
+
+pub struct Informer<K> {
+    inner: Arc<Inner<K>>,
+}
+
+impl<K> Clone for Informer<K> {
+    fn clone(&self) -> Self {
+        Informer {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+/// The cache key of an object: `namespace/name`, or `name` when cluster-scoped.
+pub fn key_of(meta: &ObjectMeta) -> String {
+    let name = meta.name.as_deref().unwrap_or("");
+    match meta.namespace.as_deref() {
+        Some(ns) if !ns.is_empty() => format!("{ns}/{name}"),
+        _ => name.to_string(),
+    }
+}
+
+/// `namespace/name` split back into its parts.
+pub fn split_key(key: &str) -> (Option<&str>, &str) {
+    match key.split_once('/') {
+        Some((ns, name)) => (Some(ns), name),
+        None => (None, key),
+    }
+}
+
+impl<K: Object> Informer<K> {
+    /// An informer over the store prefix that holds `K`.
+    pub fn new() -> Self {
+        let r = crate::api::find_resource(K::GROUP, K::VERSION, K::URL_PATH_SEGMENT)
+            .unwrap_or_else(|| panic!("{} is not a served resource", K::KIND));
+        Self::with_prefix(crate::api::prefix_of(r))
+    }
+
+    fn with_prefix(prefix: String) -> Self {
+        Informer {
+            inner: Arc::new(Inner {
+                prefix,
+                cache: RwLock::new(HashMap::new()),
+                handlers: RwLock::new(Vec::new()),
+                synced: watch::channel(false).0,
+                revision: watch::channel(0).0,
+            }),
+        }
+    }
+
+    /// Call `f` on every change, from the first list on.
+    pub fn on_change(&self, f: impl Fn(&Change<'_, K>) + Send + Sync + 'static) {
+        self.write_handlers().push(Box::new(f));
+    }
+
+    pub fn get(&self, key: &str) -> Option<Arc<K>> {
+        self.read_cache().get(key).cloned()
+    }
+
+    pub fn get_in(&self, namespace: Option<&str>, name: &str) -> Option<Arc<K>> {
+        match namespace {
+            Some(ns) => self.get(&format!("{ns}/{name}")),
+            None => self.get(name),
+        }
+    }
+
+    pub fn list(&self) -> Vec<Arc<K>> {
+        self.read_cache().values().cloned().collect()
+    }
+
+    /// The objects in one namespace.
+    pub fn list_in(&self, namespace: &str) -> Vec<Arc<K>> {
+        self.read_cache()
+            .values()
+            .filter(|o| o.metadata().namespace.as_deref() == Some(namespace))
+            .cloned()
+            .collect()
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        self.read_cache().keys().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.read_cache().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Resolves once the first list is in the cache.
+    pub async fn synced(&self) {
+        let mut rx = self.inner.synced.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Wait until the cache reflects store revision `revision` (a write
+    /// this master just made), so a reconcile reads its own writes.
+    pub async fn caught_up(&self, revision: i64) -> Result<(), crate::controllers::Error> {
+        let mut rx = self.inner.revision.subscribe();
+        let reached = matches!(
+            tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|r| *r >= revision)).await,
+            Ok(Ok(_))
+        );
+        if reached {
+            Ok(())
+        } else {
+            Err(crate::controllers::Error::Invalid(format!(
+                "{} cache did not reach revision {revision}",
+                K::KIND
+            )))
+        }
+    }
+
+    fn read_cache(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<K>>> {
+        self.inner.cache.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<K>>> {
+        self.inner.cache.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_handlers(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Handler<K>>> {
+        self.inner
+            .handlers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn notify(&self, change: Change<'_, K>) {
+        let handlers = self
+            .inner
+            .handlers
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        for h in handlers.iter() {
+            h(&change);
+        }
+    }
+
+    /// Put an object in the cache and tell the handlers.
+    fn apply(&self, object: K) {
+        let key = key_of(object.metadata());
+        let new = Arc::new(object);
+        let old = self.write_cache().insert(key, new.clone());
+        self.notify(Change::Applied {
+            old: old.as_deref(),
+            new: &new,
+        });
+    }
+
+    fn remove(&self, key: &str) {
+        let old = self.write_cache().remove(key);
+        if let Some(old) = old {
+            self.notify(Change::Deleted(&old));
+        }
+    }
+
+    /// List, then follow the watch, until `cancel`; relist when a watch ends.
+    pub async fn run(self, registry: Registry, cancel: CancellationToken) {
+        loop {
+            let after = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = self.relist(&registry) => r,
+            };
+            let Some(after) = after else {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                }
+            };
+            self.inner.synced.send_replace(true);
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                why = self.follow(&registry, after) => {
+                    tracing::debug!(prefix = %self.inner.prefix, "watch ended ({why}); listing again");
+                }
+            }
+        }
+    }
+
+    /// Replace the cache with a fresh list; Some(the list's revision).
+    async fn relist(&self, registry: &Registry) -> Option<i64> {
+        let page = match registry.list(&self.inner.prefix, None, 0, 0).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(prefix = %self.inner.prefix, "list failed: {e}");
+                return None;
+            }
+        };
+        let mut seen = std::collections::HashSet::new();
+        for item in page.items {
+            match serde_json::from_value::<K>(item.object) {
+                Ok(o) => {
+                    let key = key_of(o.metadata());
+                    let same = self.get(&key).is_some_and(|c| {
+                        c.metadata().resource_version == o.metadata().resource_version
+                    });
+                    seen.insert(key);
+                    if !same {
+                        self.apply(o);
+                    }
+                }
+                Err(e) => tracing::warn!(kind = K::KIND, "undecodable object skipped: {e}"),
+            }
+        }
+        for key in self.keys() {
+            if !seen.contains(&key) {
+                self.remove(&key);
+            }
+        }
+        self.inner.revision.send_replace(page.revision);
+        Some(page.revision)
+    }
+
+    /// Apply watch events after revision `after` until the watch ends.
+    async fn follow(&self, registry: &Registry, after: i64) -> String {
+        let mut watcher = registry.watch(KeyRange::prefix(self.inner.prefix.as_bytes()), after);
+        loop {
+            match watcher.items.recv().await {
+                Some(WatchItem::Events {
+                    events, revision, ..
+                }) => {
+                    for e in events {
+                        match e.kind {
+                            EventKind::Put => match Registry::decode(&e.kv)
+                                .map_err(|e| e.to_string())
+                                .and_then(|s| {
+                                    serde_json::from_value::<K>(s.object).map_err(|e| e.to_string())
+                                }) {
+                                Ok(o) => self.apply(o),
+                                Err(err) => {
+                                    tracing::warn!(
+                                        kind = K::KIND,
+                                        "undecodable object skipped: {err}"
+                                    )
+                                }
+                            },
+                            EventKind::Delete => {
+                                let key = String::from_utf8_lossy(&e.kv.key);
+                                let key = key
+                                    .strip_prefix(self.inner.prefix.as_str())
+                                    .unwrap_or(&key)
+                                    .to_string();
+                                self.remove(&key);
+                            }
+                        }
+                    }
+                    self.inner.revision.send_replace(revision);
+                }
+                Some(WatchItem::Compacted { compact_revision }) => {
+                    return format!("compacted at {compact_revision}")
+                }
+                Some(WatchItem::Failed(e)) => return e,
+                None => return "closed".into(),
+            }
+        }
+    }
+}
+
+impl<K: Object> Default for Informer<K> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        let meta = ObjectMeta {
+            name: Some("web".into()),
+            namespace: Some("demo".into()),
+            ..Default::default()
+        };
+        assert_eq!(key_of(&meta), "demo/web");
+        assert_eq!(split_key("demo/web"), (Some("demo"), "web"));
+        assert_eq!(split_key("node-1"), (None, "node-1"));
+    }
+}

@@ -1,0 +1,26 @@
+//! `control-plane`: the Skiff master, as a library (the binary in
+//! `main.rs` only parses the command line and runs [`cli::Cli`]).
+//!
+//! Every master runs the same binary: it embeds the replicated store
+//! (`raft-store`), serves the etcd v3 API to clients ([`etcd`]), the
+//! Kubernetes API over HTTPS ([`api`], objects kept by [`registry`],
+//! certificates from [`pki`]) and Prometheus metrics over HTTP
+//! ([`metrics_http`]). While it is the Raft leader ([`leader`]) it runs the
+//! [`scheduler`] and the [`controllers`]. A later issue adds the agent
+//! gateway.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+// tonic::Status and openraft::StorageError are the error types the gRPC and
+// openraft traits require; boxing them at every call site buys nothing.
+#![allow(clippy::result_large_err)]
+
+pub mod api;
+pub mod cli;
+pub mod controllers;
+pub mod etcd;
+pub mod leader;
+pub mod metrics_http;
+pub mod pki;
+pub mod registry;
+pub mod scheduler;

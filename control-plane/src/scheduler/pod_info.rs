@@ -1,0 +1,285 @@
+//! What the scheduler needs of a pod and of a node, read once from the API
+//! objects into plain numbers and lists, so that filters run without
+//! parsing anything.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Node, NodeSelectorTerm, Pod, PodAffinityTerm, PreferredSchedulingTerm, Taint, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+/// CPU in millicores, memory in bytes, and a pod count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub milli_cpu: i64,
+    pub memory: i64,
+    pub pods: i64,
+}
+
+impl Resources {
+    pub fn add(&mut self, o: &Resources) {
+        self.milli_cpu += o.milli_cpu;
+        self.memory += o.memory;
+        self.pods += o.pods;
+    }
+
+    pub fn sub(&mut self, o: &Resources) {
+        self.milli_cpu -= o.milli_cpu;
+        self.memory -= o.memory;
+        self.pods -= o.pods;
+    }
+}
+
+/// A Kubernetes quantity ("100m", "1.5", "128Mi", "1G", "2e3") as a number.
+pub fn parse_quantity(q: &str) -> Option<f64> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let base: f64 = num.parse().ok()?;
+    let mult = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        s if s.starts_with('e') || s.starts_with('E') => 10f64.powi(s[1..].parse().ok()?),
+        _ => return None,
+    };
+    Some(base * mult)
+}
+
+fn resources_of(map: Option<&BTreeMap<String, Quantity>>) -> Resources {
+    let get = |k: &str| {
+        map.and_then(|m| m.get(k))
+            .and_then(|q| parse_quantity(&q.0))
+            .unwrap_or(0.0)
+    };
+    Resources {
+        milli_cpu: (get("cpu") * 1000.0).ceil() as i64,
+        memory: get("memory").ceil() as i64,
+        pods: get("pods") as i64,
+    }
+}
+
+/// A required anti-affinity term, as the filter uses it.
+#[derive(Debug, Clone)]
+pub struct AntiAffinity {
+    pub term: PodAffinityTerm,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// The uid of the pod's controller (ReplicaSet, ...), for spreading.
+    pub owner: Option<String>,
+    pub requests: Resources,
+    pub node_selector: BTreeMap<String, String>,
+    pub required_terms: Vec<NodeSelectorTerm>,
+    pub preferred_terms: Vec<PreferredSchedulingTerm>,
+    pub tolerations: Vec<Toleration>,
+    /// (protocol, port, host ip)
+    pub host_ports: Vec<(String, i32, String)>,
+    pub anti_affinity: Vec<AntiAffinity>,
+}
+
+impl PodInfo {
+    pub fn new(pod: &Pod) -> Self {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mut requests = Resources::default();
+        let mut host_ports = Vec::new();
+        for c in &spec.containers {
+            let r = c.resources.as_ref();
+            // Without requests, limits stand in (as the API server defaults them).
+            let req = r
+                .and_then(|r| r.requests.as_ref())
+                .or_else(|| r.and_then(|r| r.limits.as_ref()));
+            requests.add(&resources_of(req));
+            for p in c.ports.iter().flatten() {
+                if let Some(hp) = p.host_port.filter(|hp| *hp > 0) {
+                    host_ports.push((
+                        p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                        hp,
+                        p.host_ip.clone().unwrap_or_else(|| "0.0.0.0".into()),
+                    ));
+                }
+            }
+        }
+        // An init container runs alone: the pod needs the larger of the two.
+        for c in spec.init_containers.iter().flatten() {
+            let r = c.resources.as_ref();
+            let req = resources_of(
+                r.and_then(|r| r.requests.as_ref())
+                    .or_else(|| r.and_then(|r| r.limits.as_ref())),
+            );
+            requests.milli_cpu = requests.milli_cpu.max(req.milli_cpu);
+            requests.memory = requests.memory.max(req.memory);
+        }
+        requests.pods = 1;
+        let affinity = spec.affinity.as_ref();
+        let node_aff = affinity.and_then(|a| a.node_affinity.as_ref());
+        Self {
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            owner: crate::controllers::ownership::controller_of(&pod.metadata)
+                .map(|o| o.uid.clone()),
+            requests,
+            node_selector: spec.node_selector.clone().unwrap_or_default(),
+            required_terms: node_aff
+                .and_then(|n| {
+                    n.required_during_scheduling_ignored_during_execution
+                        .as_ref()
+                })
+                .map(|r| r.node_selector_terms.clone())
+                .unwrap_or_default(),
+            preferred_terms: node_aff
+                .and_then(|n| {
+                    n.preferred_during_scheduling_ignored_during_execution
+                        .clone()
+                })
+                .unwrap_or_default(),
+            tolerations: spec.tolerations.clone().unwrap_or_default(),
+            host_ports,
+            anti_affinity: affinity
+                .and_then(|a| a.pod_anti_affinity.as_ref())
+                .and_then(|p| {
+                    p.required_during_scheduling_ignored_during_execution
+                        .clone()
+                })
+                .unwrap_or_default()
+                .into_iter()
+                .map(|term| AntiAffinity { term })
+                .collect(),
+        }
+    }
+
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A node as the scheduler sees it: what it offers and what is bound to it.
+#[derive(Debug, Clone, Default)]
+pub struct NodeInfo {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub ready: bool,
+    pub unschedulable: bool,
+    pub taints: Vec<Taint>,
+    pub allocatable: Resources,
+    pub requested: Resources,
+    pub host_ports: Vec<(String, i32, String)>,
+    /// The pods bound here (by key), with their info.
+    pub pods: BTreeMap<String, PodInfo>,
+    /// How many of those pods each controller (by uid) has here.
+    pub owners: std::collections::HashMap<String, u32>,
+}
+
+impl NodeInfo {
+    pub fn new(node: &Node) -> Self {
+        let status = node.status.as_ref();
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .is_some_and(|c| c.status == "True");
+        let mut allocatable = resources_of(
+            status
+                .and_then(|s| s.allocatable.as_ref())
+                .or_else(|| status.and_then(|s| s.capacity.as_ref())),
+        );
+        if allocatable.pods == 0 {
+            allocatable.pods = 110;
+        }
+        let spec = node.spec.as_ref();
+        NodeInfo {
+            name: node.metadata.name.clone().unwrap_or_default(),
+            labels: node.metadata.labels.clone().unwrap_or_default(),
+            ready,
+            unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+            taints: spec.and_then(|s| s.taints.clone()).unwrap_or_default(),
+            allocatable,
+            ..Default::default()
+        }
+    }
+
+    pub fn add_pod(&mut self, pod: PodInfo) {
+        self.requested.add(&pod.requests);
+        if let Some(o) = &pod.owner {
+            *self.owners.entry(o.clone()).or_default() += 1;
+        }
+        self.host_ports.extend(pod.host_ports.iter().cloned());
+        if let Some(old) = self.pods.insert(pod.key(), pod) {
+            self.forget(&old);
+        }
+    }
+
+    pub fn remove_pod(&mut self, key: &str) -> bool {
+        match self.pods.remove(key) {
+            Some(old) => {
+                self.forget(&old);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn forget(&mut self, old: &PodInfo) {
+        self.requested.sub(&old.requests);
+        if let Some(o) = &old.owner {
+            if let Some(n) = self.owners.get_mut(o) {
+                *n -= 1;
+                if *n == 0 {
+                    self.owners.remove(o);
+                }
+            }
+        }
+        for p in &old.host_ports {
+            if let Some(i) = self.host_ports.iter().position(|x| x == p) {
+                self.host_ports.swap_remove(i);
+            }
+        }
+    }
+
+    /// Keep what is bound, take the rest from a newer copy of the node.
+    pub fn refresh(&mut self, node: &Node) {
+        let pods = std::mem::take(&mut self.pods);
+        let owners = std::mem::take(&mut self.owners);
+        let requested = self.requested;
+        let ports = std::mem::take(&mut self.host_ports);
+        *self = NodeInfo::new(node);
+        self.pods = pods;
+        self.owners = owners;
+        self.requested = requested;
+        self.host_ports = ports;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_quantity("100m"), Some(0.1));
+        assert_eq!(parse_quantity("2"), Some(2.0));
+        assert_eq!(parse_quantity("128Mi"), Some(134217728.0));
+        assert_eq!(parse_quantity("1G"), Some(1e9));
+        assert_eq!(parse_quantity("2e3"), Some(2000.0));
+        assert_eq!(parse_quantity("1.5Gi"), Some(1.5 * 1073741824.0));
+        assert_eq!(parse_quantity("abc"), None);
+    }
+}
