@@ -40,10 +40,10 @@ fn find_master(endpoint: &str) -> Option<Proc> {
 fn respawn(p: &Proc) -> anyhow::Result<()> {
     let mut cmd = std::process::Command::new(&p.args[0]);
     cmd.args(&p.args[1..])
-        .current_dir(p.cwd().context("the master's working directory")?)
+        .current_dir(p.cwd.as_ref().context("the master's working directory")?)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
-    if let Some(path) = p.stderr() {
+    if let Some(path) = &p.stderr {
         cmd.stderr(std::fs::OpenOptions::new().append(true).open(path)?);
     } else {
         cmd.stderr(std::process::Stdio::null());
@@ -205,10 +205,17 @@ async fn replaced_after(
     servers: &[String],
     t0: Instant,
 ) -> Option<Duration> {
-    let old = probe_pods(http, servers).await?;
+    let deadline = t0 + Duration::from_secs(30);
+    // Reads wait for a leader: while none is elected, keep asking.
+    let old = loop {
+        match probe_pods(http, servers).await {
+            Some(pods) if !pods.is_empty() => break pods,
+            _ if Instant::now() > deadline => return None,
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    };
     let old_uid = old.first()?["metadata"]["uid"].as_str()?.to_string();
     let name = old.first()?["metadata"]["name"].as_str()?.to_string();
-    let deadline = t0 + Duration::from_secs(30);
     'delete: loop {
         for s in servers {
             let url = format!("{s}/api/v1/namespaces/{NAMESPACE}/pods/{name}");

@@ -4,10 +4,14 @@
 
 use std::path::PathBuf;
 
-/// One master process.
+/// One master process, as it was when found (its working directory and
+/// stderr stay known after it is killed, to restart it the same way).
 pub struct Proc {
     pub pid: u32,
     pub args: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    /// The file its stderr goes to, if it is a file.
+    pub stderr: Option<PathBuf>,
 }
 
 impl Proc {
@@ -17,18 +21,6 @@ impl Proc {
             .windows(2)
             .find(|w| w[0] == flag)
             .map(|w| w[1].as_str())
-    }
-
-    /// Its working directory.
-    pub fn cwd(&self) -> Option<PathBuf> {
-        std::fs::read_link(format!("/proc/{}/cwd", self.pid)).ok()
-    }
-
-    /// The file its stderr goes to, if it is a file.
-    pub fn stderr(&self) -> Option<PathBuf> {
-        std::fs::read_link(format!("/proc/{}/fd/2", self.pid))
-            .ok()
-            .filter(|p| p.is_absolute() && p.exists())
     }
 
     /// Resident memory, in KiB.
@@ -57,7 +49,14 @@ pub fn all() -> Vec<Proc> {
                 .collect();
             args.first()
                 .is_some_and(|a| a.ends_with("control-plane"))
-                .then_some(Proc { pid, args })
+                .then(|| Proc {
+                    pid,
+                    args,
+                    cwd: std::fs::read_link(format!("/proc/{pid}/cwd")).ok(),
+                    stderr: std::fs::read_link(format!("/proc/{pid}/fd/2"))
+                        .ok()
+                        .filter(|p| p.is_absolute() && p.exists()),
+                })
         })
         .collect()
 }
