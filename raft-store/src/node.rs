@@ -317,13 +317,15 @@ impl Store {
         let mut metrics = self.raft.metrics();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while self.revision() < revision {
-            if tokio::time::timeout_at(deadline, metrics.changed())
-                .await
-                .is_err()
-            {
-                return Err(StoreError::Raft(
-                    "timed out waiting for the local apply".into(),
-                ));
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                // The Raft core has stopped: nothing more will be applied.
+                Ok(Err(_)) => return Err(StoreError::Raft("raft has stopped".into())),
+                Err(_) => {
+                    return Err(StoreError::Raft(
+                        "timed out waiting for the local apply".into(),
+                    ))
+                }
             }
         }
         Ok(())

@@ -77,7 +77,9 @@ fn checkpoint(db: &DB, dir: &Path) -> Result<SnapshotMeta> {
         let ckpt = open_read_only(&tmp)?;
         let snap = ckpt.snapshot();
         let applied: Option<LogId> = match snap.get_cf(cf(&ckpt, CF_SM), meta::APPLIED)? {
-            Some(v) => codec::decode(&v).map_err(|e| StoreError::corrupt("sm meta", e))?,
+            Some(v) => {
+                codec::decode::<Option<LogId>>(&v).map_err(|e| StoreError::corrupt("sm meta", e))?
+            }
             None => None,
         };
         let membership: StoredMembership = match snap.get_cf(cf(&ckpt, CF_SM), meta::MEMBERSHIP)? {

@@ -82,7 +82,7 @@ impl Shared {
         let view = View::new(&self.db);
         self.revision.store(view.revision()?, Ordering::Release);
         self.compacted.store(view.compacted()?, Ordering::Release);
-        let applied: Option<LogId> = read_meta(&self.db, meta::APPLIED)?;
+        let applied = read_applied(&self.db)?;
         self.applied_index
             .store(applied.map(|l| l.index).unwrap_or(0), Ordering::Release);
         let leases = read_table::<LeaseRecord>(&self.db, CF_LEASES)?;
@@ -130,6 +130,12 @@ pub fn read_meta<T: for<'de> Deserialize<'de>>(db: &DB, key: &[u8]) -> Result<Op
         )),
         None => Ok(None),
     }
+}
+
+/// The last log id applied, stored as an `Option<LogId>` (what openraft
+/// reports; `None` before the first entry).
+pub fn read_applied(db: &DB) -> Result<Option<LogId>> {
+    Ok(read_meta::<Option<LogId>>(db, meta::APPLIED)?.flatten())
 }
 
 pub struct StateMachine {
@@ -379,10 +385,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         let db = &*self.shared.db;
-        let applied: Option<Option<LogId>> = read_meta(db, meta::APPLIED).map_err(io_err)?;
+        let applied = read_applied(db).map_err(io_err)?;
         let membership: Option<StoredMembership> =
             read_meta(db, meta::MEMBERSHIP).map_err(io_err)?;
-        Ok((applied.flatten(), membership.unwrap_or_default()))
+        Ok((applied, membership.unwrap_or_default()))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
@@ -434,5 +440,33 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for snapshot::Builder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         self.build().await.map_err(io_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+
+    /// Entries applied, then the mirrors reloaded (as after a restart or a
+    /// snapshot install): the applied index is the real one. It once read
+    /// the stored `Option<LogId>` as a `LogId`, which came out about 256
+    /// times too large and let linearizable reads skip waiting for the apply.
+    #[tokio::test]
+    async fn reload_keeps_the_applied_index() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = crate::db::open(&dir.path().join("db")).expect("db");
+        let shared = Shared::new(db, dir.path().join("snapshots")).expect("shared");
+        let mut sm = StateMachine::new(shared.clone());
+        let entries = (1..=3).map(|i| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(2, 7), i),
+            payload: EntryPayload::Blank,
+        });
+        sm.apply(entries).await.expect("apply");
+        assert_eq!(shared.applied_index.load(Ordering::Acquire), 3);
+        shared.reload().expect("reload");
+        assert_eq!(shared.applied_index.load(Ordering::Acquire), 3);
+        let (applied, _) = sm.applied_state().await.expect("applied state");
+        assert_eq!(applied.map(|l| l.index), Some(3));
     }
 }

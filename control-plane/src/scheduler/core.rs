@@ -18,6 +18,9 @@ pub struct Cache {
     index: HashMap<String, usize>,
     /// Pod key to node name.
     placed: HashMap<String, String>,
+    /// Controller uids as small numbers, so that spreading compares
+    /// numbers, not strings.
+    owner_ids: HashMap<String, u32>,
 }
 
 impl Cache {
@@ -46,8 +49,12 @@ impl Cache {
     }
 
     /// Record `pod` on `node` (bound, or assumed while its binding is written).
-    pub fn place(&mut self, pod: PodInfo, node: &str) {
+    pub fn place(&mut self, mut pod: PodInfo, node: &str) {
         let key = pod.key();
+        if let Some(uid) = &pod.owner {
+            let next = self.owner_ids.len() as u32;
+            pod.owner_id = Some(*self.owner_ids.entry(uid.clone()).or_insert(next));
+        }
         if self.placed.get(&key).map(String::as_str) == Some(node) {
             return;
         }
@@ -114,8 +121,13 @@ impl Default for Scheduler {
 impl Scheduler {
     /// Choose a node for `pod` and assume it there; Err(the reasons,
     /// as `kubectl describe` shows them) if none fits.
-    pub fn schedule(&mut self, pod: PodInfo) -> Result<String, String> {
+    pub fn schedule(&mut self, mut pod: PodInfo) -> Result<String, String> {
         let n = self.cache.nodes.len();
+        // An owner with no pod placed yet has no id, and none to spread from.
+        pod.owner_id = pod
+            .owner
+            .as_ref()
+            .and_then(|o| self.cache.owner_ids.get(o).copied());
         if n == 0 {
             return Err("no nodes available to schedule pods".into());
         }

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Node, NodeSelectorTerm, Pod, PodAffinityTerm, PreferredSchedulingTerm, Taint, Toleration,
+    Node, NodeSelectorTerm, Pod, PodAffinityTerm, PodSpec, PreferredSchedulingTerm, Taint,
+    Toleration,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -86,6 +87,8 @@ pub struct PodInfo {
     pub labels: BTreeMap<String, String>,
     /// The uid of the pod's controller (ReplicaSet, ...), for spreading.
     pub owner: Option<String>,
+    /// That uid as a small number, given by the cache ([`super::core::Cache`]).
+    pub owner_id: Option<u32>,
     pub requests: Resources,
     pub node_selector: BTreeMap<String, String>,
     pub required_terms: Vec<NodeSelectorTerm>,
@@ -98,7 +101,8 @@ pub struct PodInfo {
 
 impl PodInfo {
     pub fn new(pod: &Pod) -> Self {
-        let spec = pod.spec.clone().unwrap_or_default();
+        let default = PodSpec::default();
+        let spec = pod.spec.as_ref().unwrap_or(&default);
         let mut requests = Resources::default();
         let mut host_ports = Vec::new();
         for c in &spec.containers {
@@ -137,6 +141,7 @@ impl PodInfo {
             labels: pod.metadata.labels.clone().unwrap_or_default(),
             owner: crate::controllers::ownership::controller_of(&pod.metadata)
                 .map(|o| o.uid.clone()),
+            owner_id: None,
             requests,
             node_selector: spec.node_selector.clone().unwrap_or_default(),
             required_terms: node_aff
@@ -185,8 +190,9 @@ pub struct NodeInfo {
     pub host_ports: Vec<(String, i32, String)>,
     /// The pods bound here (by key), with their info.
     pub pods: BTreeMap<String, PodInfo>,
-    /// How many of those pods each controller (by uid) has here.
-    pub owners: std::collections::HashMap<String, u32>,
+    /// How many of those pods each controller (by owner id) has here; a
+    /// short list, scanned on every score.
+    pub owners: Vec<(u32, u32)>,
 }
 
 impl NodeInfo {
@@ -216,10 +222,21 @@ impl NodeInfo {
         }
     }
 
+    /// How many pods of the owner with id `owner` are here.
+    pub fn owned_by(&self, owner: u32) -> u32 {
+        self.owners
+            .iter()
+            .find(|(id, _)| *id == owner)
+            .map_or(0, |(_, n)| *n)
+    }
+
     pub fn add_pod(&mut self, pod: PodInfo) {
         self.requested.add(&pod.requests);
-        if let Some(o) = &pod.owner {
-            *self.owners.entry(o.clone()).or_default() += 1;
+        if let Some(o) = pod.owner_id {
+            match self.owners.iter_mut().find(|(id, _)| *id == o) {
+                Some((_, n)) => *n += 1,
+                None => self.owners.push((o, 1)),
+            }
         }
         self.host_ports.extend(pod.host_ports.iter().cloned());
         if let Some(old) = self.pods.insert(pod.key(), pod) {
@@ -239,11 +256,11 @@ impl NodeInfo {
 
     fn forget(&mut self, old: &PodInfo) {
         self.requested.sub(&old.requests);
-        if let Some(o) = &old.owner {
-            if let Some(n) = self.owners.get_mut(o) {
-                *n -= 1;
-                if *n == 0 {
-                    self.owners.remove(o);
+        if let Some(o) = old.owner_id {
+            if let Some(i) = self.owners.iter().position(|(id, _)| *id == o) {
+                self.owners[i].1 -= 1;
+                if self.owners[i].1 == 0 {
+                    self.owners.swap_remove(i);
                 }
             }
         }

@@ -67,8 +67,14 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     bincode::serialize(value).unwrap_or_default()
 }
 
+/// The inverse of [`encode`]; bytes left over are an error, so a value
+/// read back as the wrong type fails instead of decoding as garbage.
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, bincode::Error> {
-    bincode::deserialize(bytes)
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .reject_trailing_bytes()
+        .deserialize(bytes)
 }
 
 /// Escape a user key: `0x00` becomes `0x00 0xff`, and the key ends with `0x00 0x00`.

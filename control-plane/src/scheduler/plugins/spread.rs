@@ -9,10 +9,7 @@ pub struct Spread;
 
 impl Score for Spread {
     fn score(&self, pod: &PodInfo, node: &NodeInfo, _: &Cycle) -> i64 {
-        let Some(owner) = pod.owner.as_deref() else {
-            return 0;
-        };
-        node.owners.get(owner).copied().unwrap_or(0) as i64
+        pod.owner_id.map_or(0, |o| node.owned_by(o) as i64)
     }
 
     fn normalize(&self, scores: &mut [i64]) {
