@@ -297,18 +297,6 @@ async fn store_writes(opts: &Options) -> anyhow::Result<Figures> {
     .await)
 }
 
-/// The control-plane processes serving `servers` (by their --listen-api
-/// address).
-fn master_procs(servers: &[String]) -> Vec<Proc> {
-    masters::all()
-        .into_iter()
-        .filter(|p| {
-            p.arg("--listen-api")
-                .is_some_and(|a| servers.iter().any(|s| s.ends_with(a)))
-        })
-        .collect()
-}
-
 fn total_rss_mib(procs: &[Proc]) -> String {
     let each: Vec<String> = procs
         .iter()
@@ -318,7 +306,7 @@ fn total_rss_mib(procs: &[Proc]) -> String {
 }
 
 async fn watchers(opts: &Options, kubeconfig: &std::path::Path) -> anyhow::Result<()> {
-    let procs = master_procs(&opts.servers);
+    let procs = masters::serving_api(&opts.servers);
     println!("masters RSS before watchers: {}", total_rss_mib(&procs));
     // A pod whose name is known before any watch starts sets the start point.
     let http = https_client(kubeconfig)?;

@@ -12,6 +12,7 @@
 
 mod api;
 mod failover;
+mod heartbeats;
 mod masters;
 mod scheduler;
 
@@ -83,6 +84,18 @@ enum Cmd {
         #[arg(long, env = "SKIFF_API_SERVERS")]
         servers: Option<String>,
     },
+    /// What node heartbeats (Lease renewals every 10 s) cost the masters:
+    /// their CPU with and without, and the renewals' latency.
+    Heartbeats {
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: std::path::PathBuf,
+        #[arg(long, env = "SKIFF_API_SERVERS")]
+        servers: String,
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        #[arg(long, default_value = "30s")]
+        duration: String,
+    },
     /// kill -9 the Raft leader under steady API writes: time to the first
     /// accepted write and until the new leader's controllers act; then
     /// SIGSTOP it for 5 s. Defaults come from `.skiff/dev/cluster.env`.
@@ -130,6 +143,20 @@ async fn main() -> anyhow::Result<()> {
                 let server = split(&servers).remove(0);
                 scheduler::run_e2e(&kubeconfig, &server, n, replicas).await?;
             }
+        }
+        Cmd::Heartbeats {
+            kubeconfig,
+            servers,
+            nodes,
+            duration,
+        } => {
+            heartbeats::run(
+                &kubeconfig,
+                &split(&servers),
+                nodes,
+                parse_duration(&duration)?,
+            )
+            .await?;
         }
         Cmd::Failover {
             kubeconfig,

@@ -23,6 +23,19 @@ impl Proc {
             .map(|w| w[1].as_str())
     }
 
+    /// CPU time used so far (user and system), from /proc/<pid>/stat.
+    pub fn cpu_time(&self) -> Option<std::time::Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
+        // Fields after the command name (which may hold spaces): utime and
+        // stime are the 12th and 13th, in clock ticks.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // USER_HZ: 100 ticks a second on Linux.
+        Some(std::time::Duration::from_millis(ticks * 10))
+    }
+
     /// Resident memory, in KiB.
     pub fn rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
@@ -64,4 +77,16 @@ pub fn all() -> Vec<Proc> {
 /// The master whose `flag` is `value` (`--listen-client 127.0.0.11:2379`).
 pub fn find(flag: &str, value: &str) -> Option<Proc> {
     all().into_iter().find(|p| p.arg(flag) == Some(value))
+}
+
+/// The masters serving the Kubernetes API at `servers` (https://host:port),
+/// by their --listen-api address.
+pub fn serving_api(servers: &[String]) -> Vec<Proc> {
+    all()
+        .into_iter()
+        .filter(|p| {
+            p.arg("--listen-api")
+                .is_some_and(|a| servers.iter().any(|s| s.ends_with(a)))
+        })
+        .collect()
 }
