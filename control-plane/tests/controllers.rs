@@ -76,23 +76,28 @@ fn image_of(p: &Value) -> String {
         .to_string()
 }
 
+/// Apply the `web` Deployment (busybox:1) and wait for its rollout.
+fn apply_and_roll_out(kc: &std::path::Path, replicas: u32) {
+    let (ok, _, err) = kubectl_stdin(
+        kc,
+        &["apply", "-f", "-"],
+        Some(&deployment(replicas, "busybox:1")),
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = kubectl(
+        kc,
+        &["rollout", "status", "deployment/web", "--timeout=60s"],
+    );
+    assert!(ok, "rollout status: {out}{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deployment_scales_rolls_out_within_max_unavailable_and_rolls_back() {
     let cluster = Cluster::start(3, &[]).await;
     let (kc, kube) = ready(&cluster, 0).await;
     let _nodes = FakeNodes::start(&kube, &["n1", "n2", "n3"]).await;
 
-    let (ok, _, err) = kubectl_stdin(
-        &kc,
-        &["apply", "-f", "-"],
-        Some(&deployment(4, "busybox:1")),
-    );
-    assert!(ok, "{err}");
-    let (ok, out, err) = kubectl(
-        &kc,
-        &["rollout", "status", "deployment/web", "--timeout=60s"],
-    );
-    assert!(ok, "rollout status: {out}{err}");
+    apply_and_roll_out(&kc, 4);
     let pods = pods_of(&kube, "web").await;
     assert_eq!(pods.len(), 4, "{pods:?}");
     assert!(
@@ -388,17 +393,7 @@ async fn a_silent_node_loses_its_pods_to_another_node() {
     let cluster = Cluster::start(3, FAST_NODES).await;
     let (kc, kube) = ready(&cluster, 0).await;
     let nodes = FakeNodes::start(&kube, &["n1", "n2"]).await;
-    let (ok, _, err) = kubectl_stdin(
-        &kc,
-        &["apply", "-f", "-"],
-        Some(&deployment(4, "busybox:1")),
-    );
-    assert!(ok, "{err}");
-    let (ok, out, err) = kubectl(
-        &kc,
-        &["rollout", "status", "deployment/web", "--timeout=60s"],
-    );
-    assert!(ok, "{out}{err}");
+    apply_and_roll_out(&kc, 4);
     let on_n1 = pods_of(&kube, "web")
         .await
         .iter()
@@ -444,17 +439,7 @@ async fn a_rollout_completes_after_the_leader_is_killed() {
     let other = (leader + 1) % 3;
     let (kc, kube) = ready(&cluster, other).await;
     let _nodes = FakeNodes::start(&kube, &["n1", "n2", "n3"]).await;
-    let (ok, _, err) = kubectl_stdin(
-        &kc,
-        &["apply", "-f", "-"],
-        Some(&deployment(6, "busybox:1")),
-    );
-    assert!(ok, "{err}");
-    let (ok, out, err) = kubectl(
-        &kc,
-        &["rollout", "status", "deployment/web", "--timeout=60s"],
-    );
-    assert!(ok, "{out}{err}");
+    apply_and_roll_out(&kc, 6);
     let (ok, _, err) = kubectl(&kc, &["set", "image", "deployment/web", "web=busybox:2"]);
     assert!(ok, "{err}");
     // Mid-rollout: some pods new, not all.
@@ -485,17 +470,7 @@ async fn an_autoscaler_follows_the_pods_cpu_use() {
     let cluster = Cluster::start(3, &["--horizontal-pod-autoscaler-sync-period-secs", "1"]).await;
     let (kc, kube) = ready(&cluster, 0).await;
     let _nodes = FakeNodes::start(&kube, &["n1", "n2"]).await;
-    let (ok, _, err) = kubectl_stdin(
-        &kc,
-        &["apply", "-f", "-"],
-        Some(&deployment(2, "busybox:1")),
-    );
-    assert!(ok, "{err}");
-    let (ok, out, err) = kubectl(
-        &kc,
-        &["rollout", "status", "deployment/web", "--timeout=60s"],
-    );
-    assert!(ok, "{out}{err}");
+    apply_and_roll_out(&kc, 2);
     let hpa = r#"
 apiVersion: autoscaling/v2
 kind: HorizontalPodAutoscaler

@@ -769,3 +769,62 @@ async fn typed_commands_send_protobuf_and_work() {
     );
     assert_eq!(get(&["cronjob", "tick"])["spec"]["schedule"], "*/5 * * * *");
 }
+
+/// A delete without preconditions is not optimistic: an object that keeps
+/// changing under it (as a controller writes status) is still deleted, with
+/// each propagation policy. (It once answered 409 when a write landed
+/// between the delete's read and its write.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deletes_succeed_while_the_object_keeps_changing() {
+    let cluster = Cluster::start(3, &[]).await;
+    let kc = cluster.kubeconfig(0);
+    let kube = common::fake_nodes::Kube::new(&kc);
+    for cascade in ["orphan", "foreground", "background"] {
+        let name = format!("busy-{cascade}");
+        let path = format!("/api/v1/namespaces/default/pods/{name}");
+        let pod = serde_json::json!({"metadata": {"name": name},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+        kube.post("/api/v1/namespaces/default/pods", &pod)
+            .await
+            .expect("create");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = (0..3)
+            .map(|w| {
+                let (kube, path, stop) = (kube.clone(), path.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        n += 1;
+                        let patch = serde_json::json!({"metadata": {"annotations": {format!("w{w}"): n.to_string()}}});
+                        if let Err((404, _)) = kube.merge_patch(&path, &patch).await {
+                            break;
+                        }
+                    }
+                    n
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let out = tokio::task::spawn_blocking({
+            let kc = kc.clone();
+            let arg = format!("--cascade={cascade}");
+            move || kubectl(&kc, &["delete", "pod", &name, &arg, "--wait=false"])
+        })
+        .await
+        .expect("kubectl");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut writes = 0;
+        for w in writers {
+            writes += w.await.expect("writer");
+        }
+        assert!(
+            out.0,
+            "delete --cascade={cascade} during {writes} writes: {}",
+            out.2
+        );
+        common::eventually("the pod to go", Duration::from_secs(20), || async {
+            matches!(kube.get(&path).await, Err((404, _))).then_some(())
+        })
+        .await;
+    }
+}

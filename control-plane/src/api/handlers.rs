@@ -323,19 +323,16 @@ impl Api {
         body: &[u8],
         q: &Query,
     ) -> ApiResult<Value> {
-        // Retry on a concurrent change: a patch applies to whatever is there.
-        for _ in 0..5 {
+        // A patch applies to whatever is there: retried on a concurrent change.
+        until_no_conflict(|| async move {
             let current = self.get(r, ns, name).await?;
             let mut patched = current.object.clone();
             patch::apply(kind, &mut patched, body)?;
             fields::check(openapi::documents(), r, &mut patched, field_validation(q)?)?;
             let next = objects::for_update(r, ns, &current.object, patched, sub)?;
-            match self.store_update(r, ns, name, &current, next, q).await {
-                Err(e) if e.reason == "Conflict" => continue,
-                other => return other,
-            }
-        }
-        Err(ApiError::conflict(r, name))
+            self.store_update(r, ns, name, &current, next, q).await
+        })
+        .await
     }
 
     /// `deployments/<name>/scale` and friends, as an autoscaling/v1 Scale.
@@ -489,6 +486,26 @@ impl Api {
                 "unknown propagationPolicy {policy:?}"
             )));
         }
+        // Without preconditions a delete is not optimistic: when the object
+        // changes under it (a controller writing its status), read it again
+        // and retry, as the Kubernetes API server does.
+        let (opts, policy) = (&opts, policy.as_str());
+        if opts.get("preconditions").is_none_or(Value::is_null) {
+            until_no_conflict(|| self.delete_once(r, ns, name, opts, policy, q)).await
+        } else {
+            self.delete_once(r, ns, name, opts, policy, q).await
+        }
+    }
+
+    async fn delete_once(
+        &self,
+        r: &'static Resource,
+        ns: Option<&str>,
+        name: &str,
+        opts: &Value,
+        policy: &str,
+        q: &Query,
+    ) -> ApiResult<Value> {
         let current = self.get(r, ns, name).await?;
         if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str) {
             if current
@@ -523,7 +540,7 @@ impl Api {
         // Foreground and Orphan leave the object in place, marked, for the
         // garbage collector (on the Raft leader) to finish: it deletes the
         // dependents first, or releases them, then drops the finalizer.
-        let gc_finalizer = match policy.as_str() {
+        let gc_finalizer = match policy {
             "Foreground" => Some("foregroundDeletion"),
             "Orphan" => Some("orphan"),
             _ => None,
@@ -646,6 +663,29 @@ impl Api {
                 Err(e) if e.reason == "AlreadyExists" => {}
                 Err(e) => tracing::warn!(namespace = ns, "could not be created yet: {}", e.message),
             }
+        }
+    }
+}
+
+/// Run `attempt` again while it fails with Conflict (the object changed
+/// between its read and its write), after a short random pause, for up to
+/// 10 s: for writes that apply to whatever is there (a patch, a delete
+/// without preconditions), as the Kubernetes API server retries them.
+async fn until_no_conflict<T, F, Fut>(mut attempt: F) -> ApiResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ApiResult<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut pause_ms = 1u64;
+    loop {
+        match attempt().await {
+            Err(e) if e.reason == "Conflict" && std::time::Instant::now() < deadline => {
+                let ms = rand::random::<u64>() % pause_ms + 1;
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                pause_ms = (pause_ms * 2).min(50);
+            }
+            other => return other,
         }
     }
 }

@@ -253,21 +253,8 @@ async fn sync_new_annotations(
     replicas: i32,
     revision: Option<i64>,
 ) -> Result<Option<Arc<ReplicaSet>>> {
-    let (surge, _) = surge_and_unavailable(d, replicas);
     let mut want = rs.metadata.annotations.clone().unwrap_or_default();
-    if let Some(r) = revision {
-        want.insert(REVISION.into(), r.to_string());
-    }
-    want.insert(DESIRED.into(), replicas.to_string());
-    want.insert(MAX_REPLICAS.into(), (replicas + surge).to_string());
-    if let Some(cause) = d
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(CHANGE_CAUSE))
-    {
-        want.insert(CHANGE_CAUSE.into(), cause.clone());
-    }
+    annotate_set(&mut want, d, revision, replicas);
     if Some(&want) == rs.metadata.annotations.as_ref() {
         return Ok(Some(rs.clone()));
     }
@@ -278,6 +265,30 @@ async fn sync_new_annotations(
         .caught_up(revision_of(&written.metadata))
         .await?;
     Ok(Some(Arc::new(written)))
+}
+
+/// The annotations a Deployment keeps on its ReplicaSets: the revision
+/// (when given), the desired and the most replicas, and the change cause.
+fn annotate_set(
+    into: &mut BTreeMap<String, String>,
+    d: &Deployment,
+    revision: Option<i64>,
+    replicas: i32,
+) {
+    let (surge, _) = surge_and_unavailable(d, replicas);
+    if let Some(r) = revision {
+        into.insert(REVISION.into(), r.to_string());
+    }
+    into.insert(DESIRED.into(), replicas.to_string());
+    into.insert(MAX_REPLICAS.into(), (replicas + surge).to_string());
+    let cause = d
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CHANGE_CAUSE));
+    if let Some(cause) = cause {
+        into.insert(CHANGE_CAUSE.into(), cause.clone());
+    }
 }
 
 async fn create_new_set(
@@ -292,7 +303,6 @@ async fn create_new_set(
         .as_ref()
         .ok_or_else(|| Error::Invalid("no spec".into()))?;
     let replicas = spec.replicas.unwrap_or(1).max(0);
-    let (surge, _) = surge_and_unavailable(d, replicas);
     let mut template = spec.template.clone();
     let tm = template.metadata.get_or_insert_with(Default::default);
     tm.labels
@@ -305,19 +315,8 @@ async fn create_new_set(
         .insert(HASH_LABEL.into(), hash.into());
     let mut labels = tm.labels.clone().unwrap_or_default();
     labels.insert(HASH_LABEL.into(), hash.into());
-    let mut annotations = BTreeMap::from([
-        (REVISION.to_string(), revision.to_string()),
-        (DESIRED.to_string(), replicas.to_string()),
-        (MAX_REPLICAS.to_string(), (replicas + surge).to_string()),
-    ]);
-    if let Some(cause) = d
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(CHANGE_CAUSE))
-    {
-        annotations.insert(CHANGE_CAUSE.into(), cause.clone());
-    }
+    let mut annotations = BTreeMap::new();
+    annotate_set(&mut annotations, d, Some(revision), replicas);
     // A first set, or Recreate with nothing old left running, starts at
     // full size; a rolling update starts at zero and grows within maxSurge.
     let start = if existing.iter().all(|rs| spec_replicas(rs) == 0) && existing.is_empty() {

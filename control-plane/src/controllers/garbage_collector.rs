@@ -94,6 +94,22 @@ type Ref = (usize, String);
 struct Index {
     by_uid: HashMap<String, Ref>,
     dependents: HashMap<String, HashSet<Ref>>,
+    /// The owner uids each object was indexed under, to unindex it.
+    owners_of: HashMap<Ref, Vec<String>>,
+}
+
+impl Index {
+    /// Forget `me` as a dependent of the owners it had.
+    fn unlink(&mut self, me: &Ref) {
+        for o in self.owners_of.remove(me).into_iter().flatten() {
+            if let Some(set) = self.dependents.get_mut(&o) {
+                set.remove(me);
+                if set.is_empty() {
+                    self.dependents.remove(&o);
+                }
+            }
+        }
+    }
 }
 
 pub struct Collector {
@@ -148,9 +164,7 @@ fn track<K: Object>(
             .collect();
         let me = (idx, key);
         let mut index = gc.lock();
-        for set in index.dependents.values_mut() {
-            set.remove(&me);
-        }
+        index.unlink(&me);
         match c {
             Change::Deleted(_) => {
                 index.by_uid.remove(&uid);
@@ -178,6 +192,9 @@ fn track<K: Object>(
                         .entry(o.clone())
                         .or_default()
                         .insert(me.clone());
+                }
+                if !owners.is_empty() {
+                    index.owners_of.insert(me.clone(), owners.clone());
                 }
                 drop(index);
                 let marked = meta.deletion_timestamp.is_some()

@@ -172,6 +172,18 @@ fn configmap(name: &str, i: u64) -> Value {
 }
 
 /// The namespace the benchmarks write in.
+/// DELETE every URL, 32 at a time, ignoring failures (a benchmark's
+/// clean-up).
+pub(crate) async fn delete_all(http: &reqwest::Client, urls: impl Iterator<Item = String>) {
+    futures::stream::iter(urls)
+        .map(|url| async move {
+            let _ = http.delete(url).send().await;
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+}
+
 pub(crate) const NAMESPACE: &str = "bench";
 
 pub(crate) async fn ensure_namespace(http: &reqwest::Client, server: &str) -> anyhow::Result<()> {

@@ -32,6 +32,13 @@ pub struct Options {
     pub rate: u64,
 }
 
+/// Every server but the `l`th.
+fn all_but(servers: &[String], l: usize) -> Vec<String> {
+    let mut rest = servers.to_vec();
+    rest.remove(l);
+    rest
+}
+
 /// The control-plane process serving the etcd endpoint `endpoint`.
 fn find_master(endpoint: &str) -> Option<Proc> {
     masters::find("--listen-client", endpoint.trim_start_matches("http://"))
@@ -331,13 +338,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             nix::unistd::Pid::from_raw(proc.pid as i32),
             nix::sys::signal::Signal::SIGKILL,
         )?;
-        let survivors: Vec<String> = opts
-            .servers
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != l)
-            .map(|(_, s)| s.clone())
-            .collect();
+        let survivors = all_but(&opts.servers, l);
         let acted = replaced_after(&http, &survivors, t0).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let accepted = log
@@ -397,13 +398,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let pid = nix::unistd::Pid::from_raw(proc.pid as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)?;
     let t0 = Instant::now();
-    let survivors: Vec<String> = opts
-        .servers
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != l)
-        .map(|(_, s)| s.clone())
-        .collect();
+    let survivors = all_but(&opts.servers, l);
     let acted = replaced_after(&http, &survivors, t0).await;
     tokio::time::sleep(Duration::from_secs(5).saturating_sub(t0.elapsed())).await;
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT)?;

@@ -145,18 +145,7 @@ pub async fn run(
         extra * 100.0 * 100.0 / nodes as f64
     );
 
-    futures::stream::iter(0..nodes)
-        .map(|i| {
-            let (http, server) = (http.clone(), servers[0].clone());
-            async move {
-                let _ = http
-                    .delete(format!("{server}/{LEASES}/{}", name(i)))
-                    .send()
-                    .await;
-            }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await;
+    let leases = (0..nodes).map(|i| format!("{}/{LEASES}/{}", servers[0], name(i)));
+    super::api::delete_all(&http, leases).await;
     Ok(())
 }

@@ -253,18 +253,7 @@ pub async fn run_e2e(
         ))
         .send()
         .await;
-    futures::stream::iter(0..nodes)
-        .map(|i| {
-            let http = http.clone();
-            async move {
-                let _ = http
-                    .delete(format!("{server}/api/v1/nodes/bench-node-{i}"))
-                    .send()
-                    .await;
-            }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await;
+    let nodes = (0..nodes).map(|i| format!("{server}/api/v1/nodes/bench-node-{i}"));
+    super::api::delete_all(&http, nodes).await;
     Ok(())
 }
