@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::fake_nodes::{FakeNodes, Kube};
 use common::{eventually, kubectl, kubectl_stdin, Cluster};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// Short node timeouts, so that a silent node is noticed within the test.
 const FAST_NODES: &[&str] = &[
@@ -76,14 +76,19 @@ fn image_of(p: &Value) -> String {
         .to_string()
 }
 
-/// Apply the `web` Deployment (busybox:1) and wait for its rollout.
-fn apply_and_roll_out(kc: &std::path::Path, replicas: u32) {
+/// Apply the `web` Deployment (busybox:1).
+fn apply_deployment(kc: &std::path::Path, replicas: u32) {
     let (ok, _, err) = kubectl_stdin(
         kc,
         &["apply", "-f", "-"],
         Some(&deployment(replicas, "busybox:1")),
     );
     assert!(ok, "{err}");
+}
+
+/// Apply the `web` Deployment (busybox:1) and wait for its rollout.
+fn apply_and_roll_out(kc: &std::path::Path, replicas: u32) {
+    apply_deployment(kc, replicas);
     let (ok, out, err) = kubectl(
         kc,
         &["rollout", "status", "deployment/web", "--timeout=60s"],
@@ -189,12 +194,7 @@ async fn deleting_a_deployment_deletes_its_replicasets_and_pods() {
     let (kc, kube) = ready(&cluster, 1).await;
     let _nodes = FakeNodes::start(&kube, &["n1", "n2"]).await;
 
-    let (ok, _, err) = kubectl_stdin(
-        &kc,
-        &["apply", "-f", "-"],
-        Some(&deployment(3, "busybox:1")),
-    );
-    assert!(ok, "{err}");
+    apply_deployment(&kc, 3);
     eventually("3 pods", Duration::from_secs(30), || async {
         (pods_of(&kube, "web").await.len() == 3).then_some(())
     })
@@ -241,12 +241,7 @@ async fn deleting_a_deployment_deletes_its_replicasets_and_pods() {
     .await;
 
     // Foreground: the deployment waits for its set and pods.
-    let (ok, _, err) = kubectl_stdin(
-        &kc,
-        &["apply", "-f", "-"],
-        Some(&deployment(2, "busybox:1")),
-    );
-    assert!(ok, "{err}");
+    apply_deployment(&kc, 2);
     eventually("2 pods", Duration::from_secs(30), || async {
         (pods_of(&kube, "web").await.len() == 2).then_some(())
     })
@@ -290,6 +285,148 @@ async fn deleting_a_deployment_deletes_its_replicasets_and_pods() {
         (ns.is_err() && cms.is_empty()).then_some(())
     })
     .await;
+}
+
+/// Create a core/v1 object of `kind` (at its `plural`) in `default`, owned
+/// by `owner` (its kind, name and uid) if given; returns its uid.
+async fn create_owned(
+    kube: &Kube,
+    plural: &str,
+    kind: &str,
+    name: &str,
+    owner: Option<(&str, &str, &str, &str)>,
+) -> String {
+    let mut meta = json!({"name": name, "namespace": "default"});
+    if let Some((api_version, kind, owner, uid)) = owner {
+        meta["ownerReferences"] = json!([{
+            "apiVersion": api_version, "kind": kind, "name": owner, "uid": uid,
+            "blockOwnerDeletion": true,
+        }]);
+    }
+    let body = json!({"apiVersion": "v1", "kind": kind, "metadata": meta});
+    let made = kube
+        .post(&format!("/api/v1/namespaces/default/{plural}"), &body)
+        .await
+        .unwrap_or_else(|e| panic!("create {plural}/{name}: {e:?}"));
+    made["metadata"]["uid"].as_str().expect("uid").to_string()
+}
+
+async fn exists(kube: &Kube, plural: &str, name: &str) -> bool {
+    kube.get(&format!("/api/v1/namespaces/default/{plural}/{name}"))
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dependents_and_owners_of_any_kind_are_collected() {
+    let cluster = Cluster::start(3, &[]).await;
+    let (kc, kube) = ready(&cluster, 1).await;
+
+    // A ConfigMap owned by a Deployment goes with it.
+    apply_deployment(&kc, 0);
+    let d = kube
+        .get("/apis/apps/v1/namespaces/default/deployments/web")
+        .await
+        .expect("deployment");
+    let d_uid = d["metadata"]["uid"].as_str().expect("uid");
+    create_owned(
+        &kube,
+        "configmaps",
+        "ConfigMap",
+        "web-config",
+        Some(("apps/v1", "Deployment", "web", d_uid)),
+    )
+    .await;
+    let (ok, _, err) = kubectl(&kc, &["delete", "deployment", "web"]);
+    assert!(ok, "{err}");
+    eventually(
+        "the ConfigMap to be collected",
+        Duration::from_secs(20),
+        || async { (!exists(&kube, "configmaps", "web-config").await).then_some(()) },
+    )
+    .await;
+
+    // A Secret whose owner never existed is collected.
+    create_owned(
+        &kube,
+        "secrets",
+        "Secret",
+        "stray",
+        Some((
+            "v1",
+            "ConfigMap",
+            "ghost",
+            "00000000-0000-0000-0000-000000000000",
+        )),
+    )
+    .await;
+    eventually(
+        "the stray Secret to be collected",
+        Duration::from_secs(20),
+        || async { (!exists(&kube, "secrets", "stray").await).then_some(()) },
+    )
+    .await;
+
+    // Foreground, on a kind no controller reads: the owner waits for its
+    // dependent, then both are gone.
+    let uid = create_owned(&kube, "configmaps", "ConfigMap", "parent", None).await;
+    create_owned(
+        &kube,
+        "serviceaccounts",
+        "ServiceAccount",
+        "kid",
+        Some(("v1", "ConfigMap", "parent", &uid)),
+    )
+    .await;
+    let (ok, _, err) = kubectl(
+        &kc,
+        &[
+            "delete",
+            "configmap",
+            "parent",
+            "--cascade=foreground",
+            "--timeout=30s",
+        ],
+    );
+    assert!(ok, "foreground delete: {err}");
+    assert!(!exists(&kube, "configmaps", "parent").await);
+    assert!(!exists(&kube, "serviceaccounts", "kid").await);
+
+    // Orphan: the owner goes, its dependent stays without it.
+    let uid = create_owned(&kube, "configmaps", "ConfigMap", "parent", None).await;
+    create_owned(
+        &kube,
+        "secrets",
+        "Secret",
+        "kid",
+        Some(("v1", "ConfigMap", "parent", &uid)),
+    )
+    .await;
+    let (ok, _, err) = kubectl(
+        &kc,
+        &[
+            "delete",
+            "configmap",
+            "parent",
+            "--cascade=orphan",
+            "--timeout=30s",
+        ],
+    );
+    assert!(ok, "orphan delete: {err}");
+    assert!(!exists(&kube, "configmaps", "parent").await);
+    let kid = kube
+        .get("/api/v1/namespaces/default/secrets/kid")
+        .await
+        .expect("the orphaned Secret stays");
+    assert!(
+        kid["metadata"]["ownerReferences"]
+            .as_array()
+            .is_none_or(|o| o.is_empty()),
+        "released from its owner: {kid}"
+    );
+    // And, released, it is not collected later.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(exists(&kube, "secrets", "kid").await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

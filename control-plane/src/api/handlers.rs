@@ -376,23 +376,37 @@ impl Api {
         body: &[u8],
         q: &Query,
     ) -> ApiResult<Value> {
-        for _ in 0..5 {
+        // A replaced Scale is parsed once; its resourceVersion, if any, is a
+        // precondition. Without one, the write applies to whatever is there
+        // and is retried on a concurrent change, as a patch is.
+        let replacement: Option<Value> = match patch_kind {
+            Some(_) => None,
+            None => Some(
+                serde_json::from_slice(body)
+                    .map_err(|e| ApiError::bad_request(format!("invalid Scale: {e}")))?,
+            ),
+        };
+        let precondition = replacement
+            .as_ref()
+            .and_then(|s| s.pointer("/metadata/resourceVersion"))
+            .and_then(Value::as_str)
+            .filter(|rv| !rv.is_empty())
+            .map(str::to_string);
+        let attempt = || async {
             let current = self.get(r, ns, name).await?;
-            let mut scale = self.scale_of(&current.object);
-            match patch_kind {
-                Some(kind) => patch::apply(kind, &mut scale, body)?,
-                None => {
-                    scale = serde_json::from_slice(body)
-                        .map_err(|e| ApiError::bad_request(format!("invalid Scale: {e}")))?;
-                    if let Some(rv) = scale
-                        .pointer("/metadata/resourceVersion")
-                        .and_then(Value::as_str)
-                    {
-                        if !rv.is_empty() && rv != current.revision.to_string() {
-                            return Err(ApiError::conflict(r, name));
-                        }
-                    }
+            let scale = match patch_kind {
+                Some(kind) => {
+                    let mut scale = self.scale_of(&current.object);
+                    patch::apply(kind, &mut scale, body)?;
+                    scale
                 }
+                None => replacement.clone().unwrap_or_default(),
+            };
+            if precondition
+                .as_deref()
+                .is_some_and(|rv| rv != current.revision.to_string())
+            {
+                return Err(ApiError::conflict(r, name));
             }
             let replicas = scale
                 .pointer("/spec/replicas")
@@ -411,13 +425,14 @@ impl Api {
             let mut next = current.object.clone();
             next["spec"]["replicas"] = json!(replicas);
             let next = objects::for_update(r, ns, &current.object, next, None)?;
-            match self.store_update(r, ns, name, &current, next, q).await {
-                Ok(updated) => return Ok(self.scale_of(&updated)),
-                Err(e) if e.reason == "Conflict" && patch_kind.is_some() => continue,
-                Err(e) => return Err(e),
-            }
+            let updated = self.store_update(r, ns, name, &current, next, q).await?;
+            Ok(self.scale_of(&updated))
+        };
+        if precondition.is_some() {
+            attempt().await
+        } else {
+            until_no_conflict(attempt).await
         }
-        Err(ApiError::conflict(r, name))
     }
 
     /// `pods/<name>/binding`: put the pod on a node.

@@ -54,7 +54,7 @@ pub const MAX_BODY: usize = 3 << 20;
 
 pub use handlers::Query as ApiQuery;
 pub use patch::PatchType;
-pub use resources::{find as find_resource, find_kind, Resource};
+pub use resources::{find as find_resource, find_kind, Resource, RESOURCES};
 pub use services::Ranges as ServiceRanges;
 pub use status::ApiError;
 

@@ -87,9 +87,23 @@ impl Client {
         sub: Option<&str>,
         patch: &Value,
     ) -> Result<K, Error> {
-        let r = resource_of::<K>();
+        decode(
+            self.patch_in(resource_of::<K>(), namespace, name, sub, patch)
+                .await?,
+        )
+    }
+
+    /// A JSON merge patch of an object of resource `r`, of any kind.
+    pub async fn patch_in(
+        &self,
+        r: &'static Resource,
+        namespace: Option<&str>,
+        name: &str,
+        sub: Option<&str>,
+        patch: &Value,
+    ) -> Result<Value, Error> {
         let body = serde_json::to_vec(patch).map_err(|e| Error::Invalid(e.to_string()))?;
-        let out = self
+        Ok(self
             .api
             .patch(
                 r,
@@ -100,8 +114,7 @@ impl Client {
                 &body,
                 &ApiQuery::new(),
             )
-            .await?;
-        decode(out)
+            .await?)
     }
 
     /// Delete an object, if it is still the one with `uid` (when given).
@@ -114,7 +127,19 @@ impl Client {
         uid: Option<&str>,
         propagation: Option<&str>,
     ) -> Result<i64, Error> {
-        let r = resource_of::<K>();
+        self.delete_in(resource_of::<K>(), namespace, name, uid, propagation)
+            .await
+    }
+
+    /// [`Client::delete`] for an object of resource `r`, of any kind.
+    pub async fn delete_in(
+        &self,
+        r: &'static Resource,
+        namespace: Option<&str>,
+        name: &str,
+        uid: Option<&str>,
+        propagation: Option<&str>,
+    ) -> Result<i64, Error> {
         let mut opts = json!({});
         if let Some(uid) = uid {
             opts["preconditions"] = json!({"uid": uid});

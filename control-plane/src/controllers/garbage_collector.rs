@@ -3,87 +3,59 @@
 //! `foregroundDeletion` finalizer, until its blocking dependents are gone;
 //! an owner deleted with `orphan` first releases its dependents.
 //!
-//! It indexes every cached kind by uid and by owner uid. The cache decides
+//! It follows every served kind, through the controllers' typed caches or,
+//! for kinds no controller reads (ConfigMaps, Secrets, ...), caches of
+//! metadata only, and indexes them by uid and by owner uid. The cache decides
 //! what to look at; before deleting anything, a linearizable read confirms
 //! that the owner really is gone (the owner's cache may lag the dependent's).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use futures::future::BoxFuture;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde_json::{json, Value};
 
 use super::client::Client;
-use super::runtime::{key_of, Action, Change, Informer, Object, WorkQueue};
+use super::runtime::{key_of, Action, AnyInformer, WorkQueue};
 use super::{Ctx, Result};
 
 const FOREGROUND: &str = "foregroundDeletion";
 const ORPHAN: &str = "orphan";
 
-/// What the collector needs of one kind, whatever its type.
-trait Tracked: Send + Sync {
-    fn kind(&self) -> &'static str;
-    fn meta(&self, key: &str) -> Option<ObjectMeta>;
-    fn delete<'a>(
-        &'a self,
-        c: &'a Client,
-        m: &'a ObjectMeta,
-        policy: &'a str,
-    ) -> BoxFuture<'a, Result<()>>;
-    fn patch<'a>(
-        &'a self,
-        c: &'a Client,
-        m: &'a ObjectMeta,
-        patch: Value,
-    ) -> BoxFuture<'a, Result<()>>;
-}
+/// One kind the collector follows: its informer, typed or of metadata only.
+struct Tracked(Box<dyn AnyInformer>);
 
-struct Kind<K>(Informer<K>);
-
-impl<K: Object> Tracked for Kind<K> {
+impl Tracked {
     fn kind(&self) -> &'static str {
-        K::KIND
+        self.0.resource().kind
     }
 
     fn meta(&self, key: &str) -> Option<ObjectMeta> {
-        self.0.get(key).map(|o| o.metadata().clone())
+        self.0.meta(key)
     }
 
-    fn delete<'a>(
-        &'a self,
-        c: &'a Client,
-        m: &'a ObjectMeta,
-        policy: &'a str,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            c.delete::<K>(
-                m.namespace.as_deref(),
-                m.name.as_deref().unwrap_or(""),
-                m.uid.as_deref(),
-                Some(policy),
-            )
-            .await
-            .map(drop)
-        })
+    async fn delete(&self, c: &Client, m: &ObjectMeta, policy: &str) -> Result<()> {
+        c.delete_in(
+            self.0.resource(),
+            m.namespace.as_deref(),
+            m.name.as_deref().unwrap_or(""),
+            m.uid.as_deref(),
+            Some(policy),
+        )
+        .await
+        .map(drop)
     }
 
-    fn patch<'a>(
-        &'a self,
-        c: &'a Client,
-        m: &'a ObjectMeta,
-        patch: Value,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            c.patch::<K>(
-                m.namespace.as_deref(),
-                m.name.as_deref().unwrap_or(""),
-                None,
-                &patch,
-            )
-            .await
-            .map(|_| ())
-        })
+    async fn patch(&self, c: &Client, m: &ObjectMeta, patch: Value) -> Result<()> {
+        c.patch_in(
+            self.0.resource(),
+            m.namespace.as_deref(),
+            m.name.as_deref().unwrap_or(""),
+            None,
+            &patch,
+        )
+        .await
+        .map(drop)
     }
 }
 
@@ -113,7 +85,7 @@ impl Index {
 }
 
 pub struct Collector {
-    kinds: Vec<Box<dyn Tracked>>,
+    kinds: Vec<Tracked>,
     index: Mutex<Index>,
 }
 
@@ -141,19 +113,17 @@ fn parse_key(s: &str) -> Option<Ref> {
 }
 
 /// Track `informer`'s kind: keep the index and queue what may need work.
-fn track<K: Object>(
-    kinds: &mut Vec<Box<dyn Tracked>>,
-    informer: &Informer<K>,
+fn track(
+    kinds: &mut Vec<Tracked>,
+    informer: Box<dyn AnyInformer>,
     collector: &Arc<std::sync::OnceLock<Arc<Collector>>>,
     queue: &Arc<WorkQueue>,
 ) {
     let idx = kinds.len();
-    kinds.push(Box::new(Kind(informer.clone())));
     let cell = collector.clone();
     let q = queue.clone();
-    informer.on_change(move |c: &Change<'_, K>| {
+    informer.on_meta_change(Box::new(move |meta: &ObjectMeta, deleted: bool| {
         let Some(gc) = cell.get() else { return };
-        let meta = c.object().metadata();
         let key = key_of(meta);
         let uid = meta.uid.clone().unwrap_or_default();
         let owners: Vec<String> = meta
@@ -165,71 +135,67 @@ fn track<K: Object>(
         let me = (idx, key);
         let mut index = gc.lock();
         index.unlink(&me);
-        match c {
-            Change::Deleted(_) => {
-                index.by_uid.remove(&uid);
-                // Its dependents may now be orphans.
-                let deps: Vec<Ref> = index
-                    .dependents
-                    .get(&uid)
-                    .map(|s| s.iter().cloned().collect())
-                    .unwrap_or_default();
-                // Its owners, if waiting in the foreground, look again.
-                let owners: Vec<Ref> = owners
-                    .iter()
-                    .filter_map(|o| index.by_uid.get(o).cloned())
-                    .collect();
-                drop(index);
-                for d in deps.iter().chain(&owners) {
-                    q.add(queue_key(d));
-                }
+        if deleted {
+            index.by_uid.remove(&uid);
+            // Its dependents may now be orphans.
+            let deps: Vec<Ref> = index
+                .dependents
+                .get(&uid)
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default();
+            // Its owners, if waiting in the foreground, look again.
+            let owners: Vec<Ref> = owners
+                .iter()
+                .filter_map(|o| index.by_uid.get(o).cloned())
+                .collect();
+            drop(index);
+            for d in deps.iter().chain(&owners) {
+                q.add(queue_key(d));
             }
-            Change::Applied { .. } => {
-                index.by_uid.insert(uid, me.clone());
-                for o in &owners {
-                    index
-                        .dependents
-                        .entry(o.clone())
-                        .or_default()
-                        .insert(me.clone());
-                }
-                if !owners.is_empty() {
-                    index.owners_of.insert(me.clone(), owners.clone());
-                }
-                drop(index);
-                let marked = meta.deletion_timestamp.is_some()
-                    && meta
-                        .finalizers
-                        .iter()
-                        .flatten()
-                        .any(|f| f == FOREGROUND || f == ORPHAN);
-                if marked || !owners.is_empty() {
-                    q.add(queue_key(&me));
-                }
-                // A dependent changed: an owner waiting in the foreground looks again.
-                for o in owners {
-                    if let Some(owner) = gc.lock().by_uid.get(&o).cloned() {
-                        q.add(queue_key(&owner));
-                    }
-                }
-            }
+            return;
         }
-    });
+        index.by_uid.insert(uid, me.clone());
+        for o in &owners {
+            index
+                .dependents
+                .entry(o.clone())
+                .or_default()
+                .insert(me.clone());
+        }
+        if !owners.is_empty() {
+            index.owners_of.insert(me.clone(), owners.clone());
+        }
+        // A dependent changed: an owner waiting in the foreground looks again.
+        let waiting: Vec<Ref> = owners
+            .iter()
+            .filter_map(|o| index.by_uid.get(o).cloned())
+            .collect();
+        drop(index);
+        let marked = meta.deletion_timestamp.is_some()
+            && meta
+                .finalizers
+                .iter()
+                .flatten()
+                .any(|f| f == FOREGROUND || f == ORPHAN);
+        if marked || !owners.is_empty() {
+            q.add(queue_key(&me));
+        }
+        for owner in &waiting {
+            q.add(queue_key(owner));
+        }
+    }));
+    kinds.push(Tracked(informer));
 }
 
+/// Follow every served kind: the typed caches the controllers share, and
+/// caches of metadata only for the rest.
 pub fn register(ctx: &Arc<Ctx>) -> Arc<WorkQueue> {
     let queue = WorkQueue::new("garbage-collector");
     let cell = Arc::new(std::sync::OnceLock::new());
-    let mut kinds: Vec<Box<dyn Tracked>> = Vec::new();
-    track(&mut kinds, &ctx.pods, &cell, &queue);
-    track(&mut kinds, &ctx.replicasets, &cell, &queue);
-    track(&mut kinds, &ctx.deployments, &cell, &queue);
-    track(&mut kinds, &ctx.jobs, &cell, &queue);
-    track(&mut kinds, &ctx.cronjobs, &cell, &queue);
-    track(&mut kinds, &ctx.daemonsets, &cell, &queue);
-    track(&mut kinds, &ctx.statefulsets, &cell, &queue);
-    track(&mut kinds, &ctx.services, &cell, &queue);
-    track(&mut kinds, &ctx.endpoint_slices, &cell, &queue);
+    let mut kinds = Vec::new();
+    for informer in ctx.informers() {
+        track(&mut kinds, informer, &cell, &queue);
+    }
     let _ = cell.set(Arc::new(Collector {
         kinds,
         index: Mutex::new(Index::default()),
@@ -258,10 +224,10 @@ pub async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action> {
         .map(String::as_str)
         .collect();
     if meta.deletion_timestamp.is_some() && finalizers.contains(&FOREGROUND) {
-        return foreground(&ctx, gc, tracked.as_ref(), &meta).await;
+        return foreground(&ctx, gc, tracked, &meta).await;
     }
     if meta.deletion_timestamp.is_some() && finalizers.contains(&ORPHAN) {
-        return orphan(&ctx, gc, tracked.as_ref(), &meta).await;
+        return orphan(&ctx, gc, tracked, &meta).await;
     }
     let owners = meta.owner_references.as_deref().unwrap_or(&[]);
     if owners.is_empty() || meta.deletion_timestamp.is_some() {
@@ -283,7 +249,7 @@ async fn owner_exists(
     ctx: &Ctx,
     gc: &Collector,
     meta: &ObjectMeta,
-    o: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    o: &OwnerReference,
 ) -> Result<bool> {
     if gc.lock().by_uid.contains_key(&o.uid) {
         return Ok(true);
@@ -322,7 +288,7 @@ fn without_finalizer(meta: &ObjectMeta, f: &str) -> Value {
 async fn foreground(
     ctx: &Ctx,
     gc: &Collector,
-    tracked: &dyn Tracked,
+    tracked: &Tracked,
     meta: &ObjectMeta,
 ) -> Result<Action> {
     let uid = meta.uid.clone().unwrap_or_default();
@@ -353,12 +319,7 @@ async fn foreground(
 }
 
 /// Orphan: remove the owner from its dependents, then let it go.
-async fn orphan(
-    ctx: &Ctx,
-    gc: &Collector,
-    tracked: &dyn Tracked,
-    meta: &ObjectMeta,
-) -> Result<Action> {
+async fn orphan(ctx: &Ctx, gc: &Collector, tracked: &Tracked, meta: &ObjectMeta) -> Result<Action> {
     let uid = meta.uid.clone().unwrap_or_default();
     for (kind, key) in gc.dependents_of(&uid) {
         let Some(t) = gc.kinds.get(kind) else {

@@ -37,11 +37,11 @@ use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{Api, ApiError};
+use crate::api::{Api, ApiError, Resource, RESOURCES};
 use crate::registry::Fence;
 use client::Client;
 use events::Recorder;
-use runtime::{Informer, WorkQueue};
+use runtime::{AnyInformer, Informer, PartialObjectMetadata, WorkQueue};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -135,6 +135,9 @@ pub struct Ctx {
     pub services: Informer<Service>,
     pub endpoints: Informer<Endpoints>,
     pub endpoint_slices: Informer<EndpointSlice>,
+    /// The metadata of every served kind that has no typed informer above
+    /// (ConfigMaps, Secrets, ...): the garbage collector sees every kind.
+    pub metadata: Vec<Informer<PartialObjectMetadata>>,
     /// When the leader last heard from each node.
     pub heartbeats: Arc<node_lifecycle::Heartbeats>,
     /// The garbage collector's indexes (set when it registers).
@@ -147,7 +150,7 @@ impl Ctx {
         let clock: SharedClock = Arc::new(SystemClock {
             offset: settings.clock_offset,
         });
-        Ctx {
+        let mut ctx = Ctx {
             recorder: Recorder::new(client.clone(), clock.clone()),
             client,
             clock,
@@ -167,55 +170,60 @@ impl Ctx {
             services: Informer::new(),
             endpoints: Informer::new(),
             endpoint_slices: Informer::new(),
+            metadata: Vec::new(),
             heartbeats: Arc::default(),
             collector: std::sync::OnceLock::new(),
-        }
+        };
+        let typed: Vec<&Resource> = ctx.informers().iter().map(|i| i.resource()).collect();
+        ctx.metadata = RESOURCES
+            .iter()
+            .filter(|r| !typed.contains(r))
+            .map(Informer::of)
+            .collect();
+        ctx
     }
 
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }
 
-    fn spawn_informers(&self, cancel: &CancellationToken) {
-        let registry = self.client.api().registry().clone();
-        macro_rules! spawn {
-            ($($i:ident),*) => {$(
-                tokio::spawn(self.$i.clone().run(registry.clone(), cancel.clone()));
-            )*};
-        }
-        spawn!(
-            pods,
-            nodes,
-            namespaces,
-            replicasets,
-            deployments,
-            leases,
-            daemonsets,
-            statefulsets,
-            jobs,
-            cronjobs,
-            hpas,
-            services,
-            endpoints,
-            endpoint_slices
+    /// Every informer: the typed ones, then those of metadata only.
+    pub fn informers(&self) -> Vec<Box<dyn AnyInformer>> {
+        let mut all: Vec<Box<dyn AnyInformer>> = vec![
+            Box::new(self.pods.clone()),
+            Box::new(self.nodes.clone()),
+            Box::new(self.namespaces.clone()),
+            Box::new(self.replicasets.clone()),
+            Box::new(self.deployments.clone()),
+            Box::new(self.leases.clone()),
+            Box::new(self.daemonsets.clone()),
+            Box::new(self.statefulsets.clone()),
+            Box::new(self.jobs.clone()),
+            Box::new(self.cronjobs.clone()),
+            Box::new(self.hpas.clone()),
+            Box::new(self.services.clone()),
+            Box::new(self.endpoints.clone()),
+            Box::new(self.endpoint_slices.clone()),
+        ];
+        all.extend(
+            self.metadata
+                .iter()
+                .map(|i| Box::new(i.clone()) as Box<dyn AnyInformer>),
         );
+        all
+    }
+
+    fn spawn_informers(&self, cancel: &CancellationToken) {
+        let registry = self.client.api().registry();
+        for i in self.informers() {
+            i.start(registry.clone(), cancel.clone());
+        }
     }
 
     async fn synced(&self) {
-        self.pods.synced().await;
-        self.nodes.synced().await;
-        self.namespaces.synced().await;
-        self.replicasets.synced().await;
-        self.deployments.synced().await;
-        self.leases.synced().await;
-        self.daemonsets.synced().await;
-        self.statefulsets.synced().await;
-        self.jobs.synced().await;
-        self.cronjobs.synced().await;
-        self.hpas.synced().await;
-        self.services.synced().await;
-        self.endpoints.synced().await;
-        self.endpoint_slices.synced().await;
+        for i in self.informers() {
+            i.synced().await;
+        }
     }
 }
 

@@ -6,19 +6,26 @@
 //! A watch that ends (history compacted, a read error) is followed by a fresh
 //! list; the difference against the cache is reported as changes, so a
 //! handler never misses one.
+//!
+//! An informer holds a typed object ([`Object`]) or only an object's
+//! metadata ([`PartialObjectMetadata`]), for kinds no controller reads
+//! whole but the garbage collector must still see.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{Metadata, Resource as K8sResource};
 use raft_store::mvcc::{EventKind, KeyRange};
 use raft_store::watch::WatchItem;
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::Resource;
 use crate::registry::Registry;
 
 /// What a Kubernetes object type needs to be cached.
@@ -30,6 +37,71 @@ pub trait Object:
 impl<T> Object for T where
     T: K8sResource + Metadata<Ty = ObjectMeta> + DeserializeOwned + Clone + Send + Sync + 'static
 {
+}
+
+/// What an informer can cache: anything that decodes from a stored object
+/// and has object metadata.
+pub trait Cached: DeserializeOwned + Send + Sync + 'static {
+    fn meta(&self) -> &ObjectMeta;
+}
+
+impl<T: Object> Cached for T {
+    fn meta(&self) -> &ObjectMeta {
+        self.metadata()
+    }
+}
+
+/// An object of any kind, of which only the metadata is kept.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PartialObjectMetadata {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+}
+
+impl Cached for PartialObjectMetadata {
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+}
+
+/// A handler of metadata changes: the object's metadata, and whether it
+/// was deleted.
+pub type MetaHandler = Box<dyn Fn(&ObjectMeta, bool) + Send + Sync>;
+
+/// An informer of any type: to start them all, wait for them, and follow
+/// the metadata of every kind (the garbage collector).
+pub trait AnyInformer: Send + Sync {
+    /// The resource it caches.
+    fn resource(&self) -> &'static Resource;
+    fn start(&self, registry: Registry, cancel: CancellationToken);
+    fn synced(&self) -> BoxFuture<'_, ()>;
+    /// The metadata of the cached object at `key`.
+    fn meta(&self, key: &str) -> Option<ObjectMeta>;
+    /// Call `f` on every change with the object's metadata, and whether
+    /// it was deleted.
+    fn on_meta_change(&self, f: MetaHandler);
+}
+
+impl<K: Cached> AnyInformer for Informer<K> {
+    fn resource(&self) -> &'static Resource {
+        self.inner.resource
+    }
+
+    fn start(&self, registry: Registry, cancel: CancellationToken) {
+        tokio::spawn(self.clone().run(registry, cancel));
+    }
+
+    fn synced(&self) -> BoxFuture<'_, ()> {
+        Box::pin(Informer::synced(self))
+    }
+
+    fn meta(&self, key: &str) -> Option<ObjectMeta> {
+        self.get(key).map(|o| o.meta().clone())
+    }
+
+    fn on_meta_change(&self, f: MetaHandler) {
+        self.on_change(move |c| f(c.object().meta(), matches!(c, Change::Deleted(_))));
+    }
 }
 
 /// One change, as handlers see it.
@@ -55,6 +127,7 @@ impl<K> Change<'_, K> {
 type Handler<K> = Box<dyn Fn(&Change<'_, K>) + Send + Sync>;
 
 struct Inner<K> {
+    resource: &'static Resource,
     prefix: String,
     cache: RwLock<HashMap<String, Arc<K>>>,
     handlers: RwLock<Vec<Handler<K>>>,
@@ -95,15 +168,17 @@ pub fn split_key(key: &str) -> (Option<&str>, &str) {
 impl<K: Object> Informer<K> {
     /// An informer over the store prefix that holds `K`.
     pub fn new() -> Self {
-        let r = crate::api::find_resource(K::GROUP, K::VERSION, K::URL_PATH_SEGMENT)
-            .unwrap_or_else(|| panic!("{} is not a served resource", K::KIND));
-        Self::with_prefix(crate::api::prefix_of(r))
+        Self::of(crate::controllers::client::resource_of::<K>())
     }
+}
 
-    fn with_prefix(prefix: String) -> Self {
+impl<K: Cached> Informer<K> {
+    /// An informer over the objects of resource `r`.
+    pub fn of(r: &'static Resource) -> Self {
         Informer {
             inner: Arc::new(Inner {
-                prefix,
+                resource: r,
+                prefix: crate::api::prefix_of(r),
                 cache: RwLock::new(HashMap::new()),
                 handlers: RwLock::new(Vec::new()),
                 synced: watch::channel(false).0,
@@ -136,7 +211,7 @@ impl<K: Object> Informer<K> {
     pub fn list_in(&self, namespace: &str) -> Vec<Arc<K>> {
         self.read_cache()
             .values()
-            .filter(|o| o.metadata().namespace.as_deref() == Some(namespace))
+            .filter(|o| o.meta().namespace.as_deref() == Some(namespace))
             .cloned()
             .collect()
     }
@@ -171,8 +246,8 @@ impl<K: Object> Informer<K> {
             Ok(())
         } else {
             Err(crate::controllers::Error::Invalid(format!(
-                "{} cache did not reach revision {revision}",
-                K::KIND
+                "the cache of {} did not reach revision {revision}",
+                self.inner.prefix
             )))
         }
     }
@@ -205,7 +280,7 @@ impl<K: Object> Informer<K> {
 
     /// Put an object in the cache and tell the handlers.
     fn apply(&self, object: K) {
-        let key = key_of(object.metadata());
+        let key = key_of(object.meta());
         let new = Arc::new(object);
         let old = self.write_cache().insert(key, new.clone());
         self.notify(Change::Applied {
@@ -257,16 +332,18 @@ impl<K: Object> Informer<K> {
         for item in page.items {
             match serde_json::from_value::<K>(item.object) {
                 Ok(o) => {
-                    let key = key_of(o.metadata());
-                    let same = self.get(&key).is_some_and(|c| {
-                        c.metadata().resource_version == o.metadata().resource_version
-                    });
+                    let key = key_of(o.meta());
+                    let same = self
+                        .get(&key)
+                        .is_some_and(|c| c.meta().resource_version == o.meta().resource_version);
                     seen.insert(key);
                     if !same {
                         self.apply(o);
                     }
                 }
-                Err(e) => tracing::warn!(kind = K::KIND, "undecodable object skipped: {e}"),
+                Err(e) => {
+                    tracing::warn!(prefix = %self.inner.prefix, "undecodable object skipped: {e}")
+                }
             }
         }
         for key in self.keys() {
@@ -296,7 +373,7 @@ impl<K: Object> Informer<K> {
                                 Ok(o) => self.apply(o),
                                 Err(err) => {
                                     tracing::warn!(
-                                        kind = K::KIND,
+                                        prefix = %self.inner.prefix,
                                         "undecodable object skipped: {err}"
                                     )
                                 }

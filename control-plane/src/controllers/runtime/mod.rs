@@ -7,6 +7,8 @@ pub mod informer;
 pub mod queue;
 pub mod runner;
 
-pub use informer::{key_of, split_key, Change, Informer, Object};
+pub use informer::{
+    key_of, split_key, AnyInformer, Cached, Change, Informer, Object, PartialObjectMetadata,
+};
 pub use queue::WorkQueue;
 pub use runner::Action;
