@@ -311,6 +311,21 @@ async fn create_owned(
     made["metadata"]["uid"].as_str().expect("uid").to_string()
 }
 
+/// Create ConfigMap `parent` with a dependent `kid` of `(plural, kind)`,
+/// then delete the parent with kubectl's `--cascade`; it must be gone.
+async fn delete_parent_of(kube: &Kube, kc: &std::path::Path, kid: (&str, &str), cascade: &str) {
+    let uid = create_owned(kube, "configmaps", "ConfigMap", "parent", None).await;
+    let owner = ("v1", "ConfigMap", "parent", uid.as_str());
+    create_owned(kube, kid.0, kid.1, "kid", Some(owner)).await;
+    let flag = format!("--cascade={cascade}");
+    let (ok, _, err) = kubectl(
+        kc,
+        &["delete", "configmap", "parent", &flag, "--timeout=30s"],
+    );
+    assert!(ok, "{cascade} delete: {err}");
+    assert!(!exists(kube, "configmaps", "parent").await);
+}
+
 async fn exists(kube: &Kube, plural: &str, name: &str) -> bool {
     kube.get(&format!("/api/v1/namespaces/default/{plural}/{name}"))
         .await
@@ -369,51 +384,17 @@ async fn dependents_and_owners_of_any_kind_are_collected() {
 
     // Foreground, on a kind no controller reads: the owner waits for its
     // dependent, then both are gone.
-    let uid = create_owned(&kube, "configmaps", "ConfigMap", "parent", None).await;
-    create_owned(
+    delete_parent_of(
         &kube,
-        "serviceaccounts",
-        "ServiceAccount",
-        "kid",
-        Some(("v1", "ConfigMap", "parent", &uid)),
+        &kc,
+        ("serviceaccounts", "ServiceAccount"),
+        "foreground",
     )
     .await;
-    let (ok, _, err) = kubectl(
-        &kc,
-        &[
-            "delete",
-            "configmap",
-            "parent",
-            "--cascade=foreground",
-            "--timeout=30s",
-        ],
-    );
-    assert!(ok, "foreground delete: {err}");
-    assert!(!exists(&kube, "configmaps", "parent").await);
     assert!(!exists(&kube, "serviceaccounts", "kid").await);
 
     // Orphan: the owner goes, its dependent stays without it.
-    let uid = create_owned(&kube, "configmaps", "ConfigMap", "parent", None).await;
-    create_owned(
-        &kube,
-        "secrets",
-        "Secret",
-        "kid",
-        Some(("v1", "ConfigMap", "parent", &uid)),
-    )
-    .await;
-    let (ok, _, err) = kubectl(
-        &kc,
-        &[
-            "delete",
-            "configmap",
-            "parent",
-            "--cascade=orphan",
-            "--timeout=30s",
-        ],
-    );
-    assert!(ok, "orphan delete: {err}");
-    assert!(!exists(&kube, "configmaps", "parent").await);
+    delete_parent_of(&kube, &kc, ("secrets", "Secret"), "orphan").await;
     let kid = kube
         .get("/api/v1/namespaces/default/secrets/kid")
         .await

@@ -291,6 +291,35 @@ async fn kubectl_works_against_any_master() {
     ));
     assert_eq!(out.trim(), "");
 
+    // A Scale replaced at a stale resourceVersion is refused; without one
+    // it applies to whatever is there.
+    const SCALE: &str = "/apis/apps/v1/namespaces/demo/deployments/web/scale";
+    let scale = ok(kubectl(&kc, &["get", "--raw", SCALE]));
+    ok(kubectl(
+        &kc,
+        &["scale", "deploy", "web", "-n", "demo", "--replicas=4"],
+    ));
+    let mut scale: serde_json::Value = serde_json::from_str(&scale).expect("Scale");
+    scale["spec"]["replicas"] = 2.into();
+    let (good, _, err) = kubectl_stdin(
+        &kc,
+        &["replace", "--raw", SCALE, "-f", "-"],
+        Some(&scale.to_string()),
+    );
+    assert!(
+        !good && err.contains("the object has been modified"),
+        "{err}"
+    );
+    scale["metadata"]["resourceVersion"] = "".into();
+    ok(kubectl_stdin(
+        &kc,
+        &["replace", "--raw", SCALE, "-f", "-"],
+        Some(&scale.to_string()),
+    ));
+    let now: serde_json::Value =
+        serde_json::from_str(&ok(kubectl(&kc, &["get", "--raw", SCALE]))).expect("Scale");
+    assert_eq!(now["spec"]["replicas"], 2, "{now}");
+
     // A stale update is refused with 409.
     ok(kubectl_stdin(
         &kc,

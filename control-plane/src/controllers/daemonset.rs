@@ -22,16 +22,14 @@ use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
     PodSpec, Toleration,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::deployment::{scaled, template_hash};
 use super::events::reference;
 use super::ownership::{
-    controlled_by, controller_of, controller_ref, is_active, is_available, is_ready, route_pods_to,
-    selects,
+    controlled_by, controller_of, is_active, is_available, is_ready, route_pods_to, selects,
 };
-use super::pods::{adopt, create_pods, delete_pod, revision_of};
+use super::pods::{self, adopt, create_pods, delete_pod, revision_of};
 use super::runtime::{key_of, split_key, Action, Change, WorkQueue};
 use super::{Ctx, Result};
 use crate::scheduler::plugins::{term_matches, tolerates};
@@ -171,15 +169,9 @@ fn hash_of(pod: &Pod) -> Option<&str> {
 
 /// The pod for `node`, from `ds`'s template.
 fn pod_for(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
-    let template = ds
-        .spec
-        .as_ref()
-        .map(|s| s.template.clone())
-        .unwrap_or_default();
-    let tm = template.metadata.unwrap_or_default();
-    let mut labels = tm.labels.unwrap_or_default();
-    labels.insert(REVISION_LABEL.into(), hash.into());
-    let mut spec = template.spec.unwrap_or_default();
+    let template = ds.spec.as_ref().map(|s| &s.template);
+    let mut pod = pods::from_template(ds, template, &[(REVISION_LABEL, hash)], None);
+    let spec = pod.spec.get_or_insert_with(Default::default);
     // The node was already checked against the template's terms; the
     // pinned name replaces them (preferred terms stay).
     let affinity = spec.affinity.get_or_insert_with(Affinity::default);
@@ -199,21 +191,7 @@ fn pod_for(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
     spec.tolerations = Some(daemon_tolerations(
         spec.tolerations.as_deref().unwrap_or(&[]),
     ));
-    Pod {
-        metadata: ObjectMeta {
-            generate_name: Some(format!(
-                "{}-",
-                ds.metadata.name.as_deref().unwrap_or("daemon")
-            )),
-            namespace: ds.metadata.namespace.clone(),
-            labels: Some(labels),
-            annotations: tm.annotations,
-            owner_references: Some(vec![controller_ref(ds)]),
-            ..Default::default()
-        },
-        spec: Some(spec),
-        status: None,
-    }
+    pod
 }
 
 pub async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action> {
@@ -437,6 +415,7 @@ async fn update_status(ctx: &Ctx, ds: &DaemonSet, hash: &str) -> Result<bool> {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{NodeSpec, Taint};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn node(name: &str, labels: &[(&str, &str)], taints: &[(&str, &str)]) -> Node {
         Node {

@@ -18,14 +18,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus, UncountedTerminatedPods};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::json;
 
 use super::events::{reference, Kind};
-use super::ownership::{
-    controlled_by, controller_of, controller_ref, deletion_rank, is_active, is_ready,
-};
-use super::pods::{create_pods, delete_pod, revision_of};
+use super::ownership::{controlled_by, controller_of, deletion_rank, is_active, is_ready};
+use super::pods::{self, create_pods, delete_pod, revision_of};
 use super::runtime::{key_of, split_key, Action, Change, WorkQueue};
 use super::{Ctx, Result};
 
@@ -409,36 +407,18 @@ fn backoff_delay(failures: usize) -> Duration {
 
 /// A new pod from the job's template, labelled for it and tracked by it.
 fn pod_from_template(job: &Job) -> Pod {
-    let name = job.metadata.name.clone().unwrap_or_default();
-    let uid = job.metadata.uid.clone().unwrap_or_default();
-    let template = job
-        .spec
-        .as_ref()
-        .map(|s| s.template.clone())
-        .unwrap_or_default();
-    let tm = template.metadata.unwrap_or_default();
-    let mut labels = tm.labels.unwrap_or_default();
-    for (k, v) in [
-        (JOB_NAME_LABEL, &name),
-        (LEGACY_JOB_NAME_LABEL, &name),
-        (UID_LABEL, &uid),
-        (LEGACY_UID_LABEL, &uid),
-    ] {
-        labels.insert(k.to_string(), v.clone());
-    }
-    Pod {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{name}-")),
-            namespace: job.metadata.namespace.clone(),
-            labels: Some(labels),
-            annotations: tm.annotations,
-            owner_references: Some(vec![controller_ref(job)]),
-            finalizers: Some(vec![TRACKING_FINALIZER.to_string()]),
-            ..Default::default()
-        },
-        spec: template.spec,
-        status: None,
-    }
+    let name = job.metadata.name.as_deref().unwrap_or_default();
+    let uid = job.metadata.uid.as_deref().unwrap_or_default();
+    let labels = [
+        (JOB_NAME_LABEL, name),
+        (LEGACY_JOB_NAME_LABEL, name),
+        (UID_LABEL, uid),
+        (LEGACY_UID_LABEL, uid),
+    ];
+    let template = job.spec.as_ref().map(|s| &s.template);
+    let mut pod = pods::from_template(job, template, &labels, None);
+    pod.metadata.finalizers = Some(vec![TRACKING_FINALIZER.to_string()]);
+    pod
 }
 
 /// Remove the tracking finalizer from `pods` (a pod being deleted then goes).
@@ -477,6 +457,7 @@ async fn release(ctx: &Ctx, pods: &[&Pod]) -> Result<()> {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn pod(uid: &str, phase: &str, at: i64, tracked: bool) -> Arc<Pod> {
         let t = DateTime::<Utc>::from_timestamp(at, 0).unwrap();

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{Metadata, Resource};
 use serde_json::json;
@@ -17,6 +17,39 @@ use super::{Ctx, Result};
 /// while it succeeds, so a bad template costs one failed create, not a
 /// thousand.
 const BURST: usize = 500;
+
+/// A new pod of `owner`'s from its `template`: the template's labels (with
+/// `labels` added) and annotations, `owner` as its controller, and `name`,
+/// or a name generated from the owner's.
+pub fn from_template<K: Resource + Metadata<Ty = ObjectMeta>>(
+    owner: &K,
+    template: Option<&PodTemplateSpec>,
+    labels: &[(&str, &str)],
+    name: Option<String>,
+) -> Pod {
+    let template = template.cloned().unwrap_or_default();
+    let tm = template.metadata.unwrap_or_default();
+    let mut all = tm.labels.unwrap_or_default();
+    for (k, v) in labels {
+        all.insert(k.to_string(), v.to_string());
+    }
+    let meta = owner.metadata();
+    Pod {
+        metadata: ObjectMeta {
+            generate_name: name
+                .is_none()
+                .then(|| format!("{}-", meta.name.as_deref().unwrap_or("pod"))),
+            name,
+            namespace: meta.namespace.clone(),
+            labels: (!all.is_empty()).then_some(all),
+            annotations: tm.annotations,
+            owner_references: Some(vec![controller_ref(owner)]),
+            ..Default::default()
+        },
+        spec: template.spec,
+        status: None,
+    }
+}
 
 /// The revision an object was written at.
 pub fn revision_of(meta: &ObjectMeta) -> i64 {

@@ -5,14 +5,13 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::events::reference;
 use super::ownership::{
-    controlled_by, controller_of, controller_ref, deletion_rank, is_active, is_available, is_ready,
-    route_pods_to, selects,
+    controlled_by, controller_of, deletion_rank, is_active, is_available, is_ready, route_pods_to,
+    selects,
 };
-use super::pods::{adopt, create_pods, delete_pod, revision_of};
+use super::pods::{self, adopt, create_pods, delete_pod, revision_of};
 use super::runtime::{key_of, split_key, Action, Change, WorkQueue};
 use super::{Ctx, Result};
 
@@ -84,24 +83,8 @@ pub async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action> {
 
 /// A new pod from `rs`'s template.
 pub fn pod_from_template(rs: &ReplicaSet) -> Pod {
-    let template = rs
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.clone())
-        .unwrap_or_default();
-    let tm = template.metadata.unwrap_or_default();
-    Pod {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{}-", rs.metadata.name.as_deref().unwrap_or("pod"))),
-            namespace: rs.metadata.namespace.clone(),
-            labels: tm.labels,
-            annotations: tm.annotations,
-            owner_references: Some(vec![controller_ref(rs)]),
-            ..Default::default()
-        },
-        spec: template.spec,
-        status: None,
-    }
+    let template = rs.spec.as_ref().and_then(|s| s.template.as_ref());
+    pods::from_template(rs, template, &[], None)
 }
 
 /// Write the counts as the cache now has them, if they changed.

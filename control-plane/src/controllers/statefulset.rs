@@ -24,16 +24,14 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::daemonset::REVISION_LABEL;
 use super::deployment::template_hash;
 use super::events::{reference, Kind};
 use super::ownership::{
-    controlled_by, controller_of, controller_ref, is_active, is_available, is_ready, route_pods_to,
-    selects,
+    controlled_by, controller_of, is_active, is_available, is_ready, route_pods_to, selects,
 };
-use super::pods::{adopt, delete_pod, revision_of};
+use super::pods::{self, adopt, delete_pod, revision_of};
 use super::runtime::{key_of, Action, Change, WorkQueue};
 use super::{Ctx, Result};
 
@@ -81,29 +79,21 @@ fn terminating(pod: &Pod) -> bool {
 fn pod_for(sts: &StatefulSet, ordinal: usize, revision: &str) -> Pod {
     let set = sts.metadata.name.as_deref().unwrap_or("set");
     let name = format!("{set}-{ordinal}");
-    let spec = sts.spec.clone().unwrap_or_default();
-    let tm = spec.template.metadata.unwrap_or_default();
-    let mut labels = tm.labels.unwrap_or_default();
-    labels.insert(POD_NAME_LABEL.into(), name.clone());
-    labels.insert(POD_INDEX_LABEL.into(), ordinal.to_string());
-    labels.insert(REVISION_LABEL.into(), revision.into());
-    let mut pod_spec = spec.template.spec.unwrap_or_default();
-    pod_spec.hostname = Some(name.clone());
-    if !spec.service_name.is_empty() {
-        pod_spec.subdomain = Some(spec.service_name.clone());
+    let index = ordinal.to_string();
+    let labels = [
+        (POD_NAME_LABEL, name.as_str()),
+        (POD_INDEX_LABEL, index.as_str()),
+        (REVISION_LABEL, revision),
+    ];
+    let template = sts.spec.as_ref().map(|s| &s.template);
+    let mut pod = pods::from_template(sts, template, &labels, Some(name.clone()));
+    let spec = pod.spec.get_or_insert_with(Default::default);
+    spec.hostname = Some(name);
+    let service = sts.spec.as_ref().map_or("", |s| s.service_name.as_str());
+    if !service.is_empty() {
+        spec.subdomain = Some(service.to_string());
     }
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(name),
-            namespace: sts.metadata.namespace.clone(),
-            labels: Some(labels),
-            annotations: tm.annotations,
-            owner_references: Some(vec![controller_ref(sts)]),
-            ..Default::default()
-        },
-        spec: Some(pod_spec),
-        status: None,
-    }
+    pod
 }
 
 /// What a reconcile works from.
@@ -349,6 +339,7 @@ mod tests {
     use super::*;
     use k8s_openapi::api::apps::v1::StatefulSetSpec;
     use k8s_openapi::api::core::v1::{PodCondition, PodStatus, PodTemplateSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn sts() -> StatefulSet {
         StatefulSet {

@@ -186,6 +186,21 @@ pub(crate) async fn delete_all(http: &reqwest::Client, urls: impl Iterator<Item 
 
 pub(crate) const NAMESPACE: &str = "bench";
 
+/// The resourceVersion of a list at `url`: where a watch of it starts.
+pub(crate) async fn list_revision(http: &reqwest::Client, url: &str) -> anyhow::Result<String> {
+    let list: Value = http
+        .get(format!("{url}?limit=1"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    list["metadata"]["resourceVersion"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("no resourceVersion in the list at {url}"))
+}
+
 pub(crate) async fn ensure_namespace(http: &reqwest::Client, server: &str) -> anyhow::Result<()> {
     let r = http
         .post(format!("{server}/api/v1/namespaces"))
@@ -322,16 +337,11 @@ async fn watchers(opts: &Options, kubeconfig: &std::path::Path) -> anyhow::Resul
     println!("masters RSS before watchers: {}", total_rss_mib(&procs));
     // A pod whose name is known before any watch starts sets the start point.
     let http = https_client(kubeconfig)?;
-    let list: Value = http
-        .get(format!("{}/api/v1/namespaces/bench/pods", opts.servers[0]))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let rv = list["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap_or("0")
-        .to_string();
+    let rv = list_revision(
+        &http,
+        &format!("{}/api/v1/namespaces/bench/pods", opts.servers[0]),
+    )
+    .await?;
     // name -> (time written, watchers that have seen it, time the last did).
     type Seen = HashMap<String, (usize, Option<Instant>)>;
     let seen: Arc<Mutex<Seen>> = Arc::default();

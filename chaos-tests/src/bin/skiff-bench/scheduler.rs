@@ -173,16 +173,8 @@ pub async fn run_e2e(
     );
 
     // Follow pods from now on.
-    let list: serde_json::Value = http
-        .get(format!("{server}/api/v1/namespaces/{ns}/pods?limit=1"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let rv = list["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap_or("0")
-        .to_string();
+    let rv =
+        crate::api::list_revision(&http, &format!("{server}/api/v1/namespaces/{ns}/pods")).await?;
     let watch = http
         .get(format!(
             "{server}/api/v1/namespaces/{ns}/pods?watch=1&resourceVersion={rv}&timeoutSeconds=600"
