@@ -227,6 +227,7 @@ pub fn for_create(r: &Resource, namespace: Option<&str>, mut object: Value) -> A
             o.remove("status");
         }
     }
+    omit_empty_meta(&mut object);
     defaults(r, &mut object);
     Ok(object)
 }
@@ -300,8 +301,34 @@ pub fn for_update(
             .unwrap_or(1);
         meta_mut(&mut out).insert("generation".into(), json!(g + 1));
     }
+    omit_empty_meta(&mut out);
     defaults(r, &mut out);
     Ok(out)
+}
+
+/// Drop empty lists and maps from the metadata, as Kubernetes' `omitempty`
+/// does: an orphaned object shows no `ownerReferences: []`, a finished
+/// deletion no `finalizers: []`.
+fn omit_empty_meta(object: &mut Value) {
+    if let Some(m) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        for k in [
+            "labels",
+            "annotations",
+            "finalizers",
+            "ownerReferences",
+            "managedFields",
+        ] {
+            let empty = match m.get(k) {
+                Some(Value::Array(a)) => a.is_empty(),
+                Some(Value::Object(o)) => o.is_empty(),
+                Some(Value::Null) => true,
+                _ => false,
+            };
+            if empty {
+                m.remove(k);
+            }
+        }
+    }
 }
 
 fn set_default(v: &mut Value, key: &str, default: Value) {
@@ -446,6 +473,27 @@ mod tests {
             o["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
             "Always"
         );
+    }
+
+    #[test]
+    fn empty_metadata_lists_are_omitted() {
+        let r = find("", "v1", "configmaps").unwrap();
+        let old = for_create(
+            r,
+            Some("d"),
+            json!({"metadata": {"name": "c", "labels": {}, "finalizers": ["x"],
+                "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "p", "uid": "u"}]}}),
+        )
+        .unwrap();
+        assert!(old["metadata"].get("labels").is_none());
+        let mut new = old.clone();
+        new["metadata"]["finalizers"] = json!([]);
+        new["metadata"]["ownerReferences"] = json!([]);
+        new["metadata"]["annotations"] = json!({"a": "b"});
+        let o = for_update(r, Some("d"), &old, new, None).unwrap();
+        assert!(o["metadata"].get("finalizers").is_none(), "{o}");
+        assert!(o["metadata"].get("ownerReferences").is_none(), "{o}");
+        assert_eq!(o["metadata"]["annotations"]["a"], "b");
     }
 
     #[test]
