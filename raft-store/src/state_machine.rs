@@ -18,7 +18,8 @@ use crate::error::{Result, StoreError};
 use crate::lease::{LeaseRecord, Lessor, MIN_TTL};
 use crate::mvcc::codec::{self, meta};
 use crate::mvcc::read::View;
-use crate::mvcc::write::Writer;
+use crate::mvcc::write::{reads_after, Writer};
+use crate::mvcc::TxnRequest;
 use crate::snapshot;
 use crate::types::{
     ApplyError, Command, Entry, LogId, NodeId, Outcome, Response, Snapshot, SnapshotMeta,
@@ -147,121 +148,141 @@ impl StateMachine {
         StateMachine { shared }
     }
 
-    /// Apply one entry. Each command is one RocksDB write batch that also
-    /// records how far the entry has been applied, so a crash part-way
-    /// through a batched entry resumes after the last command written.
+    /// Apply one entry. Its commands are written in runs, one RocksDB write
+    /// batch per run, and each batch records how far the entry has been
+    /// applied (`applied` at the end, a cursor before), so a crash part-way
+    /// through resumes after the last run written. An entry is usually one
+    /// run; see [`StateMachine::apply_run`] for what starts another.
     fn apply_entry(&self, entry: &Entry) -> Result<Response> {
         let db = &*self.shared.db;
         let log_id = entry.log_id;
-        let finish = |b: &mut WriteBatch| {
-            b.put_cf(cf(db, CF_SM), meta::APPLIED, codec::encode(&Some(log_id)))
+        let (cmds, membership) = match &entry.payload {
+            EntryPayload::Blank => (&[][..], None),
+            EntryPayload::Membership(m) => (
+                &[][..],
+                Some(StoredMembership::new(Some(log_id), m.clone())),
+            ),
+            EntryPayload::Normal(Command::Batch(cmds)) => (cmds.as_slice(), None),
+            EntryPayload::Normal(cmd) => (std::slice::from_ref(cmd), None),
         };
+        let mut done = match read_meta::<(u64, usize)>(db, meta::CURSOR)? {
+            Some((index, done)) if index == log_id.index => done,
+            _ => 0,
+        };
+        let mut responses = Vec::with_capacity(cmds.len());
+        // Applied before a crash; nobody is waiting for their results.
+        let revision = self.shared.revision.load(Ordering::Acquire);
+        responses.resize_with(done, || Response {
+            revision,
+            outcome: Ok(Outcome::None),
+        });
+        loop {
+            done = self.apply_run(cmds, done, log_id, membership.as_ref(), &mut responses)?;
+            if done == cmds.len() {
+                break;
+            }
+        }
+        let revision = self.shared.revision.load(Ordering::Acquire);
         match &entry.payload {
-            EntryPayload::Blank => self.apply_command(None, log_id, finish),
-            EntryPayload::Membership(m) => {
-                let stored = StoredMembership::new(Some(log_id), m.clone());
-                self.apply_command(None, log_id, |b| {
-                    b.put_cf(cf(db, CF_SM), meta::MEMBERSHIP, codec::encode(&stored));
-                    finish(b);
-                })
-            }
-            EntryPayload::Normal(Command::Batch(cmds)) => {
-                let cursor: Option<(u64, usize)> = read_meta(db, meta::CURSOR)?;
-                let skip = match cursor {
-                    Some((index, done)) if index == log_id.index => done,
-                    _ => 0,
-                };
-                let mut responses = Vec::with_capacity(cmds.len());
-                for (i, cmd) in cmds.iter().enumerate() {
-                    if i < skip {
-                        // Applied before a crash; nobody is waiting for its result.
-                        responses.push(Response {
-                            revision: self.shared.revision.load(Ordering::Acquire),
-                            outcome: Ok(Outcome::None),
-                        });
-                        continue;
-                    }
-                    let resp = if i + 1 == cmds.len() {
-                        self.apply_command(Some(cmd), log_id, finish)?
-                    } else {
-                        self.apply_command(Some(cmd), log_id, |b| {
-                            b.put_cf(
-                                cf(db, CF_SM),
-                                meta::CURSOR,
-                                codec::encode(&(log_id.index, i + 1)),
-                            )
-                        })?
-                    };
-                    responses.push(resp);
-                }
-                let revision = self.shared.revision.load(Ordering::Acquire);
-                Ok(Response {
-                    revision,
-                    outcome: Ok(Outcome::Batch(responses)),
-                })
-            }
-            EntryPayload::Normal(cmd) => self.apply_command(Some(cmd), log_id, finish),
+            EntryPayload::Normal(Command::Batch(_)) => Ok(Response {
+                revision,
+                outcome: Ok(Outcome::Batch(responses)),
+            }),
+            _ => Ok(responses.pop().unwrap_or(Response {
+                revision,
+                outcome: Ok(Outcome::None),
+            })),
         }
     }
 
-    /// Apply one command (or none) in one write batch, then update the
-    /// in-memory mirrors and publish the revision's events.
-    fn apply_command(
+    /// Apply `cmds[from..]` up to the end of a run in one write batch, then
+    /// update the in-memory mirrors and publish each revision's events.
+    /// Returns where the run ended.
+    ///
+    /// Commands other than transactions (leases, compaction, member
+    /// attributes) read and write outside the writer's overlay, so each is a
+    /// run of its own; so is a transaction that reads a revision made earlier
+    /// in the run, which it can only read from disk.
+    fn apply_run(
         &self,
-        cmd: Option<&Command>,
+        cmds: &[Command],
+        from: usize,
         log_id: LogId,
-        finish: impl FnOnce(&mut WriteBatch),
-    ) -> Result<Response> {
+        membership: Option<&StoredMembership>,
+        responses: &mut Vec<Response>,
+    ) -> Result<usize> {
         let db = &*self.shared.db;
         let view = View::new(db);
         let base = view.revision()?;
         let mut batch = WriteBatch::default();
-        let mut events = Vec::new();
-        let mut revision = base;
-        let outcome = match cmd {
-            None => Ok(Outcome::None),
-            Some(cmd) => {
-                let mut writer = Writer::new(db, &view, &mut batch, base);
-                match self.execute(cmd, log_id, &view, &mut writer) {
-                    Ok(outcome) => {
-                        if writer.changed() {
-                            revision = writer.revision();
-                        }
-                        events = std::mem::take(&mut writer.events);
-                        Ok(outcome)
-                    }
-                    // A refused command writes nothing but its log position.
-                    Err(StoreError::Rejected(e)) => {
-                        drop(writer);
-                        batch.clear();
-                        Err(e)
-                    }
-                    Err(e) => return Err(e),
+        let mut published = Vec::new();
+        let mut applied = Vec::new();
+        let mut end = from;
+        let mut writer = Writer::new(db, &view, &mut batch, base);
+        while let Some(cmd) = cmds.get(end) {
+            let alone = match txn_of(cmd) {
+                Some(t) => end > from && reads_after(t, base),
+                None => true,
+            };
+            if end > from {
+                if alone {
+                    break;
                 }
+                writer.next_command();
             }
-        };
-        if revision != base {
-            batch.put_cf(cf(db, CF_SM), meta::REVISION, revision.to_be_bytes());
+            let outcome = match self.execute(cmd, log_id, &view, &mut writer) {
+                Ok(outcome) => {
+                    applied.push(cmd);
+                    Ok(outcome)
+                }
+                // A refused command writes nothing.
+                Err(StoreError::Rejected(e)) => {
+                    writer.undo_command();
+                    Err(e)
+                }
+                Err(e) => return Err(e),
+            };
+            let revision = writer.revision();
+            if writer.changed() {
+                published.push(RevisionBatch {
+                    revision,
+                    events: std::mem::take(&mut writer.events),
+                    applied_at: Instant::now(),
+                });
+            }
+            responses.push(Response { revision, outcome });
+            end += 1;
+            if alone {
+                break;
+            }
         }
-        finish(&mut batch);
+        let revision = writer.revision();
+        drop(writer);
+        let sm = cf(db, CF_SM);
+        if revision != base {
+            batch.put_cf(sm, meta::REVISION, revision.to_be_bytes());
+        }
+        if end == cmds.len() {
+            if let Some(m) = membership {
+                batch.put_cf(sm, meta::MEMBERSHIP, codec::encode(m));
+            }
+            batch.put_cf(sm, meta::APPLIED, codec::encode(&Some(log_id)));
+        } else {
+            batch.put_cf(sm, meta::CURSOR, codec::encode(&(log_id.index, end)));
+        }
         let mut opts = WriteOptions::default();
         // Durable through the shared WAL: the log append that carried this
         // entry was synced, and a later sync covers this write too.
         opts.set_sync(false);
         db.write_opt(batch, &opts)?;
         self.shared.revision.store(revision, Ordering::Release);
-        let resp = Response { revision, outcome };
-        if let (Some(cmd), Ok(_)) = (cmd, &resp.outcome) {
+        for cmd in applied {
             self.after_apply(cmd);
         }
-        if !events.is_empty() {
-            self.shared.hub.publish(RevisionBatch {
-                revision,
-                events,
-                applied_at: std::time::Instant::now(),
-            });
+        for batch in published {
+            self.shared.hub.publish(batch);
         }
-        Ok(resp)
+        Ok(end)
     }
 
     fn execute(
@@ -369,6 +390,15 @@ impl StateMachine {
             Command::Fenced { cmd, .. } => self.after_apply(cmd),
             Command::Txn(_) | Command::Batch(_) => {}
         }
+    }
+}
+
+/// The transaction a command carries, if it is one.
+fn txn_of(cmd: &Command) -> Option<&TxnRequest> {
+    match cmd {
+        Command::Txn(t) => Some(t),
+        Command::Fenced { cmd, .. } => txn_of(cmd),
+        _ => None,
     }
 }
 

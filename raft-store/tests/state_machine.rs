@@ -133,6 +133,145 @@ async fn revisions_versions_and_history() {
     s.shutdown().await;
 }
 
+fn put_op(k: &str, v: &str, lease: i64) -> Op {
+    Op::Put(PutRequest {
+        key: k.into(),
+        value: v.into(),
+        lease,
+        ..Default::default()
+    })
+}
+
+/// Commands batched into one log entry are written together but behave as
+/// if proposed one by one: each sees the ones before it, gets its own
+/// revision, and one refused part-way leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_commands_apply_in_order_and_refusals_leave_no_trace() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = single(dir.path(), free_port()).await;
+    let base = put(&s, "x", "0").await;
+    let version_is = |k: &str, v: i64| Compare {
+        range: KeyRange::single(k),
+        op: CompareOp::Equal,
+        target: CompareTarget::Version(v),
+    };
+    let cmds = vec![
+        // base + 1
+        Command::Txn(TxnRequest::single(put_op("a", "1", 0))),
+        // base + 2: sees `a` from the command before.
+        Command::Txn(TxnRequest {
+            compare: vec![version_is("a", 1)],
+            success: vec![put_op("b", "2", 0)],
+            failure: vec![],
+        }),
+        // Refused after its first put: no revision, no `c`.
+        Command::Txn(TxnRequest {
+            compare: vec![],
+            success: vec![put_op("c", "3", 0), put_op("d", "4", 424242)],
+            failure: vec![],
+        }),
+        // base + 3: reads `a` at the revision made two commands back.
+        Command::Txn(TxnRequest {
+            compare: vec![],
+            success: vec![
+                Op::Range(RangeRequest {
+                    range: KeyRange::single("a"),
+                    revision: base + 1,
+                    ..Default::default()
+                }),
+                put_op("a", "5", 0),
+            ],
+            failure: vec![],
+        }),
+        // base + 4: deletes what the batch made, seeing `a` at version 2.
+        Command::Txn(TxnRequest {
+            compare: vec![version_is("a", 2)],
+            success: vec![Op::Delete(DeleteRequest {
+                range: KeyRange {
+                    key: b"a".to_vec(),
+                    range_end: b"c".to_vec(),
+                },
+                prev_kv: true,
+            })],
+            failure: vec![],
+        }),
+    ];
+    let resp = s.write(Command::Batch(cmds)).await.expect("batch");
+    let Ok(Outcome::Batch(results)) = resp.outcome else {
+        panic!("unexpected {resp:?}");
+    };
+    let revisions: Vec<i64> = results.iter().map(|r| r.revision).collect();
+    assert_eq!(
+        revisions,
+        [base + 1, base + 2, base + 2, base + 3, base + 4],
+        "{results:?}"
+    );
+    assert!(matches!(
+        &results[1].outcome,
+        Ok(Outcome::Txn {
+            succeeded: true,
+            ..
+        })
+    ));
+    assert!(matches!(
+        &results[2].outcome,
+        Err(ApplyError::LeaseNotFound)
+    ));
+    match &results[3].outcome {
+        Ok(Outcome::Txn { results, .. }) => match &results[0] {
+            OpResult::Range(r) => assert_eq!(r.kvs[0].value, b"1"),
+            other => panic!("unexpected {other:?}"),
+        },
+        other => panic!("unexpected {other:?}"),
+    }
+    match &results[4].outcome {
+        Ok(Outcome::Txn {
+            succeeded: true,
+            results,
+        }) => assert!(
+            matches!(&results[0], OpResult::Delete { deleted: 2, prev_kvs } if prev_kvs[0].value == b"5"),
+            "{results:?}"
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(resp.revision, base + 4);
+    assert!(get(&s, "c", 0).expect("get c").is_none());
+    assert_eq!(
+        get(&s, "b", base + 2).expect("get b").expect("b").value,
+        b"2"
+    );
+    // Watchers see each revision once, in order, and nothing of the refusal.
+    let mut w = s.watch(
+        WatchSpec {
+            range: KeyRange::prefix(""),
+            start_revision: base + 1,
+            ..Default::default()
+        },
+        16,
+    );
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        match tokio::time::timeout(Duration::from_secs(5), w.items.recv()).await {
+            Ok(Some(WatchItem::Events {
+                revision, events, ..
+            })) => {
+                let keys: Vec<String> = events
+                    .iter()
+                    .map(|e| String::from_utf8_lossy(&e.kv.key).into_owned())
+                    .collect();
+                seen.push((revision - base, keys.join(",")));
+            }
+            other => panic!("watch ended: {other:?}"),
+        }
+    }
+    let expected: Vec<(i64, String)> = [(1, "a"), (2, "b"), (3, "a"), (4, "a,b")]
+        .iter()
+        .map(|(r, k)| (*r, k.to_string()))
+        .collect();
+    assert_eq!(seen, expected);
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn txn_compares_and_branches() {
     let dir = tempfile::tempdir().expect("tmp");

@@ -1,11 +1,15 @@
-//! Applying one command's key-value changes into a RocksDB write batch.
+//! Applying commands' key-value changes into a RocksDB write batch.
 //!
-//! Every change of one command shares one new revision (`base + 1`); the
-//! sub-revision orders changes within it. Reads made while applying (txn
-//! compares, ranges inside a txn, previous values) see the command's own
-//! earlier changes through an overlay, as etcd's write transactions do.
+//! One [`Writer`] covers a run of commands written in one batch. Every change
+//! of one command shares one new revision; the sub-revision orders changes
+//! within it. Reads made while applying (txn compares, ranges inside a txn,
+//! previous values) see the changes of the command itself and of the
+//! commands before it in the run through an overlay, as etcd's write
+//! transactions do. A command refused part-way is undone: its batch records,
+//! overlay entries and events are dropped.
 
 use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
 
 use rocksdb::{WriteBatch, DB};
 
@@ -19,25 +23,40 @@ use crate::db::{cf, CF_HISTORY, CF_INDEX, CF_LATEST, CF_LEASES, CF_LEASE_KEYS};
 use crate::error::Result;
 use crate::types::ApplyError;
 
+/// Where a command's records start in the batch.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    bytes: usize,
+    count: usize,
+}
+
 pub struct Writer<'a> {
     db: &'a DB,
     view: &'a View<'a>,
     batch: &'a mut WriteBatch,
-    /// The revision this command writes at.
+    /// The revision the current command writes at.
     rev: i64,
-    /// Changes made so far; also the next sub-revision.
+    /// Changes made by the current command so far; also its next sub-revision.
     sub: u32,
+    /// Live state of every key changed by this run of commands.
     overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    /// What the current command replaced in `overlay`, to undo it.
+    undo: Vec<(Vec<u8>, Option<Option<KeyValue>>)>,
+    /// The batch as it was before the current command.
+    mark: Mark,
+    /// The current command's events.
     pub events: Vec<Event>,
 }
 
 impl<'a> Writer<'a> {
+    /// A writer whose first command writes at `base_revision + 1`.
     pub fn new(
         db: &'a DB,
         view: &'a View<'a>,
         batch: &'a mut WriteBatch,
         base_revision: i64,
     ) -> Self {
+        let mark = mark(batch);
         Writer {
             db,
             view,
@@ -45,17 +64,49 @@ impl<'a> Writer<'a> {
             rev: base_revision + 1,
             sub: 0,
             overlay: BTreeMap::new(),
+            undo: Vec::new(),
+            mark,
             events: Vec::new(),
         }
     }
 
-    /// Whether anything was changed (and so the revision moves).
+    /// Move on to the next command of the run: it writes at the revision
+    /// after the current one's if that changed anything.
+    pub fn next_command(&mut self) {
+        if self.changed() {
+            self.rev += 1;
+        }
+        self.sub = 0;
+        self.undo.clear();
+        self.events.clear();
+        self.mark = mark(self.batch);
+    }
+
+    /// Drop everything the current command wrote (it was refused).
+    pub fn undo_command(&mut self) {
+        truncate(self.batch, self.mark);
+        for (key, before) in self.undo.drain(..).rev() {
+            match before {
+                Some(v) => self.overlay.insert(key, v),
+                None => self.overlay.remove(&key),
+            };
+        }
+        self.events.clear();
+        self.sub = 0;
+    }
+
+    /// Whether the current command changed anything (and so the revision moves).
     pub fn changed(&self) -> bool {
         self.sub > 0
     }
 
+    /// The store revision once the current command is applied.
     pub fn revision(&self) -> i64 {
-        self.rev
+        if self.changed() {
+            self.rev
+        } else {
+            self.rev - 1
+        }
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
@@ -65,7 +116,7 @@ impl<'a> Writer<'a> {
         }
     }
 
-    /// Live keys in `range` including this command's changes, in key order.
+    /// Live keys in `range` including this run's changes, in key order.
     fn live(&self, range: &KeyRange) -> Result<Vec<KeyValue>> {
         if range.is_single() {
             return Ok(self.get(&range.key)?.into_iter().collect());
@@ -76,7 +127,16 @@ impl<'a> Writer<'a> {
             .into_iter()
             .map(|kv| (kv.key.clone(), kv))
             .collect();
-        for (k, v) in self.overlay.iter().filter(|(k, _)| range.contains(k)) {
+        let end = match range.end() {
+            // An inverted range holds nothing (and BTreeMap::range would panic).
+            Some(end) if end <= range.key.as_slice() => return Ok(merged.into_values().collect()),
+            Some(end) => Bound::Excluded(end),
+            None => Bound::Unbounded,
+        };
+        for (k, v) in self
+            .overlay
+            .range::<[u8], _>((Bound::Included(range.key.as_slice()), end))
+        {
             match v {
                 Some(kv) => merged.insert(k.clone(), kv.clone()),
                 None => merged.remove(k),
@@ -90,6 +150,11 @@ impl<'a> Writer<'a> {
             .db
             .get_cf(cf(self.db, CF_LEASES), codec::u64_key(id as u64))?
             .is_some())
+    }
+
+    fn set_live(&mut self, key: &[u8], value: Option<KeyValue>) {
+        let before = self.overlay.insert(key.to_vec(), value);
+        self.undo.push((key.to_vec(), before));
     }
 
     fn record(&mut self, kind: EventKind, kv: &KeyValue, prev: Option<KeyValue>) {
@@ -114,11 +179,11 @@ impl<'a> Writer<'a> {
                 };
                 self.batch
                     .put_cf(cf(self.db, CF_LATEST), &kv.key, codec::encode(&latest));
-                self.overlay.insert(kv.key.clone(), Some(kv.clone()));
+                self.set_live(&kv.key, Some(kv.clone()));
             }
             EventKind::Delete => {
                 self.batch.delete_cf(cf(self.db, CF_LATEST), &kv.key);
-                self.overlay.insert(kv.key.clone(), None);
+                self.set_live(&kv.key, None);
             }
         }
         self.events.push(Event {
@@ -285,4 +350,37 @@ impl Writer<'_> {
     pub fn batch_mut(&mut self) -> &mut WriteBatch {
         self.batch
     }
+}
+
+fn mark(batch: &WriteBatch) -> Mark {
+    Mark {
+        bytes: batch.size_in_bytes(),
+        count: batch.len(),
+    }
+}
+
+/// Cut `batch` back to what it held at `mark`.
+///
+/// rust-rocksdb has no save points, so this rebuilds the batch from its
+/// serialized form, which RocksDB defines as a 12-byte header (sequence
+/// number: fixed64, record count: fixed32, both little-endian) followed by
+/// the records in order. Only refused commands take this path.
+fn truncate(batch: &mut WriteBatch, mark: Mark) {
+    if batch.len() == mark.count {
+        return;
+    }
+    let mut rep = batch.data()[..mark.bytes].to_vec();
+    rep[8..12].copy_from_slice(&(mark.count as u32).to_le_bytes());
+    *batch = WriteBatch::from_data(&rep);
+}
+
+/// Whether `t` (or a transaction nested in it) reads at a revision after
+/// `revision`: such a read needs every earlier change on disk, not only in a
+/// writer's overlay.
+pub fn reads_after(t: &TxnRequest, revision: i64) -> bool {
+    t.success.iter().chain(&t.failure).any(|op| match op {
+        Op::Range(r) => r.revision > revision,
+        Op::Txn(inner) => reads_after(inner, revision),
+        Op::Put(_) | Op::Delete(_) => false,
+    })
 }
