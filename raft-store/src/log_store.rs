@@ -4,12 +4,17 @@
 //! acknowledged to openraft only after the WAL is synced. A dedicated thread
 //! does the syncing: every append waiting when it wakes is covered by one
 //! fsync, which is how concurrent clients share the cost of durability.
+//!
+//! openraft reads every entry back soon after appending it: to apply it, and
+//! on the leader to send it to each follower. The newest entries are kept in
+//! memory ([`Cache`]) so those reads skip RocksDB and decoding.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -30,7 +35,93 @@ type Vote = openraft::Vote<NodeId>;
 pub struct LogStore {
     db: Arc<DB>,
     committed: Arc<AtomicU64>,
-    flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
+    flusher: mpsc::Sender<SyncWork>,
+    /// The sync thread, joined by [`LogStore::close`].
+    syncer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    cache: Arc<Mutex<Cache>>,
+}
+
+/// Work for the sync thread.
+enum SyncWork {
+    /// Acknowledge this append once the WAL is synced.
+    Append(LogFlushed<TypeConfig>),
+    /// Sync what is pending and end.
+    Stop,
+}
+
+/// Bytes of encoded entries the cache holds at most.
+const CACHE_BYTES: usize = 64 << 20;
+
+/// The newest log entries, contiguous by index, as appended.
+#[derive(Default)]
+struct Cache {
+    /// Each entry with its encoded size.
+    entries: VecDeque<(Entry, usize)>,
+    bytes: usize,
+}
+
+impl Cache {
+    fn first(&self) -> Option<u64> {
+        self.entries.front().map(|(e, _)| e.log_id.index)
+    }
+
+    fn push(&mut self, entry: Entry, size: usize) {
+        let next = self.entries.back().map(|(e, _)| e.log_id.index + 1);
+        if next.is_some_and(|n| n != entry.log_id.index) {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        self.entries.push_back((entry, size));
+        self.bytes += size;
+        while self.bytes > CACHE_BYTES && self.entries.len() > 1 {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, size)) = self.entries.pop_front() {
+            self.bytes -= size;
+        }
+    }
+
+    /// Forget entries from `index` on.
+    fn truncate(&mut self, index: u64) {
+        while self
+            .entries
+            .back()
+            .is_some_and(|(e, _)| e.log_id.index >= index)
+        {
+            if let Some((_, size)) = self.entries.pop_back() {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    /// Forget entries up to and including `index`.
+    fn purge(&mut self, index: u64) {
+        while self.first().is_some_and(|first| first <= index) {
+            self.pop_front();
+        }
+    }
+
+    /// The entries in `[start, end)`, if the cache holds every one there is
+    /// from `start` (entries past the newest do not exist).
+    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        let first = self.first()?;
+        if start < first {
+            return None;
+        }
+        let skip = usize::try_from(start - first).ok()?;
+        let take = usize::try_from(end.saturating_sub(start)).unwrap_or(usize::MAX);
+        Some(
+            self.entries
+                .iter()
+                .skip(skip)
+                .take(take)
+                .map(|(e, _)| e.clone())
+                .collect(),
+        )
+    }
 }
 
 fn read_err(e: impl std::fmt::Display) -> StorageError {
@@ -47,9 +138,9 @@ fn vote_err(e: impl std::fmt::Display) -> StorageError {
 
 impl LogStore {
     pub fn new(db: Arc<DB>) -> Self {
-        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let (tx, rx) = mpsc::channel::<SyncWork>();
         let flush_db = db.clone();
-        std::thread::Builder::new()
+        let syncer = std::thread::Builder::new()
             .name("raft-log-sync".into())
             .spawn(move || sync_loop(flush_db, rx))
             .expect("spawning the log sync thread");
@@ -57,7 +148,24 @@ impl LogStore {
             db,
             committed: Arc::new(AtomicU64::new(0)),
             flusher: tx,
+            syncer: Arc::new(Mutex::new(Some(syncer))),
+            cache: Arc::default(),
         }
+    }
+
+    /// Stop the sync thread once it has synced what is pending, and wait for
+    /// it, so that it is not still using RocksDB while the process exits
+    /// (which aborted in RocksDB's locks). Appends after this fail.
+    pub fn close(&self) {
+        let _ = self.flusher.send(SyncWork::Stop);
+        let handle = self.syncer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The highest log index known to be committed.
@@ -120,10 +228,17 @@ impl LogStore {
 }
 
 /// Sync the WAL for every append waiting, then acknowledge them in order.
-fn sync_loop(db: Arc<DB>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
-    while let Ok(first) = rx.recv() {
-        let mut waiting = vec![first];
-        waiting.extend(rx.try_iter());
+fn sync_loop(db: Arc<DB>, rx: mpsc::Receiver<SyncWork>) {
+    let mut stopping = false;
+    while !stopping {
+        let Ok(first) = rx.recv() else { return };
+        let mut waiting = Vec::new();
+        for work in std::iter::once(first).chain(rx.try_iter()) {
+            match work {
+                SyncWork::Append(cb) => waiting.push(cb),
+                SyncWork::Stop => stopping = true,
+            }
+        }
         let started = Instant::now();
         let result = db.flush_wal(true);
         metrics::histogram!("skiff_store_wal_fsync_seconds")
@@ -149,6 +264,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => i + 1,
             Bound::Unbounded => 0,
         };
+        let end = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        if let Some(entries) = self.cache().get(start, end) {
+            return Ok(entries);
+        }
         let mut it = self.db.raw_iterator_cf(cf(&self.db, CF_LOGS));
         it.seek(codec::u64_key(start));
         let mut out = Vec::new();
@@ -221,25 +344,32 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let started = Instant::now();
         let mut batch = WriteBatch::default();
         let logs = cf(&self.db, CF_LOGS);
+        let mut appended = Vec::new();
         for entry in entries {
-            batch.put_cf(
-                logs,
-                codec::u64_key(entry.log_id.index),
-                codec::encode(&entry),
-            );
+            let encoded = codec::encode(&entry);
+            let size = encoded.len();
+            batch.put_cf(logs, codec::u64_key(entry.log_id.index), encoded);
+            appended.push((entry, size));
         }
         // Readable now; durable once the sync thread has flushed the WAL,
         // which is when openraft is told (through `callback`).
         self.db.write(batch).map_err(write_err)?;
+        {
+            let mut cache = self.cache();
+            for (entry, size) in appended {
+                cache.push(entry, size);
+            }
+        }
         metrics::histogram!("skiff_store_log_append_seconds")
             .record(started.elapsed().as_secs_f64());
         self.flusher
-            .send(callback)
+            .send(SyncWork::Append(callback))
             .map_err(|_| write_err("log sync thread stopped"))?;
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.cache().truncate(log_id.index);
         // Ordered before any later append in the WAL, so synced with it.
         self.db
             .delete_range_cf(
@@ -251,6 +381,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.cache().purge(log_id.index);
         // The snapshot covering these entries is already synced to its file.
         self.put_meta(KEY_PURGED, &log_id, false)
             .map_err(write_err)?;
@@ -261,5 +392,54 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 codec::u64_key(log_id.index + 1),
             )
             .map_err(write_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn indexes(entries: Option<Vec<Entry>>) -> Option<Vec<u64>> {
+        entries.map(|es| es.iter().map(|e| e.log_id.index).collect())
+    }
+
+    #[test]
+    fn cache_serves_only_what_it_holds_contiguously() {
+        let mut cache = Cache::default();
+        assert_eq!(indexes(cache.get(1, 5)), None);
+        for i in 5..=9 {
+            cache.push(entry(i), 10);
+        }
+        assert_eq!(indexes(cache.get(6, 8)), Some(vec![6, 7]));
+        assert_eq!(indexes(cache.get(8, u64::MAX)), Some(vec![8, 9]));
+        // Older than the cache: read from RocksDB instead.
+        assert_eq!(indexes(cache.get(4, 7)), None);
+        // A truncated tail is gone; appends continue from there.
+        cache.truncate(8);
+        assert_eq!(indexes(cache.get(5, u64::MAX)), Some(vec![5, 6, 7]));
+        cache.push(entry(8), 10);
+        assert_eq!(indexes(cache.get(7, u64::MAX)), Some(vec![7, 8]));
+        // Purged entries are gone from the front.
+        cache.purge(6);
+        assert_eq!(indexes(cache.get(6, u64::MAX)), None);
+        assert_eq!(indexes(cache.get(7, u64::MAX)), Some(vec![7, 8]));
+        // A gap starts the cache over, so it never skips an index.
+        cache.push(entry(12), 10);
+        assert_eq!(indexes(cache.get(8, u64::MAX)), None);
+        assert_eq!(indexes(cache.get(12, u64::MAX)), Some(vec![12]));
+        // Past the byte budget the oldest entries go.
+        for i in 13..13 + (CACHE_BYTES / 10) as u64 + 5 {
+            cache.push(entry(i), 10);
+        }
+        assert!(cache.bytes <= CACHE_BYTES);
+        assert_eq!(indexes(cache.get(12, 14)), None);
     }
 }

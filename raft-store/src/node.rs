@@ -315,7 +315,9 @@ impl Store {
             return Ok(());
         }
         let mut metrics = self.raft.metrics();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        // Long enough for this master to apply a command that deletes a
+        // large prefix, which the leader has just done.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         while self.revision() < revision {
             match tokio::time::timeout_at(deadline, metrics.changed()).await {
                 Ok(Ok(())) => {}
@@ -642,6 +644,8 @@ impl Store {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }
+        let log = self.log.clone();
+        let _ = tokio::task::spawn_blocking(move || log.close()).await;
     }
 }
 

@@ -18,6 +18,9 @@ use crate::types::{Command, NodeId, Outcome, Raft, Response};
 
 /// Batches sent but not yet answered.
 const MAX_IN_FLIGHT: usize = 4;
+/// How long a batch forwarded to the leader may take, unless the leader
+/// changes first.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Upper bounds of one batch.
 const MAX_COMMANDS: usize = 1024;
 const MAX_BYTES: usize = 4 << 20;
@@ -57,13 +60,27 @@ impl Router {
         if leader == self.id {
             return self.commit(cmds).await;
         }
-        match self
+        // A large write (deleting a big prefix) may take the leader many
+        // seconds, so the call is given long; but if this master stops
+        // seeing `leader` as the leader (it stopped, or lost its quorum),
+        // the call is abandoned at once so the next batch finds the new one.
+        let wait = self
+            .raft
+            .wait(Some(FORWARD_TIMEOUT + Duration::from_secs(1)));
+        let deposed = wait.metrics(|m| m.current_leader != Some(leader), "leader changed");
+        let request = Forwarded::WriteBatch(cmds);
+        let call = self
             .peers
-            .forward(leader, &url, &Forwarded::WriteBatch(cmds))
-            .await?
-        {
-            Reply::WriteBatch(r) => Ok(r),
-            other => Err(StoreError::Raft(format!("unexpected reply {other:?}"))),
+            .forward_with_timeout(leader, &url, &request, FORWARD_TIMEOUT);
+        tokio::select! {
+            reply = call => match reply? {
+                Reply::WriteBatch(r) => Ok(r),
+                other => Err(StoreError::Raft(format!("unexpected reply {other:?}"))),
+            },
+            _ = deposed => Err(StoreError::Forward {
+                leader,
+                detail: "the leader changed before it answered".into(),
+            }),
         }
     }
 
@@ -73,7 +90,7 @@ impl Router {
         let cmd = if n == 1 {
             cmds.remove(0)
         } else {
-            Command::Batch(cmds)
+            Command::Batch(Arc::new(cmds))
         };
         let resp = self.raft.client_write(cmd).await.map_err(|e| match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => StoreError::NoLeader,

@@ -5,6 +5,7 @@
 //! so the store does not depend on any wire format.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -61,8 +62,9 @@ pub enum Command {
         id: i64,
     },
     /// Several commands proposed together (one log entry, one fsync); each
-    /// is applied as if proposed alone, in order.
-    Batch(Vec<Command>),
+    /// is applied as if proposed alone, in order. Shared, so that copies of
+    /// the entry (the log's cache, replication, applying) cost no copying.
+    Batch(Arc<Vec<Command>>),
     /// `cmd`, applied only if the entry carrying it was appended by the
     /// leadership named here (`term`, `leader`); otherwise refused with
     /// [`ApplyError::Fenced`]. Leader-only work (controllers, scheduler)

@@ -196,7 +196,10 @@ async fn batched_commands_apply_in_order_and_refusals_leave_no_trace() {
             failure: vec![],
         }),
     ];
-    let resp = s.write(Command::Batch(cmds)).await.expect("batch");
+    let resp = s
+        .write(Command::Batch(std::sync::Arc::new(cmds)))
+        .await
+        .expect("batch");
     let Ok(Outcome::Batch(results)) = resp.outcome else {
         panic!("unexpected {resp:?}");
     };

@@ -121,22 +121,23 @@ impl<'a> Writer<'a> {
         if range.is_single() {
             return Ok(self.get(&range.key)?.into_iter().collect());
         }
-        let mut merged: BTreeMap<Vec<u8>, KeyValue> = self
-            .view
-            .range_latest(range)?
-            .into_iter()
-            .map(|kv| (kv.key.clone(), kv))
-            .collect();
+        let stored = self.view.range_latest(range)?;
         let end = match range.end() {
             // An inverted range holds nothing (and BTreeMap::range would panic).
-            Some(end) if end <= range.key.as_slice() => return Ok(merged.into_values().collect()),
+            Some(end) if end <= range.key.as_slice() => return Ok(stored),
             Some(end) => Bound::Excluded(end),
             None => Bound::Unbounded,
         };
-        for (k, v) in self
+        let mut changed = self
             .overlay
             .range::<[u8], _>((Bound::Included(range.key.as_slice()), end))
-        {
+            .peekable();
+        if changed.peek().is_none() {
+            return Ok(stored);
+        }
+        let mut merged: BTreeMap<Vec<u8>, KeyValue> =
+            stored.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+        for (k, v) in changed {
             match v {
                 Some(kv) => merged.insert(k.clone(), kv.clone()),
                 None => merged.remove(k),

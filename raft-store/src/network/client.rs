@@ -51,19 +51,31 @@ impl Peers {
         url: &str,
         req: &Forwarded,
     ) -> Result<Reply, StoreError> {
+        // A leader that is stopped (not dead) keeps its connections open and
+        // never answers: give up, so the caller can find the next leader.
+        let timeout = match req {
+            Forwarded::ReadIndex | Forwarded::LeaseKeepAlive(_) | Forwarded::LeaseTimeToLive(_) => {
+                Duration::from_secs(1)
+            }
+            _ => Duration::from_secs(5),
+        };
+        self.forward_with_timeout(leader, url, req, timeout).await
+    }
+
+    /// [`Peers::forward`], giving up after `timeout`.
+    pub async fn forward_with_timeout(
+        &self,
+        leader: NodeId,
+        url: &str,
+        req: &Forwarded,
+        timeout: Duration,
+    ) -> Result<Reply, StoreError> {
         let fail = |detail: String| StoreError::Forward { leader, detail };
         let mut client = self.client(url).map_err(|e| fail(e.to_string()))?;
         let mut request = tonic::Request::new(Payload {
             data: codec::encode(req),
         });
-        // A leader that is stopped (not dead) keeps its connections open and
-        // never answers: give up, so the caller can find the next leader.
-        request.set_timeout(match req {
-            Forwarded::ReadIndex | Forwarded::LeaseKeepAlive(_) | Forwarded::LeaseTimeToLive(_) => {
-                Duration::from_secs(1)
-            }
-            _ => Duration::from_secs(5),
-        });
+        request.set_timeout(timeout);
         let resp = client
             .forward(request)
             .await
