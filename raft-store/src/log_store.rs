@@ -86,15 +86,11 @@ impl Cache {
 
     /// Forget entries from `index` on.
     fn truncate(&mut self, index: u64) {
-        while self
+        let keep = self
             .entries
-            .back()
-            .is_some_and(|(e, _)| e.log_id.index >= index)
-        {
-            if let Some((_, size)) = self.entries.pop_back() {
-                self.bytes -= size;
-            }
-        }
+            .partition_point(|(e, _)| e.log_id.index < index);
+        let dropped: usize = self.entries.drain(keep..).map(|(_, size)| size).sum();
+        self.bytes -= dropped;
     }
 
     /// Forget entries up to and including `index`.

@@ -165,7 +165,13 @@ impl StateMachine {
             EntryPayload::Normal(Command::Batch(cmds)) => (cmds.as_slice(), None),
             EntryPayload::Normal(cmd) => (std::slice::from_ref(cmd), None),
         };
-        let mut done = match read_meta::<(u64, usize)>(db, meta::CURSOR)? {
+        // Only an entry of several commands can be split into runs, and so
+        // have a cursor to resume from.
+        let cursor = match cmds.len() {
+            0 | 1 => None,
+            _ => read_meta::<(u64, usize)>(db, meta::CURSOR)?,
+        };
+        let mut done = match cursor {
             Some((index, done)) if index == log_id.index => done,
             _ => 0,
         };
