@@ -1,8 +1,14 @@
 //! The one RocksDB instance a master keeps: the Raft log and the state
-//! machine live in column families of the same database, so they share one
-//! write-ahead log. Syncing the WAL for a log append therefore also makes every
-//! earlier state-machine write durable, which is what lets the state machine
-//! write without syncing of its own.
+//! machine live in column families of the same database.
+//!
+//! Only the log goes through RocksDB's write-ahead log. The state machine
+//! writes skip it: whatever it wrote since its last flush can be applied
+//! again from the Raft log, which keeps every entry up to the last snapshot,
+//! and a snapshot flushes the state machine first. Flushes are atomic across
+//! column families, so after a crash the state machine is as it was at one
+//! moment, `applied` index included, and openraft re-applies the committed
+//! entries after it. Every value is thus written to the WAL once (in its log
+//! entry), not twice.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,12 +21,8 @@ pub const CF_LOGS: &str = "logs";
 pub const CF_RAFT: &str = "raft";
 /// State machine metadata: last applied, membership, revision, compaction point.
 pub const CF_SM: &str = "sm";
-/// Live keys and their current version.
-pub const CF_LATEST: &str = "latest";
-/// Every version of every key, by key then revision.
-pub const CF_INDEX: &str = "index";
-/// Every change by revision, for watch replay.
-pub const CF_HISTORY: &str = "history";
+/// Every version of every key, by the revision that made it.
+pub const CF_REVS: &str = "revs";
 /// Leases by id.
 pub const CF_LEASES: &str = "leases";
 /// (lease id, key) pairs: the keys attached to each lease.
@@ -29,15 +31,7 @@ pub const CF_LEASE_KEYS: &str = "lease_keys";
 pub const CF_MEMBERS: &str = "members";
 
 /// Column families that make up the state machine, and so the snapshot.
-pub const SM_FAMILIES: [&str; 7] = [
-    CF_SM,
-    CF_LATEST,
-    CF_INDEX,
-    CF_HISTORY,
-    CF_LEASES,
-    CF_LEASE_KEYS,
-    CF_MEMBERS,
-];
+pub const SM_FAMILIES: [&str; 5] = [CF_SM, CF_REVS, CF_LEASES, CF_LEASE_KEYS, CF_MEMBERS];
 
 /// Column families of the Raft log itself.
 pub const LOG_FAMILIES: [&str; 2] = [CF_LOGS, CF_RAFT];
@@ -57,19 +51,17 @@ pub fn open(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
     // write that must be durable) flushes it: applying a command then costs
     // no system call, and every fsync carries all writes made before it.
     opts.set_manual_wal_flush(true);
+    // The state machine is written without the WAL (see above).
+    opts.set_atomic_flush(true);
     let cache = rocksdb::Cache::new_lru_cache(128 << 20);
     let families = all_families().map(|name| {
         let mut cf_opts = Options::default();
         cf_opts.set_write_buffer_size(64 << 20);
         let mut table = rocksdb::BlockBasedOptions::default();
         table.set_block_cache(&cache);
-        // Point lookups of absent keys (every create) skip files quickly.
+        // Point lookups of absent keys (leases, members) skip files quickly.
         table.set_bloom_filter(10.0, false);
         cf_opts.set_block_based_table_factory(&table);
-        // Most writes create keys: a bloom filter over the memtable answers
-        // "absent" without walking its skiplist.
-        cf_opts.set_memtable_whole_key_filtering(true);
-        cf_opts.set_memtable_prefix_bloom_ratio(0.1);
         // Fewer rewrites of the same bytes than leveled compaction.
         cf_opts.set_compaction_style(rocksdb::DBCompactionStyle::Universal);
         ColumnFamilyDescriptor::new(name, cf_opts)

@@ -5,12 +5,14 @@
 //! - [`types`]: the Raft type configuration and the replicated [`Command`]s.
 //! - [`db`]: the RocksDB instance and its column families.
 //! - [`log_store`]: the Raft log (appends acknowledged after a WAL sync).
-//! - [`mvcc`]: the key-value model with revisions: layout, reads, writes.
+//! - [`mvcc`]: the key-value model with revisions: layout, the in-memory
+//!   key index, reads, writes.
 //! - [`state_machine`]: applies commands; [`snapshot`] dumps and loads it.
 //! - [`lease`]: lease deadlines; [`watch`]: the watch hub and watchers.
 //! - [`network`]: peer RPCs over tonic (Raft messages, forwarding).
 //! - [`node`]: [`Store`], a master's handle tying it all together;
-//!   `proposer` batches concurrent writes into one log entry.
+//!   `proposer` batches concurrent writes into one log entry, `read_index`
+//!   concurrent linearizable reads into one leadership confirmation.
 //! - `jobs`: background work (lease expiry, compaction, metrics, publishing).
 
 #![forbid(unsafe_code)]
@@ -28,6 +30,7 @@ pub mod mvcc;
 pub mod network;
 pub mod node;
 mod proposer;
+mod read_index;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -25,6 +25,7 @@ use crate::network::client::Peers;
 use crate::network::forward::{Forwarded, Reply};
 use crate::network::server::PeerService;
 use crate::proposer::{Proposer, Router};
+use crate::read_index::Batcher;
 use crate::state_machine::{Shared, StateMachine};
 use crate::types::{ApplyError, Command, Member, NodeId, Raft, Response};
 use crate::watch::{WatchSpec, Watcher};
@@ -117,6 +118,21 @@ pub struct Status {
     pub is_learner: bool,
 }
 
+/// As the leader, confirm leadership and return a read index.
+async fn confirm_read_index(raft: Raft) -> Result<u64> {
+    let (read, _) = raft
+        .get_read_log_id()
+        .await
+        .map_err(|_| StoreError::NoLeader)?;
+    // openraft's read index is max(commit index, this term's first entry); a
+    // leader restarted with its leadership intact starts from a stale commit
+    // index and no new first entry. Every acknowledged write is in the
+    // leader's log, so its last index, read after leadership was confirmed,
+    // is a read index that cannot miss one.
+    let last = raft.metrics().borrow().last_log_index.unwrap_or(0);
+    Ok(read.map(|l| l.index).unwrap_or(0).max(last))
+}
+
 /// How long a linearizable read waits for a new leader before failing.
 const READ_FAILOVER_PATIENCE: Duration = Duration::from_secs(5);
 
@@ -129,6 +145,10 @@ pub struct Store {
     log: LogStore,
     router: Router,
     proposer: Proposer,
+    /// Read indexes for this master's linearizable reads (from the leader).
+    reads: Batcher,
+    /// Read indexes this master confirms as the leader.
+    leader_reads: Batcher,
     /// Set while the data disk is nearly full (`jobs::disk_guard`).
     space_low: AtomicBool,
     shutdown: watch::Sender<bool>,
@@ -177,17 +197,36 @@ impl Store {
             patience: config.election_timeout.1 * 2,
         };
         let proposer = Proposer::start(router.clone());
-        let store = Arc::new(Store {
-            id,
-            config,
-            raft,
-            shared,
-            peers,
-            log,
-            router,
-            proposer,
-            space_low: AtomicBool::new(false),
-            shutdown,
+        let leader_reads = {
+            let raft = raft.clone();
+            Batcher::start(move || confirm_read_index(raft.clone()))
+        };
+        let store = Arc::new_cyclic(|me: &Weak<Store>| {
+            let me = me.clone();
+            let reads = Batcher::start(move || {
+                let me = me.clone();
+                async move {
+                    let store = me.upgrade().ok_or(StoreError::Stopped)?;
+                    match store.to_leader(Forwarded::ReadIndex).await? {
+                        Reply::ReadIndex(i) => Ok(i),
+                        other => Err(StoreError::Raft(format!("unexpected reply {other:?}"))),
+                    }
+                }
+            });
+            Store {
+                id,
+                config,
+                raft,
+                shared,
+                peers,
+                log,
+                router,
+                proposer,
+                reads,
+                leader_reads,
+                space_low: AtomicBool::new(false),
+                shutdown,
+            }
         });
         store.serve_peers().await?;
         jobs::spawn_all(&store);
@@ -345,23 +384,7 @@ impl Store {
         match fwd {
             // Already batched by the follower: one log entry as it is.
             Forwarded::WriteBatch(cmds) => Ok(Reply::WriteBatch(self.router.commit(cmds).await?)),
-            Forwarded::ReadIndex => {
-                let (read, _) = self
-                    .raft
-                    .get_read_log_id()
-                    .await
-                    .map_err(|_| StoreError::NoLeader)?;
-                // openraft's read index is max(commit index, this term's
-                // first entry); a leader restarted with its leadership intact
-                // starts from a stale commit index and no new first entry.
-                // Every acknowledged write is in the leader's log, so its
-                // last index, read after leadership was confirmed, is a read
-                // index that cannot miss one.
-                let last = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
-                Ok(Reply::ReadIndex(
-                    read.map(|l| l.index).unwrap_or(0).max(last),
-                ))
-            }
+            Forwarded::ReadIndex => Ok(Reply::ReadIndex(self.leader_reads.read_index().await?)),
             Forwarded::LeaseKeepAlive(id) => {
                 self.ensure_leader()?;
                 Ok(Reply::LeaseKeepAlive(self.shared.leases.renew(id)))
@@ -401,8 +424,8 @@ impl Store {
         // A read index is safe to ask for again: ride through a failover
         // (the leader just died, or no leader yet) rather than fail the read.
         let deadline = tokio::time::Instant::now() + READ_FAILOVER_PATIENCE;
-        let reply = loop {
-            match self.to_leader(Forwarded::ReadIndex).await {
+        let index = loop {
+            match self.reads.read_index().await {
                 Err(StoreError::Forward { .. } | StoreError::NoLeader)
                     if tokio::time::Instant::now() < deadline =>
                 {
@@ -410,10 +433,6 @@ impl Store {
                 }
                 other => break other?,
             }
-        };
-        let index = match reply {
-            Reply::ReadIndex(i) => i,
-            other => return Err(StoreError::Raft(format!("unexpected reply {other:?}"))),
         };
         if self.shared.applied_index.load(Ordering::Acquire) >= index {
             return Ok(());
@@ -428,7 +447,7 @@ impl Store {
 
     /// A consistent view of this master's applied state.
     pub fn view(&self) -> View<'_> {
-        View::new(&self.shared.db)
+        View::new(&self.shared.db, &self.shared.index)
     }
 
     /// Range over the store; returns the response and the revision it was read at.
@@ -441,7 +460,7 @@ impl Store {
             self.read_barrier().await?;
         }
         let view = self.view();
-        let rev = view.revision()?;
+        let rev = view.revision();
         Ok((view.range(req)?, rev))
     }
 
@@ -456,7 +475,7 @@ impl Store {
             self.read_barrier().await?;
         }
         let view = self.view();
-        let rev = view.revision()?;
+        let rev = view.revision();
         let mut scratch = rocksdb::WriteBatch::default();
         let mut writer = Writer::new(&self.shared.db, &view, &mut scratch, rev);
         match writer.txn(t)? {

@@ -228,7 +228,12 @@ pub async fn install(
         fs::rename(dir.join(INCOMING), dir.join(DATA))?;
         write_synced(&dir, DATA_ID, meta.snapshot_id.as_bytes())?;
         write_meta(&dir, &meta)?;
-        load(&shared.db, &dir.join(DATA))
+        // Readers wait for the load: the index they would use describes
+        // the state the load replaces.
+        let mut index = shared.index.write().unwrap_or_else(|p| p.into_inner());
+        load(&shared.db, &dir.join(DATA))?;
+        *index = crate::mvcc::index::Index::load(&shared.db)?;
+        Ok(())
     })
     .await
     .map_err(|e| StoreError::Raft(e.to_string()))??;
@@ -306,14 +311,15 @@ pub fn dir_for(data_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::CF_INDEX;
+    // Any state-machine family will do; this one is not read at start-up.
+    use crate::db::CF_LEASE_KEYS as FAMILY;
 
     const KEYS: usize = 20_000;
 
     fn fill(db: &DB, value: &[u8]) {
         let mut b = WriteBatch::default();
         for i in 0..KEYS {
-            b.put_cf(cf(db, CF_INDEX), format!("k{i:06}"), value);
+            b.put_cf(cf(db, FAMILY), format!("k{i:06}"), value);
         }
         db.write(b).unwrap();
     }
@@ -334,9 +340,9 @@ mod tests {
             let serve = tokio::spawn(async move { current(&s2).await.map(|s| s.is_some()) });
             builder.build().await.unwrap();
             // Each round writes more, so each checkpoint has new table files.
-            db.put_cf(cf(&db, CF_INDEX), format!("round{round}"), b"x")
+            db.put_cf(cf(&db, FAMILY), format!("round{round}"), b"x")
                 .unwrap();
-            db.flush_cf(cf(&db, CF_INDEX)).unwrap();
+            db.flush_cf(cf(&db, FAMILY)).unwrap();
             serve.await.unwrap().unwrap();
         }
         assert!(current(&shared).await.unwrap().is_some());
@@ -362,7 +368,7 @@ mod tests {
                 let mut reads = 0;
                 while !done.load(std::sync::atomic::Ordering::Acquire) || reads == 0 {
                     let snap = db.snapshot();
-                    let mut it = snap.raw_iterator_cf(cf(&db, CF_INDEX));
+                    let mut it = snap.raw_iterator_cf(cf(&db, FAMILY));
                     it.seek_to_first();
                     let (mut old, mut new) = (0, 0);
                     while let Some(v) = it.value() {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use openraft::storage::RaftStateMachine;
@@ -17,6 +17,7 @@ use crate::db::{cf, CF_LEASES, CF_MEMBERS, CF_SM};
 use crate::error::{Result, StoreError};
 use crate::lease::{LeaseRecord, Lessor, MIN_TTL};
 use crate::mvcc::codec::{self, meta};
+use crate::mvcc::index::Index;
 use crate::mvcc::read::View;
 use crate::mvcc::write::{reads_after, Writer};
 use crate::mvcc::TxnRequest;
@@ -46,6 +47,8 @@ impl MemberAttrs {
 /// State shared between the state machine, readers and watchers.
 pub struct Shared {
     pub db: Arc<DB>,
+    /// Which versions of which keys exist; see [`crate::mvcc::index`].
+    pub index: RwLock<Index>,
     /// Applied store revision. Updated after the batch is written and before
     /// it is published, so watchers never see a revision that is not on disk.
     pub revision: AtomicI64,
@@ -65,6 +68,7 @@ impl Shared {
     pub fn new(db: Arc<DB>, snapshot_dir: PathBuf) -> Result<Arc<Self>> {
         let shared = Arc::new(Shared {
             db,
+            index: RwLock::new(Index::default()),
             revision: AtomicI64::new(0),
             compacted: AtomicI64::new(0),
             applied_index: AtomicU64::new(0),
@@ -78,11 +82,22 @@ impl Shared {
         Ok(shared)
     }
 
-    /// Refresh the in-memory mirrors from RocksDB (start-up, snapshot install).
+    /// Rebuild the key index and refresh the other in-memory mirrors from
+    /// RocksDB (start-up).
     pub fn reload(&self) -> Result<()> {
-        let view = View::new(&self.db);
-        self.revision.store(view.revision()?, Ordering::Release);
-        self.compacted.store(view.compacted()?, Ordering::Release);
+        let index = Index::load(&self.db)?;
+        *self.index.write().unwrap_or_else(|p| p.into_inner()) = index;
+        self.reload_mirrors()
+    }
+
+    /// Refresh everything in memory but the key index from RocksDB (after a
+    /// snapshot install, which rebuilds the index itself).
+    pub fn reload_mirrors(&self) -> Result<()> {
+        {
+            let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+            self.revision.store(index.revision, Ordering::Release);
+            self.compacted.store(index.compacted, Ordering::Release);
+        }
         let applied = read_applied(&self.db)?;
         self.applied_index
             .store(applied.map(|l| l.index).unwrap_or(0), Ordering::Release);
@@ -218,8 +233,8 @@ impl StateMachine {
         responses: &mut Vec<Response>,
     ) -> Result<usize> {
         let db = &*self.shared.db;
-        let view = View::new(db);
-        let base = view.revision()?;
+        let view = View::new(db, &self.shared.index);
+        let base = view.revision();
         let mut batch = WriteBatch::default();
         let mut published = Vec::new();
         let mut applied = Vec::new();
@@ -263,7 +278,10 @@ impl StateMachine {
             }
         }
         let revision = writer.revision();
+        let changes = writer.take_changes();
         drop(writer);
+        // The index lock is taken below, to publish the run.
+        drop(view);
         let sm = cf(db, CF_SM);
         if revision != base {
             batch.put_cf(sm, meta::REVISION, revision.to_be_bytes());
@@ -277,10 +295,17 @@ impl StateMachine {
             batch.put_cf(sm, meta::CURSOR, codec::encode(&(log_id.index, end)));
         }
         let mut opts = WriteOptions::default();
-        // Durable through the shared WAL: the log append that carried this
-        // entry was synced, and a later sync covers this write too.
-        opts.set_sync(false);
+        // Made durable by the next flush; until then the Raft log holds the
+        // entry (see `db`).
+        opts.disable_wal(true);
         db.write_opt(batch, &opts)?;
+        {
+            let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
+            for change in changes {
+                index.apply(change);
+            }
+            index.revision = revision;
+        }
         self.shared.revision.store(revision, Ordering::Release);
         for cmd in applied {
             self.after_apply(cmd);
@@ -314,8 +339,8 @@ impl StateMachine {
                 _ => Err(StoreError::Invalid("txn returned a non-txn result".into())),
             },
             Command::Compact { revision } => {
-                let current = view.revision()?;
-                if *revision <= view.compacted()? {
+                let current = view.revision();
+                if *revision <= view.compacted() {
                     return Err(ApplyError::Compacted.into());
                 }
                 if *revision > current {
@@ -377,6 +402,11 @@ impl StateMachine {
     fn after_apply(&self, cmd: &Command) {
         match cmd {
             Command::Compact { revision } => {
+                self.shared
+                    .index
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .compacted = *revision;
                 self.shared.compacted.store(*revision, Ordering::Release)
             }
             Command::LeaseGrant { id, ttl } => self.shared.leases.granted(*id, (*ttl).max(MIN_TTL)),
@@ -464,7 +494,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot::install(&self.shared, meta, *data)
             .await
             .map_err(io_err)?;
-        self.shared.reload().map_err(io_err)?;
+        self.shared.reload_mirrors().map_err(io_err)?;
         Ok(())
     }
 

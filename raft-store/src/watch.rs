@@ -152,7 +152,7 @@ async fn run(
             }
             let upto = current.min(next + REPLAY_STEP - 1);
             let history = {
-                let view = View::new(&shared.db);
+                let view = View::new(&shared.db, &shared.index);
                 view.history(next, upto, spec.prev_kv)
             };
             let batches = match history {

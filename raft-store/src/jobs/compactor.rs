@@ -7,16 +7,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rocksdb::{WriteBatch, DB};
+use rocksdb::{WriteBatch, WriteOptions};
 
-use crate::db::{cf, CF_HISTORY, CF_INDEX};
-use crate::error::{Result, StoreError};
+use crate::db::{cf, CF_REVS};
+use crate::error::Result;
 use crate::mvcc::codec;
-use crate::mvcc::read::decode_stored;
-use crate::mvcc::EventKind;
 use crate::node::Store;
+use crate::state_machine::Shared;
 
-const BATCH: usize = 10_000;
+/// Keys examined per hold of the index lock, so that applying and reading
+/// wait for at most one slice of the work.
+const KEYS_PER_STEP: usize = 10_000;
 
 pub async fn run(store: Arc<Store>) {
     let mut stop = store.shutdown_signal();
@@ -30,8 +31,8 @@ pub async fn run(store: Arc<Store>) {
         if target <= done {
             continue;
         }
-        let db = store.shared().db.clone();
-        match tokio::task::spawn_blocking(move || compact(&db, target)).await {
+        let shared = store.shared().clone();
+        match tokio::task::spawn_blocking(move || compact(&shared, target)).await {
             Ok(Ok(removed)) => {
                 tracing::info!(revision = target, removed, "compacted history");
                 done = target;
@@ -42,48 +43,33 @@ pub async fn run(store: Arc<Store>) {
     }
 }
 
-/// Remove versions superseded at or before `rev`, and tombstones at or before it.
-pub fn compact(db: &DB, rev: i64) -> Result<usize> {
+/// Remove versions superseded at or before `rev`, and keys deleted before it.
+/// Each slice of keys leaves the index first, then RocksDB: a reader holding
+/// a view from before still finds every record it names.
+pub fn compact(shared: &Shared, rev: i64) -> Result<usize> {
+    let db = &*shared.db;
     let mut removed = 0;
-    db.delete_range_cf(
-        cf(db, CF_HISTORY),
-        codec::rev_key(0, 0),
-        codec::rev_key(rev, 0),
-    )?;
-    let index = cf(db, CF_INDEX);
-    let mut batch = WriteBatch::default();
-    let mut it = db.raw_iterator_cf(index);
-    it.seek_to_first();
-    // The newest version at or before `rev` of the key being walked.
-    let mut pending: Option<(Vec<u8>, Vec<u8>, EventKind)> = None;
-    while let Some((k, v)) = it.item() {
-        let (key, krev, _) =
-            codec::parse_index_key(k).ok_or_else(|| StoreError::corrupt("index", "bad key"))?;
-        let same_key = pending
-            .as_ref()
-            .map(|(pk, _, _)| *pk == key)
-            .unwrap_or(false);
-        if let Some((_, raw, kind)) = pending.take() {
-            // A newer version of the same key at or before `rev` supersedes it;
-            // a tombstone that is the last word on its key goes too.
-            if (same_key && krev <= rev) || (!same_key && kind == EventKind::Delete) {
-                batch.delete_cf(index, raw);
-                removed += 1;
-            }
+    let mut from: Option<Vec<u8>> = None;
+    loop {
+        let (doomed, next) = shared
+            .index
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .compact(rev, from.as_deref(), KEYS_PER_STEP);
+        let mut batch = WriteBatch::default();
+        for (r, sub) in &doomed {
+            batch.delete_cf(cf(db, CF_REVS), codec::rev_key(*r, *sub));
         }
-        if krev <= rev {
-            pending = Some((key, k.to_vec(), decode_stored(v)?.kind));
+        // Like the state machine's own writes, without the WAL: durable with
+        // the next (atomic) flush, which then also holds the compaction
+        // command that allowed them; lost in a crash, they are done again.
+        let mut opts = WriteOptions::default();
+        opts.disable_wal(true);
+        db.write_opt(batch, &opts)?;
+        removed += doomed.len();
+        match next {
+            Some(key) => from = Some(key),
+            None => return Ok(removed),
         }
-        if batch.len() >= BATCH {
-            db.write(std::mem::take(&mut batch))?;
-        }
-        it.next();
     }
-    it.status()?;
-    if let Some((_, raw, EventKind::Delete)) = pending {
-        batch.delete_cf(index, raw);
-        removed += 1;
-    }
-    db.write(batch)?;
-    Ok(removed)
 }

@@ -1,65 +1,62 @@
 //! RocksDB layout of the MVCC state.
 //!
-//! | column family | key                                  | value                    |
-//! |---------------|--------------------------------------|--------------------------|
-//! | `latest`      | user key                             | [`Latest`] (live keys)   |
-//! | `index`       | `esc(key) ++ rev ++ sub`             | [`Stored`] or tombstone  |
-//! | `history`     | `rev ++ sub`                         | the user key             |
+//! | column family | key          | value                                  |
+//! |---------------|--------------|----------------------------------------|
+//! | `revs`        | `rev ++ sub` | [`Record`]: the key and its version    |
 //!
-//! Values are stored once, in `index`: `latest` says which version of a key
-//! is live and `history` which key changed at a revision, both by reference.
-//! Writing each value once (beside its Raft log entry) keeps RocksDB's
-//! flush and compaction work, the dominant cost under write load, small.
+//! Every change of a key is one record under the revision that made it, so
+//! writes append in revision order, and a watch replays history by walking
+//! the family. Which version of a key is live, and which one a read at a past
+//! revision sees, is the in-memory [`super::index`]'s business.
 //!
-//! `esc` is an order-preserving, prefix-free escaping of the user key, so that
-//! one key's versions sort together and key ranges map to encoded ranges.
 //! Revisions are big-endian so that byte order is numeric order.
 
 use serde::{Deserialize, Serialize};
 
 use super::{EventKind, KeyValue};
+use crate::error::{Result, StoreError};
 
-/// A key's version as stored; the key itself lives in the RocksDB key.
+/// One change of one key as stored; its revision is the RocksDB key. A
+/// deletion has only `key`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stored {
+pub struct Record<'a> {
     pub kind: EventKind,
+    #[serde(with = "serde_bytes", borrow)]
+    pub key: &'a [u8],
     pub create_revision: i64,
-    pub mod_revision: i64,
     pub version: i64,
     pub lease: i64,
-    #[serde(with = "serde_bytes")]
-    pub value: Vec<u8>,
+    #[serde(with = "serde_bytes", borrow)]
+    pub value: &'a [u8],
 }
 
-impl Stored {
-    pub fn from_kv(kind: EventKind, kv: &KeyValue) -> Self {
-        Stored {
+impl<'a> Record<'a> {
+    pub fn of(kind: EventKind, kv: &'a KeyValue) -> Self {
+        Record {
             kind,
+            key: &kv.key,
             create_revision: kv.create_revision,
-            mod_revision: kv.mod_revision,
             version: kv.version,
             lease: kv.lease,
-            value: kv.value.clone(),
+            value: &kv.value,
         }
     }
 
-    pub fn into_kv(self, key: Vec<u8>) -> KeyValue {
+    pub fn decode(bytes: &'a [u8]) -> Result<Self> {
+        decode(bytes).map_err(|e| StoreError::corrupt("revs", e))
+    }
+
+    /// The key-value this record made at `rev`.
+    pub fn into_kv(self, rev: i64) -> KeyValue {
         KeyValue {
-            key,
+            key: self.key.to_vec(),
             create_revision: self.create_revision,
-            mod_revision: self.mod_revision,
+            mod_revision: rev,
             version: self.version,
-            value: self.value,
+            value: self.value.to_vec(),
             lease: self.lease,
         }
     }
-}
-
-/// The live version of a key: where its value is in `index`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Latest {
-    pub mod_revision: i64,
-    pub sub: u32,
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -69,47 +66,14 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// The inverse of [`encode`]; bytes left over are an error, so a value
 /// read back as the wrong type fails instead of decoding as garbage.
-pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, bincode::Error> {
+pub fn decode<'de, T: Deserialize<'de>>(
+    bytes: &'de [u8],
+) -> std::result::Result<T, bincode::Error> {
     use bincode::Options;
     bincode::DefaultOptions::new()
         .with_fixint_encoding()
         .reject_trailing_bytes()
         .deserialize(bytes)
-}
-
-/// Escape a user key: `0x00` becomes `0x00 0xff`, and the key ends with `0x00 0x00`.
-pub fn escape_key(key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(key.len() + 2 + 12);
-    for &b in key {
-        out.push(b);
-        if b == 0 {
-            out.push(0xff);
-        }
-    }
-    out.extend_from_slice(&[0, 0]);
-    out
-}
-
-/// Inverse of [`escape_key`] on the prefix of an index key; returns the user
-/// key and the number of bytes consumed.
-pub fn unescape_key(encoded: &[u8]) -> Option<(Vec<u8>, usize)> {
-    let mut out = Vec::with_capacity(encoded.len());
-    let mut i = 0;
-    while i < encoded.len() {
-        let b = encoded[i];
-        if b == 0 {
-            match encoded.get(i + 1)? {
-                0xff => out.push(0),
-                0 => return Some((out, i + 2)),
-                _ => return None,
-            }
-            i += 2;
-        } else {
-            out.push(b);
-            i += 1;
-        }
-    }
-    None
 }
 
 pub fn rev_key(rev: i64, sub: u32) -> [u8; 12] {
@@ -128,19 +92,6 @@ pub fn parse_rev_key(k: &[u8]) -> Option<(i64, u32)> {
     Some((rev, sub))
 }
 
-pub fn index_key(key: &[u8], rev: i64, sub: u32) -> Vec<u8> {
-    let mut k = escape_key(key);
-    k.extend_from_slice(&rev_key(rev, sub));
-    k
-}
-
-/// Split an index key into user key, revision and sub-revision.
-pub fn parse_index_key(k: &[u8]) -> Option<(Vec<u8>, i64, u32)> {
-    let (key, used) = unescape_key(k)?;
-    let (rev, sub) = parse_rev_key(&k[used..])?;
-    Some((key, rev, sub))
-}
-
 pub fn u64_key(v: u64) -> [u8; 8] {
     v.to_be_bytes()
 }
@@ -150,23 +101,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escaping_preserves_order_and_round_trips() {
-        let keys: Vec<&[u8]> = vec![
-            b"", b"\0", b"\0\0", b"\0a", b"a", b"a\0", b"a\0\xff", b"ab", b"b",
-        ];
-        let enc: Vec<Vec<u8>> = keys.iter().map(|k| index_key(k, 7, 1)).collect();
-        for w in enc.windows(2) {
-            assert!(w[0] < w[1], "{:?} !< {:?}", w[0], w[1]);
-        }
-        for (k, e) in keys.iter().zip(&enc) {
-            assert_eq!(parse_index_key(e), Some((k.to_vec(), 7, 1)));
-        }
+    fn revision_keys_sort_numerically_and_round_trip() {
+        assert!(rev_key(2, 9) < rev_key(10, 0));
+        assert!(rev_key(10, 0) < rev_key(10, 1));
+        assert!(rev_key(255, 0) < rev_key(256, 0));
+        assert_eq!(parse_rev_key(&rev_key(1 << 40, 7)), Some((1 << 40, 7)));
     }
 
     #[test]
-    fn versions_of_one_key_sort_by_revision() {
-        assert!(index_key(b"k", 2, 0) < index_key(b"k", 10, 0));
-        assert!(index_key(b"k", 10, 5) < index_key(b"k\0", 1, 0));
+    fn records_round_trip_and_reject_trailing_bytes() {
+        let kv = KeyValue {
+            key: b"k\0".to_vec(),
+            create_revision: 3,
+            mod_revision: 5,
+            version: 2,
+            value: b"v".to_vec(),
+            lease: 9,
+        };
+        let bytes = encode(&Record::of(EventKind::Put, &kv));
+        assert_eq!(Record::decode(&bytes).expect("decode").into_kv(5), kv);
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Record::decode(&longer).is_err());
     }
 }
 

@@ -1,11 +1,13 @@
 //! The MVCC key-value model: one global revision, per-key create/mod revision
 //! and version, as etcd defines them.
 //!
-//! - [`codec`]: how keys and revisions are laid out in RocksDB.
+//! - [`codec`]: how versions are laid out in RocksDB, by revision.
+//! - [`index`]: which versions of which keys exist, in memory.
 //! - [`read`]: ranges at the current or a past revision, compare evaluation.
 //! - [`write`]: applying a transaction into one RocksDB write batch.
 
 pub mod codec;
+pub mod index;
 pub mod read;
 pub mod write;
 

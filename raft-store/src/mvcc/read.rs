@@ -1,188 +1,133 @@
-//! Reads over a consistent RocksDB snapshot: point lookups and ranges at the
-//! current revision (from `latest`) or at a past one (from `index`), compare
-//! evaluation, and history replay for watchers.
+//! Reads of one consistent state: the key index (in memory) and a RocksDB
+//! snapshot taken together, for point lookups and ranges at the current or
+//! a past revision, and history replay for watchers.
+
+use std::sync::{RwLock, RwLockReadGuard};
 
 use rocksdb::{ReadOptions, DB};
 
-use super::codec::{self, meta, Latest, Stored};
+use super::codec::{self, Record};
+use super::index::{Index, KeyEntry, Version};
 use super::{
-    Compare, CompareOp, CompareTarget, Event, EventKind, KeyRange, KeyValue, RangeRequest,
-    RangeResponse,
+    Compare, CompareOp, CompareTarget, Event, KeyRange, KeyValue, RangeRequest, RangeResponse,
 };
 use super::{SortOrder, SortTarget};
-use crate::db::{cf, CF_HISTORY, CF_INDEX, CF_LATEST, CF_SM};
+use crate::db::{cf, CF_REVS};
 use crate::error::{Result, StoreError};
 use crate::types::ApplyError;
 
 pub type Snap<'a> = rocksdb::SnapshotWithThreadMode<'a, DB>;
 
-/// A point-in-time view of the state machine.
+/// A point-in-time view of the state machine. It holds the index's read
+/// lock, which the state machine needs (briefly) after each write batch, so
+/// a view is for one request: take it, read, drop it.
 pub struct View<'a> {
     db: &'a DB,
+    index: RwLockReadGuard<'a, Index>,
     snap: Snap<'a>,
 }
 
 impl<'a> View<'a> {
-    pub fn new(db: &'a DB) -> Self {
-        View {
-            db,
-            snap: db.snapshot(),
-        }
-    }
-
-    fn meta_i64(&self, key: &[u8]) -> Result<i64> {
-        match self.snap.get_cf(cf(self.db, CF_SM), key)? {
-            Some(v) => Ok(i64::from_be_bytes(
-                v.as_slice()
-                    .try_into()
-                    .map_err(|_| StoreError::corrupt("sm meta", "bad i64"))?,
-            )),
-            None => Ok(0),
-        }
+    pub fn new(db: &'a DB, index: &'a RwLock<Index>) -> Self {
+        let index = index.read().unwrap_or_else(|p| p.into_inner());
+        // Taken under the lock: every version the index names is in it, and
+        // compaction (which changes the index first) removes none of them
+        // from it.
+        let snap = db.snapshot();
+        View { db, index, snap }
     }
 
     /// The store revision: bumped once by every command that changes a key.
-    pub fn revision(&self) -> Result<i64> {
-        self.meta_i64(meta::REVISION)
+    pub fn revision(&self) -> i64 {
+        self.index.revision
     }
 
     /// History before this revision may be gone.
-    pub fn compacted(&self) -> Result<i64> {
-        self.meta_i64(meta::COMPACTED)
+    pub fn compacted(&self) -> i64 {
+        self.index.compacted
+    }
+
+    /// The record of one version.
+    fn fetch(&self, key: &[u8], v: Version) -> Result<KeyValue> {
+        match self
+            .snap
+            .get_pinned_cf(cf(self.db, CF_REVS), codec::rev_key(v.rev, v.sub))?
+        {
+            Some(bytes) => Ok(Record::decode(&bytes)?.into_kv(v.rev)),
+            None => Err(StoreError::corrupt(
+                "revs",
+                format!(
+                    "{} at revision {} is missing",
+                    String::from_utf8_lossy(key),
+                    v.rev
+                ),
+            )),
+        }
+    }
+
+    /// A live key's metadata alone, for keys-only reads.
+    fn key_only(key: &[u8], entry: &KeyEntry) -> Option<KeyValue> {
+        let (_, meta) = entry.live()?;
+        Some(KeyValue {
+            key: key.to_vec(),
+            create_revision: meta.create_revision,
+            mod_revision: meta.mod_revision,
+            version: meta.version,
+            value: Vec::new(),
+            lease: meta.lease,
+        })
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        match self.snap.get_cf(cf(self.db, CF_LATEST), key)? {
-            Some(v) => Ok(Some(self.resolve(key, &v)?)),
+        match self.index.get(key).and_then(|e| e.live()) {
+            Some((v, _)) => Ok(Some(self.fetch(key, v)?)),
             None => Ok(None),
         }
     }
 
-    /// The value a `latest` record points at.
-    fn resolve(&self, key: &[u8], latest: &[u8]) -> Result<KeyValue> {
-        let l: Latest = codec::decode(latest).map_err(|e| StoreError::corrupt("latest", e))?;
-        self.version(key, l.mod_revision, l.sub)?
-            .ok_or_else(|| StoreError::corrupt("latest", "points at a missing version"))
+    /// A live key without its value.
+    pub fn get_key_only(&self, key: &[u8]) -> Option<KeyValue> {
+        Self::key_only(key, self.index.get(key)?)
     }
 
-    /// One exact version from `index`.
-    fn version(&self, key: &[u8], rev: i64, sub: u32) -> Result<Option<KeyValue>> {
-        match self
-            .snap
-            .get_cf(cf(self.db, CF_INDEX), codec::index_key(key, rev, sub))?
-        {
-            Some(v) => Ok(Some(decode_stored(&v)?.into_kv(key.to_vec()))),
-            None => Ok(None),
-        }
+    /// Live keys in `range`, in key order, without their values.
+    pub fn range_latest_keys(&self, range: &KeyRange) -> Vec<KeyValue> {
+        self.index
+            .range(range)
+            .filter_map(|(k, e)| Self::key_only(k, e))
+            .collect()
     }
 
     /// The version of `key` visible at `rev` (None if absent or deleted then).
     pub fn get_at(&self, key: &[u8], rev: i64) -> Result<Option<KeyValue>> {
-        let mut it = self.snap.raw_iterator_cf(cf(self.db, CF_INDEX));
-        it.seek_for_prev(codec::index_key(key, rev, u32::MAX));
-        if !it.valid() {
-            it.status()?;
-            return Ok(None);
+        match self.index.get(key).and_then(|e| e.at(rev)) {
+            Some(v) => Ok(Some(self.fetch(key, v)?)),
+            None => Ok(None),
         }
-        let (k, v) = match it.item() {
-            Some(kv) => kv,
-            None => return Ok(None),
-        };
-        let (found, _, _) =
-            codec::parse_index_key(k).ok_or_else(|| StoreError::corrupt("index", "bad key"))?;
-        if found != key {
-            return Ok(None);
-        }
-        let stored = decode_stored(v)?;
-        Ok(match stored.kind {
-            EventKind::Put => Some(stored.into_kv(found)),
-            EventKind::Delete => None,
-        })
-    }
-
-    /// Visit live keys in `range` in key order until `visit` returns false.
-    pub fn scan(
-        &self,
-        range: &KeyRange,
-        mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool>,
-    ) -> Result<()> {
-        if range.is_single() {
-            if let Some(v) = self.snap.get_cf(cf(self.db, CF_LATEST), &range.key)? {
-                visit(&range.key, &v)?;
-            }
-            return Ok(());
-        }
-        let mut opts = ReadOptions::default();
-        if let Some(end) = range.end() {
-            opts.set_iterate_upper_bound(end.to_vec());
-        }
-        let mut it = self.snap.raw_iterator_cf_opt(cf(self.db, CF_LATEST), opts);
-        it.seek(&range.key);
-        while let Some((k, v)) = it.item() {
-            if !visit(k, v)? {
-                return Ok(());
-            }
-            it.next();
-        }
-        it.status()?;
-        Ok(())
     }
 
     /// Live keys in `range`, in key order.
     pub fn range_latest(&self, range: &KeyRange) -> Result<Vec<KeyValue>> {
-        let mut out = Vec::new();
-        self.scan(range, |k, v| {
-            out.push(self.resolve(k, v)?);
-            Ok(true)
-        })?;
-        Ok(out)
+        self.index
+            .range(range)
+            .filter_map(|(k, e)| e.live().map(|(v, _)| (k, v)))
+            .map(|(k, v)| self.fetch(k, v))
+            .collect()
     }
 
     /// Keys in `range` as they were at `rev`, in key order.
     pub fn range_at(&self, range: &KeyRange, rev: i64) -> Result<Vec<KeyValue>> {
-        let mut opts = ReadOptions::default();
-        if let (false, Some(end)) = (range.is_single(), range.end()) {
-            opts.set_iterate_upper_bound(codec::escape_key(end));
-        }
-        let mut it = self.snap.raw_iterator_cf_opt(cf(self.db, CF_INDEX), opts);
-        it.seek(codec::escape_key(&range.key));
-        let mut out = Vec::new();
-        // The newest version at or before `rev` of the key being walked.
-        let mut current: Option<(Vec<u8>, Option<Stored>)> = None;
-        while let Some((k, v)) = it.item() {
-            let (key, krev, _) =
-                codec::parse_index_key(k).ok_or_else(|| StoreError::corrupt("index", "bad key"))?;
-            if range.is_single() && key != range.key {
-                break;
-            }
-            if current.as_ref().map(|(ck, _)| ck != &key).unwrap_or(true) {
-                if let Some((ck, Some(s))) = current.take() {
-                    if s.kind == EventKind::Put {
-                        out.push(s.into_kv(ck));
-                    }
-                }
-                current = Some((key, None));
-            }
-            if krev <= rev {
-                if let Some((_, slot)) = current.as_mut() {
-                    *slot = Some(decode_stored(v)?);
-                }
-            }
-            it.next();
-        }
-        it.status()?;
-        if let Some((ck, Some(s))) = current {
-            if s.kind == EventKind::Put {
-                out.push(s.into_kv(ck));
-            }
-        }
-        Ok(out)
+        self.index
+            .range(range)
+            .filter_map(|(k, e)| e.at(rev).map(|v| (k, v)))
+            .map(|(k, v)| self.fetch(k, v))
+            .collect()
     }
 
     /// Serve a range request, checking its revision against the compaction
     /// point and the current revision.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
-        let current = self.revision()?;
+        let current = self.revision();
         let rev = if req.revision <= 0 {
             current
         } else {
@@ -191,7 +136,7 @@ impl<'a> View<'a> {
         if rev > current {
             return Err(ApplyError::FutureRevision.into());
         }
-        if req.revision > 0 && rev < self.compacted()? {
+        if req.revision > 0 && rev < self.compacted() {
             return Err(ApplyError::Compacted.into());
         }
         let plain = req.sort_order == SortOrder::None
@@ -201,24 +146,27 @@ impl<'a> View<'a> {
             || req.min_create_revision > 0
             || req.max_create_revision > 0;
         if rev == current && plain && !filtered {
-            // Fast path: decode at most `limit` values, count the rest.
+            // Fast path: fetch at most `limit` values, count the rest from
+            // the index alone.
             let limit = if req.limit > 0 {
                 req.limit as usize
             } else {
                 usize::MAX
             };
             let mut resp = RangeResponse::default();
-            self.scan(&req.range, |k, v| {
+            for (k, e) in self.index.range(&req.range) {
+                let Some((v, _)) = e.live() else { continue };
                 resp.count += 1;
-                if !req.count_only && resp.kvs.len() < limit {
-                    let mut kv = self.resolve(k, v)?;
-                    if req.keys_only {
-                        kv.value.clear();
-                    }
-                    resp.kvs.push(kv);
+                if req.count_only || resp.kvs.len() >= limit {
+                    continue;
                 }
-                Ok(true)
-            })?;
+                let kv = if req.keys_only {
+                    Self::key_only(k, e)
+                } else {
+                    Some(self.fetch(k, v)?)
+                };
+                resp.kvs.extend(kv);
+            }
             resp.more = resp.count as usize > resp.kvs.len() && !req.count_only;
             return Ok(resp);
         }
@@ -235,34 +183,22 @@ impl<'a> View<'a> {
     pub fn history(&self, from: i64, to: i64, prev_kv: bool) -> Result<Vec<(i64, Vec<Event>)>> {
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(codec::rev_key(to.saturating_add(1), 0).to_vec());
-        let mut it = self.snap.raw_iterator_cf_opt(cf(self.db, CF_HISTORY), opts);
+        let mut it = self.snap.raw_iterator_cf_opt(cf(self.db, CF_REVS), opts);
         it.seek(codec::rev_key(from, 0));
         let mut out: Vec<(i64, Vec<Event>)> = Vec::new();
         while let Some((k, v)) = it.item() {
-            let (rev, sub) =
-                codec::parse_rev_key(k).ok_or_else(|| StoreError::corrupt("history", "bad key"))?;
-            let key = v.to_vec();
-            let stored = match self
-                .snap
-                .get_cf(cf(self.db, CF_INDEX), codec::index_key(&key, rev, sub))?
-            {
-                Some(s) => decode_stored(&s)?,
-                None => {
-                    return Err(StoreError::corrupt(
-                        "history",
-                        "points at a missing version",
-                    ))
-                }
-            };
+            let (rev, _) =
+                codec::parse_rev_key(k).ok_or_else(|| StoreError::corrupt("revs", "bad key"))?;
+            let record = Record::decode(v)?;
             let prev = if prev_kv {
-                self.get_at(&key, rev - 1)?
+                self.get_at(record.key, rev - 1)?
             } else {
                 None
             };
-            let kind = stored.kind;
+            let kind = record.kind;
             let event = Event {
                 kind,
-                kv: stored.into_kv(key),
+                kv: record.into_kv(rev),
                 prev_kv: prev,
             };
             match out.last_mut() {
@@ -274,10 +210,6 @@ impl<'a> View<'a> {
         it.status()?;
         Ok(out)
     }
-}
-
-pub fn decode_stored(v: &[u8]) -> Result<Stored> {
-    codec::decode(v).map_err(|e| StoreError::corrupt("kv", e))
 }
 
 /// Apply filters, sort and limit to the keys of a range, as etcd does.

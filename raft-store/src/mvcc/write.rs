@@ -6,20 +6,21 @@
 //! previous values) see the changes of the command itself and of the
 //! commands before it in the run through an overlay, as etcd's write
 //! transactions do. A command refused part-way is undone: its batch records,
-//! overlay entries and events are dropped.
+//! overlay entries, index changes and events are dropped.
 
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
 
 use rocksdb::{WriteBatch, DB};
 
-use super::codec::{self, Latest, Stored};
+use super::codec::{self, Record};
+use super::index::{Change, Meta, Version};
 use super::read::{compare_one, finish_range, View};
 use super::{
     CompareTarget, DeleteRequest, Event, EventKind, KeyRange, KeyValue, Op, OpResult, PutRequest,
     TxnRequest,
 };
-use crate::db::{cf, CF_HISTORY, CF_INDEX, CF_LATEST, CF_LEASES, CF_LEASE_KEYS};
+use crate::db::{cf, CF_LEASES, CF_LEASE_KEYS, CF_REVS};
 use crate::error::Result;
 use crate::types::ApplyError;
 
@@ -28,6 +29,7 @@ use crate::types::ApplyError;
 struct Mark {
     bytes: usize,
     count: usize,
+    changes: usize,
 }
 
 pub struct Writer<'a> {
@@ -44,6 +46,8 @@ pub struct Writer<'a> {
     undo: Vec<(Vec<u8>, Option<Option<KeyValue>>)>,
     /// The batch as it was before the current command.
     mark: Mark,
+    /// Changes of the whole run, for the index once the batch is written.
+    changes: Vec<Change>,
     /// The current command's events.
     pub events: Vec<Event>,
 }
@@ -56,7 +60,7 @@ impl<'a> Writer<'a> {
         batch: &'a mut WriteBatch,
         base_revision: i64,
     ) -> Self {
-        let mark = mark(batch);
+        let mark = mark(batch, 0);
         Writer {
             db,
             view,
@@ -66,6 +70,7 @@ impl<'a> Writer<'a> {
             overlay: BTreeMap::new(),
             undo: Vec::new(),
             mark,
+            changes: Vec::new(),
             events: Vec::new(),
         }
     }
@@ -79,12 +84,13 @@ impl<'a> Writer<'a> {
         self.sub = 0;
         self.undo.clear();
         self.events.clear();
-        self.mark = mark(self.batch);
+        self.mark = mark(self.batch, self.changes.len());
     }
 
     /// Drop everything the current command wrote (it was refused).
     pub fn undo_command(&mut self) {
         truncate(self.batch, self.mark);
+        self.changes.truncate(self.mark.changes);
         for (key, before) in self.undo.drain(..).rev() {
             match before {
                 Some(v) => self.overlay.insert(key, v),
@@ -110,18 +116,33 @@ impl<'a> Writer<'a> {
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
+        self.get_with(key, true)
+    }
+
+    /// A live key; its value is left empty unless `values`.
+    fn get_with(&self, key: &[u8], values: bool) -> Result<Option<KeyValue>> {
         match self.overlay.get(key) {
             Some(v) => Ok(v.clone()),
-            None => self.view.get(key),
+            None if values => self.view.get(key),
+            None => Ok(self.view.get_key_only(key)),
         }
     }
 
-    /// Live keys in `range` including this run's changes, in key order.
     fn live(&self, range: &KeyRange) -> Result<Vec<KeyValue>> {
+        self.live_with(range, true)
+    }
+
+    /// Live keys in `range` including this run's changes, in key order;
+    /// values are left empty (unless changed in this run) unless `values`.
+    fn live_with(&self, range: &KeyRange, values: bool) -> Result<Vec<KeyValue>> {
         if range.is_single() {
-            return Ok(self.get(&range.key)?.into_iter().collect());
+            return Ok(self.get_with(&range.key, values)?.into_iter().collect());
         }
-        let stored = self.view.range_latest(range)?;
+        let stored = if values {
+            self.view.range_latest(range)?
+        } else {
+            self.view.range_latest_keys(range)
+        };
         let end = match range.end() {
             // An inverted range holds nothing (and BTreeMap::range would panic).
             Some(end) if end <= range.key.as_slice() => return Ok(stored),
@@ -159,34 +180,29 @@ impl<'a> Writer<'a> {
     }
 
     fn record(&mut self, kind: EventKind, kv: &KeyValue, prev: Option<KeyValue>) {
-        let stored = Stored::from_kv(kind, kv);
         let sub = self.sub;
         self.sub += 1;
         self.batch.put_cf(
-            cf(self.db, CF_INDEX),
-            codec::index_key(&kv.key, self.rev, sub),
-            codec::encode(&stored),
-        );
-        self.batch.put_cf(
-            cf(self.db, CF_HISTORY),
+            cf(self.db, CF_REVS),
             codec::rev_key(self.rev, sub),
-            &kv.key,
+            codec::encode(&Record::of(kind, kv)),
         );
-        match kind {
-            EventKind::Put => {
-                let latest = Latest {
-                    mod_revision: self.rev,
-                    sub,
-                };
-                self.batch
-                    .put_cf(cf(self.db, CF_LATEST), &kv.key, codec::encode(&latest));
-                self.set_live(&kv.key, Some(kv.clone()));
-            }
-            EventKind::Delete => {
-                self.batch.delete_cf(cf(self.db, CF_LATEST), &kv.key);
-                self.set_live(&kv.key, None);
-            }
-        }
+        let deleted = kind == EventKind::Delete;
+        self.changes.push(Change {
+            key: kv.key.clone(),
+            version: Version {
+                rev: self.rev,
+                sub,
+                deleted,
+            },
+            live: (!deleted).then_some(Meta {
+                create_revision: kv.create_revision,
+                mod_revision: kv.mod_revision,
+                version: kv.version,
+                lease: kv.lease,
+            }),
+        });
+        self.set_live(&kv.key, (!deleted).then(|| kv.clone()));
         self.events.push(Event {
             kind,
             kv: kv.clone(),
@@ -271,7 +287,9 @@ impl<'a> Writer<'a> {
         check_duplicates(&t.failure)?;
         let mut succeeded = true;
         for c in &t.compare {
-            let kvs = self.live(&c.range)?;
+            // Only a compare on the value needs values read.
+            let values = matches!(c.target, CompareTarget::Value(_));
+            let kvs = self.live_with(&c.range, values)?;
             let holds = if kvs.is_empty() {
                 !matches!(c.target, CompareTarget::Value(_)) && compare_one(c, &KeyValue::default())
             } else {
@@ -351,12 +369,18 @@ impl Writer<'_> {
     pub fn batch_mut(&mut self) -> &mut WriteBatch {
         self.batch
     }
+
+    /// The run's changes to the key index, to apply once its batch is written.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
+    }
 }
 
-fn mark(batch: &WriteBatch) -> Mark {
+fn mark(batch: &WriteBatch, changes: usize) -> Mark {
     Mark {
         bytes: batch.size_in_bytes(),
         count: batch.len(),
+        changes,
     }
 }
 
