@@ -110,6 +110,11 @@ struct RunArgs {
     /// system has less than this many MiB free; rejoin at 1.5 times it.
     #[arg(long, default_value_t = 64)]
     min_free_space_mb: u64,
+    /// Every this many seconds, the leader compacts history to the revision
+    /// of one interval before, as kube-apiserver does against etcd
+    /// (--etcd-compaction-interval); 0 keeps all history, as etcd does.
+    #[arg(long, default_value_t = 300)]
+    compaction_interval_secs: u64,
     /// Kubernetes API (HTTPS); served when --pki-dir holds the cluster CA.
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen_api: SocketAddr,
@@ -214,6 +219,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     config.snapshot_entries = args.snapshot_count;
     config.keep_entries = args.snapshot_catchup_entries;
     config.min_free_bytes = args.min_free_space_mb << 20;
+    config.compaction_interval = (args.compaction_interval_secs > 0)
+        .then(|| Duration::from_secs(args.compaction_interval_secs));
     let client_listener = tokio::net::TcpListener::bind(args.listen_client)
         .await
         .with_context(|| format!("binding the client address {}", args.listen_client))?;

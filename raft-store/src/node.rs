@@ -53,6 +53,9 @@ pub struct Config {
     /// Below this much free space on the data dir the master stops taking
     /// writes and leaves the quorum until space returns (see `jobs::disk_guard`).
     pub min_free_bytes: u64,
+    /// Compact history this often, to the revision of one interval before
+    /// (see `jobs::auto_compact`); `None` keeps all history.
+    pub compaction_interval: Option<Duration>,
 }
 
 impl Config {
@@ -69,6 +72,7 @@ impl Config {
             snapshot_entries: 10_000,
             keep_entries: 1_000,
             min_free_bytes: 64 << 20,
+            compaction_interval: None,
         }
     }
 

@@ -445,6 +445,36 @@ async fn compaction_and_watch_from_revision() {
     s.shutdown().await;
 }
 
+/// With a compaction interval, the leader compacts to the revision that was
+/// current one interval before: older revisions answer Compacted, later ones
+/// (and the live state) are all still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_compacted_periodically() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = config(dir.path(), free_port());
+    cfg.compaction_interval = Some(Duration::from_millis(500));
+    let s = single_with(cfg).await;
+    assert_eq!(put(&s, "k", "1").await, 1);
+    assert_eq!(put(&s, "k", "2").await, 2);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !matches!(
+        get(&s, "k", 1),
+        Err(StoreError::Rejected(ApplyError::Compacted))
+    ) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "revision 1 still readable: {:?}",
+            get(&s, "k", 1)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Compacted to 2 (the revision one interval back), not beyond.
+    assert_eq!(get(&s, "k", 2).expect("rev 2").expect("kv").value, b"2");
+    assert_eq!(put(&s, "k", "3").await, 3);
+    assert_eq!(get(&s, "k", 0).expect("live").expect("kv").value, b"3");
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_expire_through_the_log() {
     let dir = tempfile::tempdir().expect("tmp");
