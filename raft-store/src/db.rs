@@ -62,8 +62,9 @@ pub fn open(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
         // Point lookups of absent keys (leases, members) skip files quickly.
         table.set_bloom_filter(10.0, false);
         cf_opts.set_block_based_table_factory(&table);
-        // Fewer rewrites of the same bytes than leveled compaction.
-        cf_opts.set_compaction_style(rocksdb::DBCompactionStyle::Universal);
+        // Leveled compaction (the default): the log and `revs` are written
+        // in key order, so their table files do not overlap and move down
+        // the levels without being rewritten.
         ColumnFamilyDescriptor::new(name, cf_opts)
     });
     Ok(Arc::new(DB::open_cf_descriptors(&opts, path, families)?))

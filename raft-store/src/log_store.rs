@@ -379,14 +379,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.cache().purge(log_id.index);
         // The snapshot covering these entries is already synced to its file.
-        self.put_meta(KEY_PURGED, &log_id, false)
+        // The purge point is synced before any file goes: after a crash the
+        // log must not claim entries whose files were deleted.
+        self.put_meta(KEY_PURGED, &log_id, true)
             .map_err(write_err)?;
+        let logs = cf(&self.db, CF_LOGS);
         self.db
-            .delete_range_cf(
-                cf(&self.db, CF_LOGS),
-                codec::u64_key(0),
-                codec::u64_key(log_id.index + 1),
-            )
+            .delete_range_cf(logs, codec::u64_key(0), codec::u64_key(log_id.index + 1))
+            .map_err(write_err)?;
+        // Table files holding only purged entries go at once, unread;
+        // compaction would otherwise read them to drop them. (RocksDB takes
+        // files that end at the range's end too, so it ends at the last
+        // purged entry itself.)
+        self.db
+            .delete_file_in_range_cf(logs, codec::u64_key(0), codec::u64_key(log_id.index))
             .map_err(write_err)
     }
 }
@@ -405,6 +411,57 @@ mod tests {
 
     fn indexes(entries: Option<Vec<Entry>>) -> Option<Vec<u64>> {
         entries.map(|es| es.iter().map(|e| e.log_id.index).collect())
+    }
+
+    fn log_files(db: &DB) -> usize {
+        db.live_files()
+            .expect("live files")
+            .iter()
+            .filter(|f| f.column_family_name == CF_LOGS)
+            .count()
+    }
+
+    /// Purging drops the table files (below level 0) that hold only purged
+    /// entries, and leaves every later entry readable, also from a file it
+    /// shares with purged ones.
+    #[tokio::test]
+    async fn purge_drops_whole_files_and_keeps_later_entries() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = crate::db::open(&dir.path().join("db")).expect("db");
+        let mut store = LogStore::new(db.clone());
+        for chunk in 0..3u64 {
+            let mut batch = WriteBatch::default();
+            for i in chunk * 100 + 1..=chunk * 100 + 100 {
+                batch.put_cf(
+                    cf(&db, CF_LOGS),
+                    codec::u64_key(i),
+                    codec::encode(&entry(i)),
+                );
+            }
+            db.write(batch).expect("write");
+            db.flush_cf(cf(&db, CF_LOGS)).expect("flush");
+            // Out of level 0 (whose files RocksDB never deletes by range),
+            // as compaction moves a master's files over time.
+            let (first, last) = (
+                codec::u64_key(chunk * 100 + 1),
+                codec::u64_key(chunk * 100 + 100),
+            );
+            db.compact_range_cf(cf(&db, CF_LOGS), Some(first), Some(last));
+        }
+        let before = log_files(&db);
+        assert!(before >= 3, "{before} files");
+        store.purge(entry(250).log_id).await.expect("purge");
+        // Entries 1-100 and 101-200 were whole files; 201-300 shares one.
+        assert_eq!(log_files(&db), before - 2);
+        let kept = store.try_get_log_entries(201..=300).await.expect("read");
+        assert_eq!(
+            kept.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+            (251..=300).collect::<Vec<_>>()
+        );
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(250));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(300));
+        store.close();
     }
 
     #[test]

@@ -39,12 +39,11 @@ async fn leader_of(stores: &[Arc<Store>]) -> usize {
     panic!("no leader elected");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_leader_wins_an_election_before_it_leads_again() {
-    let dir = tempfile::tempdir().expect("tmp");
+/// Three masters in `dir`, started and initialized as one group.
+async fn three(dir: &std::path::Path) -> (Vec<Config>, Vec<Arc<Store>>) {
     let configs: Vec<Config> = ["a", "b", "c"]
         .iter()
-        .map(|n| config(n, dir.path(), free_port()))
+        .map(|n| config(n, dir, free_port()))
         .collect();
     let mut stores = Vec::new();
     for cfg in &configs {
@@ -63,6 +62,13 @@ async fn a_restarted_leader_wins_an_election_before_it_leads_again() {
     for s in &stores {
         s.initialize(members.clone()).await.expect("init");
     }
+    (configs, stores)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_wins_an_election_before_it_leads_again() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (configs, stores) = three(dir.path()).await;
     let leader = leader_of(&stores).await;
     stores[leader]
         .write(Command::Txn(TxnRequest::single(Op::Put(PutRequest {
@@ -97,6 +103,35 @@ async fn a_restarted_leader_wins_an_election_before_it_leads_again() {
     }
     let now = leader_of(&stores).await;
     assert!(stores[now].term() > term, "a new election was held");
+    for s in &stores {
+        s.shutdown().await;
+    }
+}
+
+/// A follower fenced off by a full disk stops hearing the leader, so its
+/// election timer runs out while it is fenced. Back with space it may
+/// campaign at once, but it must not depose the leader the other follower
+/// still follows: the leader keeps its term and its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_back_from_a_full_disk_leaves_the_leader_alone() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (_, stores) = three(dir.path()).await;
+    let leader = leader_of(&stores).await;
+    let term = stores[leader].term();
+    let follower = (leader + 1) % stores.len();
+    stores[follower].set_space_low(true);
+    // Many election timeouts (150-300 ms) pass without a word from the leader.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(stores[leader].is_leader() && stores[leader].term() == term);
+    stores[follower].set_space_low(false);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        stores[leader].is_leader(),
+        "the leader of term {term} was deposed (now term {})",
+        stores[leader].term()
+    );
+    assert_eq!(stores[leader].term(), term);
+    assert_eq!(stores[follower].current_leader(), Some(stores[leader].id()));
     for s in &stores {
         s.shutdown().await;
     }
