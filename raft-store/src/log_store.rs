@@ -377,6 +377,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let started = Instant::now();
         self.cache().purge(log_id.index);
         // The snapshot covering these entries is already synced to its file.
         // The purge point is synced before any file goes: after a crash the
@@ -393,7 +394,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // purged entry itself.)
         self.db
             .delete_file_in_range_cf(logs, codec::u64_key(0), codec::u64_key(log_id.index))
-            .map_err(write_err)
+            .map_err(write_err)?;
+        let took = started.elapsed();
+        metrics::histogram!("skiff_store_log_purge_seconds").record(took.as_secs_f64());
+        tracing::info!(upto = log_id.index, ?took, "log purged");
+        Ok(())
     }
 }
 

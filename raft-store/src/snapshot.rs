@@ -48,6 +48,7 @@ impl Builder {
 
     pub async fn build(&mut self) -> Result<Snapshot> {
         let shared = self.shared.clone();
+        let started = std::time::Instant::now();
         let meta = tokio::task::spawn_blocking(move || {
             let _guard = shared.snapshot_lock.lock().expect("snapshot lock");
             checkpoint(&shared.db, &shared.snapshot_dir)
@@ -55,6 +56,8 @@ impl Builder {
         .await
         .map_err(|e| StoreError::Raft(e.to_string()))??;
         metrics::counter!("skiff_store_snapshots_total").increment(1);
+        let took = started.elapsed();
+        tracing::info!(last = ?meta.last_log_id, ?took, "snapshot built");
         // openraft keeps only the metadata of a snapshot it asked us to build;
         // the data is produced by `current` when a follower needs it.
         let placeholder = tokio::fs::File::open(self.shared.snapshot_dir.join(META)).await?;

@@ -6,6 +6,10 @@
 //! (etcd's default) round-robin over the endpoints, and prints one line:
 //! `reads/s=<n> p99_ms=<n> max_ms=<n>`.
 //!
+//! `skiff-bench null-kv --listen a:2379,...` serves an etcd KV API that
+//! stores nothing, to measure what the load generator itself can reach (see
+//! `null_kv.rs`).
+//!
 //! `skiff-bench api` loads the Kubernetes API (see `api.rs`);
 //! `skiff-bench failover` kills and stops the leader under load (see
 //! `failover.rs`).
@@ -14,6 +18,7 @@ mod api;
 mod failover;
 mod heartbeats;
 mod masters;
+mod null_kv;
 mod scheduler;
 
 use std::time::{Duration, Instant};
@@ -45,6 +50,15 @@ enum Cmd {
         /// Serve reads from any member's applied state (etcd's --consistency=s).
         #[arg(long)]
         serializable: bool,
+    },
+    /// An etcd KV endpoint that stores nothing: the client's ceiling.
+    NullKv {
+        /// host:port,... to listen on.
+        #[arg(long)]
+        listen: String,
+        /// Answer each Put after this long (e.g. 10ms), without using CPU.
+        #[arg(long, default_value = "0ms")]
+        put_delay: String,
     },
     /// Kubernetes API writes (beside the same load straight to the store)
     /// and watch fan-out. Defaults come from `source .skiff/dev/cluster.env`.
@@ -143,6 +157,9 @@ async fn main() -> anyhow::Result<()> {
                 let server = split(&servers).remove(0);
                 scheduler::run_e2e(&kubeconfig, &server, n, replicas).await?;
             }
+        }
+        Cmd::NullKv { listen, put_delay } => {
+            null_kv::run(&split(&listen), parse_duration(&put_delay)?).await?
         }
         Cmd::Heartbeats {
             kubeconfig,
