@@ -35,6 +35,9 @@ type Vote = openraft::Vote<NodeId>;
 pub struct LogStore {
     db: Arc<DB>,
     committed: Arc<AtomicU64>,
+    /// The first index not purged. Purged entries can outlive the purge on
+    /// disk (see [`RaftLogStorage::purge`]); reads start here.
+    unpurged: Arc<AtomicU64>,
     flusher: mpsc::Sender<SyncWork>,
     /// The sync thread, joined by [`LogStore::close`].
     syncer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
@@ -45,6 +48,9 @@ pub struct LogStore {
 enum SyncWork {
     /// Acknowledge this append once the WAL is synced.
     Append(LogFlushed<TypeConfig>),
+    /// Once the WAL (and with it the purge point) is synced, delete the
+    /// table files that hold only entries up to this index.
+    DropFiles(u64),
     /// Sync what is pending and end.
     Stop,
 }
@@ -93,11 +99,17 @@ impl Cache {
         self.bytes -= dropped;
     }
 
-    /// Forget entries up to and including `index`.
-    fn purge(&mut self, index: u64) {
-        while self.first().is_some_and(|first| first <= index) {
-            self.pop_front();
-        }
+    /// Forget entries up to and including `index`; returns them, for the
+    /// caller to free where it costs nothing (thousands of entries took
+    /// 5-30 ms to free).
+    fn purge(&mut self, index: u64) -> VecDeque<(Entry, usize)> {
+        let n = self
+            .entries
+            .partition_point(|(e, _)| e.log_id.index <= index);
+        let kept = self.entries.split_off(n);
+        let gone = std::mem::replace(&mut self.entries, kept);
+        self.bytes -= gone.iter().map(|(_, size)| size).sum::<usize>();
+        gone
     }
 
     /// The entries in `[start, end)`, if the cache holds every one there is
@@ -143,6 +155,7 @@ impl LogStore {
         LogStore {
             db,
             committed: Arc::new(AtomicU64::new(0)),
+            unpurged: Arc::new(AtomicU64::new(0)),
             flusher: tx,
             syncer: Arc::new(Mutex::new(Some(syncer))),
             cache: Arc::default(),
@@ -229,9 +242,11 @@ fn sync_loop(db: Arc<DB>, rx: mpsc::Receiver<SyncWork>) {
     while !stopping {
         let Ok(first) = rx.recv() else { return };
         let mut waiting = Vec::new();
+        let mut drop_upto = None;
         for work in std::iter::once(first).chain(rx.try_iter()) {
             match work {
                 SyncWork::Append(cb) => waiting.push(cb),
+                SyncWork::DropFiles(index) => drop_upto = drop_upto.max(Some(index)),
                 SyncWork::Stop => stopping = true,
             }
         }
@@ -247,6 +262,25 @@ fn sync_loop(db: Arc<DB>, rx: mpsc::Receiver<SyncWork>) {
                 .map_err(|e| std::io::Error::other(e.to_string()));
             cb.log_io_completed(r);
         }
+        if let (Some(index), Ok(())) = (drop_upto, &result) {
+            drop_purged_files(&db, index);
+        }
+    }
+}
+
+/// Delete the log's table files that hold only entries up to `index`, at
+/// once and unread; compaction would otherwise read them to drop them.
+/// (RocksDB also takes files that end at the range's end, so the range ends
+/// at `index` itself, the last purged entry.) A failure only leaves the
+/// files to compaction.
+fn drop_purged_files(db: &DB, index: u64) {
+    let started = Instant::now();
+    let logs = cf(db, CF_LOGS);
+    match db.delete_file_in_range_cf(logs, codec::u64_key(0), codec::u64_key(index)) {
+        Ok(()) => {
+            tracing::debug!(upto = index, took = ?started.elapsed(), "purged log files dropped")
+        }
+        Err(e) => tracing::warn!(upto = index, "dropping purged log files: {e}"),
     }
 }
 
@@ -259,7 +293,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Included(i) => *i,
             Bound::Excluded(i) => i + 1,
             Bound::Unbounded => 0,
-        };
+        }
+        .max(self.unpurged.load(Ordering::Acquire));
         let end = match range.end_bound() {
             Bound::Included(i) => i.saturating_add(1),
             Bound::Excluded(i) => *i,
@@ -289,6 +324,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = self.get_meta(KEY_PURGED)?;
+        let unpurged = last_purged.map_or(0, |l| l.index + 1);
+        self.unpurged.store(unpurged, Ordering::Release);
         let mut it = self.db.raw_iterator_cf(cf(&self.db, CF_LOGS));
         it.seek_to_last();
         let last = match it.value() {
@@ -298,7 +335,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         it.status().map_err(read_err)?;
         Ok(LogState {
             last_purged_log_id: last_purged,
-            last_log_id: last.or(last_purged),
+            // What is left on disk may be purged entries only.
+            last_log_id: last.filter(|l| l.index >= unpurged).or(last_purged),
         })
     }
 
@@ -378,23 +416,31 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let started = Instant::now();
-        self.cache().purge(log_id.index);
+        let evicted = self.cache().purge(log_id.index);
+        if !evicted.is_empty() {
+            // Thousands of entries took 5-30 ms to free, here in openraft's
+            // core where every write waits.
+            tokio::task::spawn_blocking(move || drop(evicted));
+        }
+        self.unpurged.store(log_id.index + 1, Ordering::Release);
         // The snapshot covering these entries is already synced to its file.
-        // The purge point is synced before any file goes: after a crash the
-        // log must not claim entries whose files were deleted.
-        self.put_meta(KEY_PURGED, &log_id, true)
+        // Nothing here waits for the disk: the purge point is made durable by
+        // the sync thread's next fsync, and only after that are the table
+        // files holding nothing but purged entries deleted (a log must not
+        // claim entries whose files are gone). A crash before that fsync
+        // finds the old purge point and the entries still there.
+        //
+        // The entries are not deleted one by one, nor by a range deletion:
+        // a range tombstone spans every older file, so the log's table
+        // files, otherwise disjoint, overlapped and compaction rewrote them
+        // (tens of megabytes at each snapshot). Disjoint files move down the
+        // levels untouched, and go whole once every entry in them is purged;
+        // until then reads skip what is purged (`unpurged`).
+        self.put_meta(KEY_PURGED, &log_id, false)
             .map_err(write_err)?;
-        let logs = cf(&self.db, CF_LOGS);
-        self.db
-            .delete_range_cf(logs, codec::u64_key(0), codec::u64_key(log_id.index + 1))
-            .map_err(write_err)?;
-        // Table files holding only purged entries go at once, unread;
-        // compaction would otherwise read them to drop them. (RocksDB takes
-        // files that end at the range's end too, so it ends at the last
-        // purged entry itself.)
-        self.db
-            .delete_file_in_range_cf(logs, codec::u64_key(0), codec::u64_key(log_id.index))
-            .map_err(write_err)?;
+        self.flusher
+            .send(SyncWork::DropFiles(log_id.index))
+            .map_err(|_| write_err("log sync thread stopped"))?;
         let took = started.elapsed();
         metrics::histogram!("skiff_store_log_purge_seconds").record(took.as_secs_f64());
         tracing::info!(upto = log_id.index, ?took, "log purged");
@@ -456,6 +502,8 @@ mod tests {
         let before = log_files(&db);
         assert!(before >= 3, "{before} files");
         store.purge(entry(250).log_id).await.expect("purge");
+        // The files go on the sync thread; closing waits for it.
+        store.close();
         // Entries 1-100 and 101-200 were whole files; 201-300 shares one.
         assert_eq!(log_files(&db), before - 2);
         let kept = store.try_get_log_entries(201..=300).await.expect("read");
@@ -466,7 +514,36 @@ mod tests {
         let state = store.get_log_state().await.expect("state");
         assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(250));
         assert_eq!(state.last_log_id.map(|l| l.index), Some(300));
+    }
+
+    /// Purged entries still on disk are neither read nor counted as the
+    /// log's last entry.
+    #[tokio::test]
+    async fn purged_entries_left_on_disk_stay_invisible() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = crate::db::open(&dir.path().join("db")).expect("db");
+        let mut store = LogStore::new(db.clone());
+        let mut batch = WriteBatch::default();
+        for i in 1..=10 {
+            batch.put_cf(
+                cf(&db, CF_LOGS),
+                codec::u64_key(i),
+                codec::encode(&entry(i)),
+            );
+        }
+        db.write(batch).expect("write");
+        store.purge(entry(10).log_id).await.expect("purge");
         store.close();
+        let mut reopened = LogStore::new(db.clone());
+        let state = reopened.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(10));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(10));
+        assert!(reopened
+            .try_get_log_entries(0..=10)
+            .await
+            .expect("read")
+            .is_empty());
+        reopened.close();
     }
 
     #[test]
@@ -486,7 +563,9 @@ mod tests {
         cache.push(entry(8), 10);
         assert_eq!(indexes(cache.get(7, u64::MAX)), Some(vec![7, 8]));
         // Purged entries are gone from the front.
-        cache.purge(6);
+        let gone = cache.purge(6);
+        assert_eq!(gone.len(), 2);
+        assert_eq!(cache.bytes, 20);
         assert_eq!(indexes(cache.get(6, u64::MAX)), None);
         assert_eq!(indexes(cache.get(7, u64::MAX)), Some(vec![7, 8]));
         // A gap starts the cache over, so it never skips an index.

@@ -390,6 +390,13 @@ impl Store {
             Forwarded::WriteBatch(cmds) => Ok(Reply::WriteBatch(self.router.commit(cmds).await?)),
             Forwarded::ReadIndex => Ok(Reply::ReadIndex(self.leader_reads.read_index().await?)),
             Forwarded::LeaseKeepAlive(id) => {
+                // Only the leader's clocks expire leases. A leader cut off
+                // from its quorum still thinks it leads until its own
+                // election timeout; renewing there would tell the client its
+                // lease lives on while the new leader lets it expire. A read
+                // index confirmed after the request arrived proves this
+                // master still led then (etcd 3.5's `ensureLeadership`).
+                self.leader_reads.read_index().await?;
                 self.ensure_leader()?;
                 Ok(Reply::LeaseKeepAlive(self.shared.leases.renew(id)))
             }
