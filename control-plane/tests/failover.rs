@@ -6,6 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{get, put, Cluster};
+use proto::etcd::request_op::Request as Op;
+use proto::etcd::{DeleteRangeRequest, PutRequest, RequestOp, TxnRequest};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill_then_catch_up_through_snapshot() {
@@ -132,4 +134,75 @@ async fn reqwest_text(url: &str) -> String {
         .await
         .expect("curl");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A master with one runtime worker (what a 1-core machine gets) goes on
+/// leading while it applies the deletion of a large prefix: the apply runs
+/// off the worker, so heartbeats and elections timers go on meanwhile. It
+/// once stalled the leader and its followers past the election timeout
+/// (found with `etcdctl check perf --load=xl`, which ends by deleting its
+/// 350,000 keys).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_large_prefix_keeps_the_leader_with_one_worker() {
+    // Followers stand for election after 320-400 ms without a heartbeat.
+    let c = Cluster::start_with_env(
+        3,
+        &["--election-timeout-ms", "400"],
+        &[("TOKIO_WORKER_THREADS", "1")],
+    )
+    .await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let term = c.status(leader).await.expect("status").raft_term;
+    const TXNS: usize = 3000;
+    const PUTS: usize = 100;
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let mut kv = c.kv(leader).await;
+        writers.push(tokio::spawn(async move {
+            for t in (w..TXNS).step_by(8) {
+                let success = (0..PUTS)
+                    .map(|i| RequestOp {
+                        request: Some(Op::RequestPut(PutRequest {
+                            key: format!("/big/{t:05}/{i:03}").into_bytes(),
+                            value: vec![b'x'; 100],
+                            ..Default::default()
+                        })),
+                    })
+                    .collect();
+                kv.txn(TxnRequest {
+                    success,
+                    ..Default::default()
+                })
+                .await
+                .expect("txn of puts");
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let mut kv = c.kv(leader).await;
+    let started = std::time::Instant::now();
+    let deleted = kv
+        .delete_range(DeleteRangeRequest {
+            key: b"/big/".to_vec(),
+            range_end: b"/big0".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete the prefix")
+        .into_inner()
+        .deleted;
+    let took = started.elapsed();
+    assert_eq!(deleted, (TXNS * PUTS) as i64);
+    let status = c.status(leader).await.expect("status after the delete");
+    assert_eq!(
+        (
+            status.raft_term,
+            c.wait_leader(Duration::from_secs(5)).await
+        ),
+        (term, leader),
+        "an election while deleting {deleted} keys (took {took:?}):\n{}",
+        c.log(leader)
+    );
 }

@@ -30,11 +30,18 @@ pub struct Master {
 pub struct Cluster {
     pub masters: Vec<Master>,
     pub dir: tempfile::TempDir,
+    /// Environment variables every master is started with.
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
     /// Start `n` masters; `extra` flags go to every one.
     pub async fn start(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_with_env(n, extra, &[]).await
+    }
+
+    /// Start `n` masters with `extra` flags and `env` in their environment.
+    pub async fn start_with_env(n: usize, extra: &[&str], env: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = dir.path().join("pki");
         let init = Command::new(env!("CARGO_BIN_EXE_control-plane"))
@@ -87,7 +94,11 @@ impl Cluster {
                 }
             })
             .collect();
-        let mut c = Cluster { masters, dir };
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut c = Cluster { masters, dir, env };
         for i in 0..n {
             c.spawn(i);
         }
@@ -182,6 +193,7 @@ impl Cluster {
             .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_control-plane"))
             .args(&m.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
