@@ -208,14 +208,25 @@ pub async fn current(shared: &Arc<Shared>) -> Result<Option<Snapshot>> {
     }))
 }
 
+///
+/// Each call makes a new file. openraft drops the handle of a transfer it
+/// abandons (the leader changed mid-stream), but a `tokio::fs::File` may
+/// still have a write in flight on a blocking thread: truncating the same
+/// file would let that write land in the next transfer's data. Unlinking
+/// first sends it to the old, nameless file instead.
 pub async fn begin_receiving(dir: &Path) -> Result<Box<tokio::fs::File>> {
     tokio::fs::create_dir_all(dir).await?;
+    let path = dir.join(INCOMING);
+    match tokio::fs::remove_file(&path).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
     let file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .read(true)
         .write(true)
-        .open(dir.join(INCOMING))
+        .open(path)
         .await?;
     Ok(Box::new(file))
 }
@@ -324,6 +335,22 @@ mod tests {
     use crate::db::CF_LEASE_KEYS as FAMILY;
 
     const KEYS: usize = 20_000;
+
+    // A transfer abandoned mid-stream must not write into the next one.
+    #[tokio::test]
+    async fn an_abandoned_transfer_cannot_write_into_the_next() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut old = begin_receiving(tmp.path()).await.unwrap();
+        old.write_all(b"first transfer").await.unwrap();
+        let mut new = begin_receiving(tmp.path()).await.unwrap();
+        new.write_all(b"second").await.unwrap();
+        new.flush().await.unwrap();
+        // The old handle writes on, as a late in-flight write would.
+        old.write_all(b" and more").await.unwrap();
+        old.flush().await.unwrap();
+        drop(old);
+        assert_eq!(fs::read(tmp.path().join(INCOMING)).unwrap(), b"second");
+    }
 
     fn fill(db: &DB, value: &[u8]) {
         let mut b = WriteBatch::default();
