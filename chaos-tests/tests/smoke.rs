@@ -2,24 +2,10 @@
 //! set and watch workloads at the same time; the run must find no violation.
 //! Needs root (network namespaces, nftables, tmpfs), as CI has.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-fn control_plane() -> PathBuf {
-    let me = PathBuf::from(env!("CARGO_BIN_EXE_chaos-tests"));
-    let bin = me.with_file_name("control-plane");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let release = me.parent().and_then(|d| d.file_name()) == Some("release".as_ref());
-        let mut build = Command::new(cargo);
-        build.args(["build", "-p", "control-plane"]);
-        if release {
-            build.arg("--release");
-        }
-        assert!(build.status().expect("cargo build").success());
-    }
-    bin
-}
+mod common;
+use common::control_plane;
 
 /// Run the harness with `args`; returns (summary numbers, stdout).
 fn chaos(args: &[&str]) -> ([usize; 3], String) {

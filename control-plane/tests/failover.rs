@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{get, put, Cluster};
 use proto::etcd::request_op::Request as Op;
@@ -205,4 +205,35 @@ async fn deleting_a_large_prefix_keeps_the_leader_with_one_worker() {
         "an election while deleting {deleted} keys (took {took:?}):\n{}",
         c.log(leader)
     );
+}
+
+/// A write a follower forwarded to a leader that then stops answering
+/// (SIGSTOP: its connections stay open) fails as soon as the follower sees
+/// another leader, instead of waiting out the forward's 30 s timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_forwarded_to_a_stopped_leader_is_abandoned_on_failover() {
+    let c = Cluster::start(3, &["--election-timeout-ms", "500"]).await;
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let follower = (leader + 1) % 3;
+    let mut kv = c.kv(follower).await;
+    // The follower's connection to the leader is up.
+    put(&mut kv, "warm", "1")
+        .await
+        .expect("put through the follower");
+    c.signal(leader, true);
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(20), put(&mut kv, "during", "1")).await;
+    let took = started.elapsed();
+    c.signal(leader, false);
+    let outcome = outcome.expect("the forwarded write is still waiting after 20 s");
+    assert!(
+        took < Duration::from_secs(8),
+        "the forwarded write took {took:?} ({outcome:?})"
+    );
+    // The cluster goes on under a new leader.
+    let new = c.wait_leader(Duration::from_secs(20)).await;
+    let mut kv = c.kv(new).await;
+    put(&mut kv, "after", "1")
+        .await
+        .expect("put after failover");
 }

@@ -209,6 +209,18 @@ impl Cluster {
         }
     }
 
+    /// SIGSTOP (`stop`) or SIGCONT one master: a stopped process keeps its
+    /// sockets open and answers nothing.
+    pub fn signal(&self, i: usize, stop: bool) {
+        let pid = self.masters[i].child.as_ref().expect("running").id();
+        let sig = if stop { "-STOP" } else { "-CONT" };
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill {sig} {pid}");
+    }
+
     pub fn endpoint(&self, i: usize) -> String {
         format!("http://{}:2379", self.masters[i].ip)
     }
