@@ -208,6 +208,7 @@ pub async fn current(shared: &Arc<Shared>) -> Result<Option<Snapshot>> {
     }))
 }
 
+/// Open the file a snapshot transfer is received into.
 ///
 /// Each call makes a new file. openraft drops the handle of a transfer it
 /// abandons (the leader changed mid-stream), but a `tokio::fs::File` may
