@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{etcdctl, Cluster};
+use common::{etcdctl, eventually, Cluster};
 
 fn ok(endpoints: &str, args: &[&str]) -> String {
     let (success, out, err) = etcdctl(endpoints, args);
@@ -186,16 +186,28 @@ async fn leases() {
 async fn members_status_and_health() {
     let mut c = Cluster::start(3, &[]).await;
     let eps = c.endpoints();
-    let list = ok(&eps, &["member", "list"]);
-    for m in &c.masters {
-        assert!(
-            list.contains(&format!(
+    let rows: Vec<String> = c
+        .masters
+        .iter()
+        .map(|m| {
+            format!(
                 ", started, {}, http://{}:2380, http://{}:2379, false",
                 m.name, m.ip, m.ip
-            )),
-            "{list}"
-        );
-    }
+            )
+        })
+        .collect();
+    // A master announces its client URLs through the log once it is up
+    // (etcd's publish); on a busy machine that can trail the election.
+    eventually(
+        "every master's client URLs",
+        Duration::from_secs(15),
+        || {
+            let list = ok(&eps, &["member", "list"]);
+            let all = rows.iter().all(|r| list.contains(r.as_str()));
+            async move { all.then_some(()) }
+        },
+    )
+    .await;
     // etcdctl prints health results on stderr.
     let (healthy, out, err) = etcdctl(&eps, &["endpoint", "health"]);
     assert!(healthy, "{err}");
