@@ -277,6 +277,9 @@ impl StateMachine {
         let mut applied = Vec::new();
         let mut end = from;
         let mut writer = Writer::new(db, &view, &mut batch, base);
+        if !self.shared.hub.wants_prev_values() {
+            writer = writer.without_prev_values();
+        }
         while let Some(cmd) = cmds.get(end) {
             let alone = match txn_of(cmd) {
                 Some(t) => end > from && reads_after(t, base),
@@ -306,6 +309,7 @@ impl StateMachine {
                     revision,
                     events: std::mem::take(&mut writer.events),
                     applied_at: Instant::now(),
+                    prev_values: writer.prev_values(),
                 });
             }
             responses.push(Response { revision, outcome });

@@ -6,8 +6,13 @@
 //! skipped, all events of one revision in one batch. A watcher that falls
 //! behind the broadcast buffer (or whose master installed a snapshot) goes
 //! back to replaying from RocksDB, starting after the last revision it sent.
+//!
+//! Revisions are applied with the values they replace only while some
+//! watcher asks for previous values (the hub counts them). A watcher that
+//! asks for them and meets a revision applied without them (it started while
+//! that revision was being applied) reads that revision from RocksDB too.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,6 +29,8 @@ pub struct RevisionBatch {
     pub events: Vec<Event>,
     /// When this master applied the revision (for watch lag).
     pub applied_at: Instant,
+    /// Whether the events' `prev_kv` carry values (see the module docs).
+    pub prev_values: bool,
 }
 
 /// Revisions kept in the broadcast buffer before slow watchers fall back to
@@ -34,17 +41,42 @@ const REPLAY_STEP: i64 = 1024;
 
 pub struct WatchHub {
     tx: broadcast::Sender<Arc<RevisionBatch>>,
+    /// Running watchers that asked for previous values.
+    prev_kv_watchers: AtomicUsize,
 }
 
 impl Default for WatchHub {
     fn default() -> Self {
         WatchHub {
             tx: broadcast::channel(BROADCAST_CAPACITY).0,
+            prev_kv_watchers: AtomicUsize::new(0),
         }
     }
 }
 
+/// Counts one watcher in [`WatchHub::prev_kv_watchers`] while it lives.
+struct PrevKvWatcher(Arc<Shared>);
+
+impl PrevKvWatcher {
+    fn count(shared: Arc<Shared>) -> Self {
+        shared.hub.prev_kv_watchers.fetch_add(1, Ordering::SeqCst);
+        PrevKvWatcher(shared)
+    }
+}
+
+impl Drop for PrevKvWatcher {
+    fn drop(&mut self) {
+        self.0.hub.prev_kv_watchers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl WatchHub {
+    /// Whether revisions applied now should carry previous values: some
+    /// running watcher asked for them.
+    pub fn wants_prev_values(&self) -> bool {
+        self.prev_kv_watchers.load(Ordering::SeqCst) > 0
+    }
+
     pub fn publish(&self, batch: RevisionBatch) {
         // No receiver is fine: nobody is watching.
         let _ = self.tx.send(Arc::new(batch));
@@ -72,6 +104,17 @@ impl WatchSpec {
                 EventKind::Put => !self.no_put,
                 EventKind::Delete => !self.no_delete,
             }
+    }
+
+    /// Whether this watcher must read `batch` from RocksDB: it wants previous
+    /// values that the batch was applied without.
+    fn needs_history(&self, batch: &RevisionBatch) -> bool {
+        self.prev_kv
+            && !batch.prev_values
+            && batch
+                .events
+                .iter()
+                .any(|e| e.prev_kv.is_some() && self.wants(e))
     }
 
     fn select(&self, events: &[Event]) -> Vec<Event> {
@@ -117,7 +160,11 @@ pub fn spawn(shared: Arc<Shared>, spec: WatchSpec, buffer: usize) -> Watcher {
     let (tx, rx) = mpsc::channel(buffer.max(1));
     let reached = Arc::new(AtomicI64::new(0));
     let progress = reached.clone();
+    // Counted before the watcher reads anything, so every revision applied
+    // after it starts carries the values it asked for.
+    let counted = spec.prev_kv.then(|| PrevKvWatcher::count(shared.clone()));
     tokio::spawn(async move {
+        let _counted = counted;
         metrics::gauge!("skiff_store_watchers").increment(1.0);
         run(shared, spec, tx, progress).await;
         metrics::gauge!("skiff_store_watchers").decrement(1.0);
@@ -186,7 +233,7 @@ async fn run(
         };
         match batch {
             Ok(b) if b.revision < next => {}
-            Ok(b) if b.revision == next => {
+            Ok(b) if b.revision == next && !spec.needs_history(&b) => {
                 let events = spec.select(&b.events);
                 if !events.is_empty()
                     && tx
@@ -202,7 +249,8 @@ async fn run(
                 }
                 next = b.revision + 1;
             }
-            // A gap (snapshot installed) or a lag: replay from disk.
+            // A gap (snapshot installed), a lag, or a revision applied without
+            // the previous values this watcher wants: replay from disk.
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
             Err(broadcast::error::RecvError::Closed) => return,
         }

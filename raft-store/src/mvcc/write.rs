@@ -7,6 +7,12 @@
 //! commands before it in the run through an overlay, as etcd's write
 //! transactions do. A command refused part-way is undone: its batch records,
 //! overlay entries, index changes and events are dropped.
+//!
+//! The value a put replaces or a delete removes is read only when something
+//! will use it: the request asks for it (`prev_kv`), or a watcher may want it
+//! ([`Writer::without_prev_values`] says none does). Otherwise its events
+//! carry the previous key's metadata with an empty value, so that deleting a
+//! large prefix does not load every value it removes into memory.
 
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
@@ -50,6 +56,8 @@ pub struct Writer<'a> {
     changes: Vec<Change>,
     /// The current command's events.
     pub events: Vec<Event>,
+    /// Whether events carry the previous values of the keys they change.
+    prev_values: bool,
 }
 
 impl<'a> Writer<'a> {
@@ -72,7 +80,20 @@ impl<'a> Writer<'a> {
             mark,
             changes: Vec::new(),
             events: Vec::new(),
+            prev_values: true,
         }
+    }
+
+    /// Leave previous values out of events (metadata stays) unless a
+    /// request asks for them: no watcher will read them.
+    pub fn without_prev_values(mut self) -> Self {
+        self.prev_values = false;
+        self
+    }
+
+    /// Whether this writer's events carry previous values.
+    pub fn prev_values(&self) -> bool {
+        self.prev_values
     }
 
     /// Move on to the next command of the run: it writes at the revision
@@ -113,10 +134,6 @@ impl<'a> Writer<'a> {
         } else {
             self.rev - 1
         }
-    }
-
-    fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        self.get_with(key, true)
     }
 
     /// A live key; its value is left empty unless `values`.
@@ -221,7 +238,10 @@ impl<'a> Writer<'a> {
     }
 
     pub fn put(&mut self, req: &PutRequest) -> Result<OpResult> {
-        let prev = self.get(&req.key)?;
+        let prev = self.get_with(
+            &req.key,
+            self.prev_values || req.prev_kv || req.ignore_value,
+        )?;
         let value = if req.ignore_value {
             prev.as_ref().ok_or(ApplyError::KeyNotFound)?.value.clone()
         } else {
@@ -269,7 +289,7 @@ impl<'a> Writer<'a> {
     }
 
     pub fn delete(&mut self, req: &DeleteRequest) -> Result<OpResult> {
-        let doomed = self.live(&req.range)?;
+        let doomed = self.live_with(&req.range, self.prev_values || req.prev_kv)?;
         let deleted = doomed.len() as i64;
         let prev_kvs = if req.prev_kv {
             doomed.clone()
@@ -326,7 +346,7 @@ impl<'a> Writer<'a> {
     /// Delete every key attached to `lease` and the lease itself.
     pub fn revoke_lease(&mut self, lease: i64) -> Result<()> {
         for key in super::read::lease_keys(self.db, lease)? {
-            if let Some(kv) = self.get(&key)? {
+            if let Some(kv) = self.get_with(&key, self.prev_values)? {
                 self.delete_key(kv);
             }
         }
