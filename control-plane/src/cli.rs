@@ -25,6 +25,43 @@ enum Command {
     Init(InitArgs),
     /// Print a kubeconfig with a fresh client certificate from the cluster CA.
     Kubeconfig(KubeconfigArgs),
+    /// Manage bootstrap tokens, with which node agents join (as kubeadm's).
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The kubeconfig to reach the cluster with (default $KUBECONFIG).
+    #[arg(long, env = "KUBECONFIG", global = true)]
+    kubeconfig: Option<PathBuf>,
+    #[command(subcommand)]
+    command: TokenCommand,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it.
+    Create {
+        /// How long the token lets nodes join ("24h", "30m"; "0" never expires).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Print the whole `node-agent join` command, not just the token.
+        #[arg(long)]
+        print_join_command: bool,
+        /// The agent address the join command names (default: the API
+        /// server's host, port 6444).
+        #[arg(long)]
+        agent_server: Option<String>,
+    },
+    /// List the tokens, their expiry and description.
+    List,
+    /// Delete tokens (by id or whole token); nodes can no longer join with them.
+    Delete {
+        #[arg(required = true)]
+        tokens: Vec<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -141,6 +178,17 @@ struct RunArgs {
     /// How often each HorizontalPodAutoscaler re-evaluates its target.
     #[arg(long, default_value_t = 15)]
     horizontal_pod_autoscaler_sync_period_secs: u64,
+    /// Node agents (QUIC over UDP); served when --pki-dir holds the cluster CA.
+    #[arg(long, default_value = "127.0.0.1:6444")]
+    listen_agents: SocketAddr,
+    /// The address agents reach this master's gateway at (default
+    /// --listen-agents).
+    #[arg(long)]
+    advertise_agents: Option<String>,
+    /// How long a node's certificate is valid; agents renew it at two
+    /// thirds of that.
+    #[arg(long, default_value = "8760h", value_parser = humantime::parse_duration)]
+    node_cert_validity: Duration,
     /// Seconds added to the clock the controllers read (tests: fire a
     /// CronJob without waiting for its minute).
     #[arg(long, default_value_t = 0, hide = true)]
@@ -172,6 +220,7 @@ impl Cli {
                 println!("admin kubeconfig: {}", path.display());
                 Ok(())
             }
+            Command::Token(args) => token(args).await,
             Command::Kubeconfig(args) => {
                 let ca = crate::pki::Ca::load(&args.pki_dir)?;
                 let who = match args.user {
@@ -184,6 +233,103 @@ impl Cli {
                 print!("{}", crate::pki::kubeconfig(&ca, &args.server, &who)?);
                 Ok(())
             }
+        }
+    }
+}
+
+async fn token(args: TokenArgs) -> anyhow::Result<()> {
+    use crate::tokens::{self, Token};
+    let kubeconfig = args
+        .kubeconfig
+        .context("no kubeconfig: pass --kubeconfig or set KUBECONFIG")?;
+    let client = crate::rest_client::RestClient::from_kubeconfig(&kubeconfig)?;
+    let secrets = format!("/api/v1/namespaces/{}/secrets", tokens::NAMESPACE);
+    match args.command {
+        TokenCommand::Create {
+            ttl,
+            description,
+            print_join_command,
+            agent_server,
+        } => {
+            let ttl = match ttl.trim() {
+                "0" => None,
+                t => {
+                    Some(humantime::parse_duration(t).with_context(|| format!("bad --ttl {t:?}"))?)
+                }
+            };
+            let expires = ttl
+                .map(|d| chrono::Duration::from_std(d).map(|d| chrono::Utc::now() + d))
+                .transpose()
+                .context("--ttl is too long")?;
+            let token = Token::generate();
+            client
+                .post(&secrets, &token.to_secret(expires, &description))
+                .await
+                .context("creating the token")?;
+            if print_join_command {
+                let server = match agent_server {
+                    Some(s) => s,
+                    None => {
+                        let host = client
+                            .server()
+                            .trim_start_matches("https://")
+                            .rsplit_once(':')
+                            .map(|(h, _)| h.to_string())
+                            .unwrap_or_else(|| client.server().to_string());
+                        format!("{host}:6444")
+                    }
+                };
+                println!(
+                    "node-agent join --server {server} --token {token} --discovery-token-ca-cert-hash {}",
+                    crate::pki::ca_hash(&client.ca_pem)?
+                );
+            } else {
+                println!("{token}");
+            }
+            Ok(())
+        }
+        TokenCommand::List => {
+            let list = client.get(&secrets).await?;
+            println!("{:<24}{:<22}{}", "TOKEN", "EXPIRES", "DESCRIPTION");
+            for s in list["items"].as_array().into_iter().flatten() {
+                if s["type"].as_str() != Some(tokens::SECRET_TYPE) {
+                    continue;
+                }
+                let Some(id) = s["metadata"]["name"]
+                    .as_str()
+                    .and_then(tokens::id_of_secret)
+                else {
+                    continue;
+                };
+                let expires = match tokens::expiry(s) {
+                    Ok(Some(at)) if at <= chrono::Utc::now() => "<expired>".to_string(),
+                    Ok(Some(at)) => at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    Ok(None) => "<forever>".to_string(),
+                    Err(()) => "<invalid>".to_string(),
+                };
+                let description = tokens::field(s, "description").unwrap_or_default();
+                println!(
+                    "{:<24}{:<22}{}",
+                    format!("{id}.<secret>"),
+                    expires,
+                    description
+                );
+            }
+            Ok(())
+        }
+        TokenCommand::Delete { tokens: given } => {
+            for t in given {
+                let id = t.split('.').next().unwrap_or("").to_string();
+                if id.len() != 6 {
+                    bail!("{t:?} is neither a token id nor a token");
+                }
+                client
+                    .delete(&format!("{secrets}/{}", tokens::secret_name(&id)))
+                    .await
+                    .with_context(|| format!("deleting token {id}"))?;
+                println!("bootstrap token {id:?} deleted");
+            }
+            Ok(())
         }
     }
 }
@@ -248,12 +394,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             ];
             hosts.extend(args.api_host.iter().cloned());
             hosts.dedup();
+            let mut agent_hosts = hosts.clone();
+            agent_hosts.push(args.listen_agents.ip().to_string());
+            if let Some(a) = &args.advertise_agents {
+                agent_hosts.push(a.rsplit_once(':').map(|(h, _)| h).unwrap_or(a).to_string());
+            }
+            agent_hosts.dedup();
             let tls = crate::pki::server_tls(&ca, &args.name, &hosts)?;
+            let agent_tls = crate::pki::agent_server_tls(&ca, &args.name, &agent_hosts)?;
             let tokens = crate::api::load_tokens(&dir.join("tokens.csv"))?;
             let listener = tokio::net::TcpListener::bind(args.listen_api)
                 .await
                 .with_context(|| format!("binding the API address {}", args.listen_api))?;
-            Some((listener, tls, tokens))
+            let agents = crate::agents::endpoint(agent_tls, args.listen_agents)?;
+            Some((listener, tls, tokens, agents, std::sync::Arc::new(ca)))
         }
         None => {
             tracing::warn!("no --pki-dir: the Kubernetes API is not served");
@@ -308,12 +462,31 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ),
         clock_offset: chrono::Duration::seconds(args.controller_clock_offset_secs),
     };
-    let k8s = kube.map(|(listener, tls, tokens)| {
+    let k8s = kube.map(|(listener, tls, tokens, agents, ca)| {
         let api = crate::api::Api::new(
             crate::registry::Registry::new(store.clone()),
             tokens,
             ranges.clone(),
         );
+        let gateway = std::sync::Arc::new(crate::agents::Gateway {
+            api: api.clone(),
+            ca,
+            settings: crate::agents::Settings {
+                master: args.name.clone(),
+                advertise: args
+                    .advertise_agents
+                    .clone()
+                    .unwrap_or_else(|| args.listen_agents.to_string()),
+                node_cert_validity: args.node_cert_validity,
+                max_frame: proto::agent::frame::MAX_FRAME,
+            },
+            desired: crate::agents::desired::Desired::new(),
+        });
+        tokio::spawn(crate::agents::serve(
+            gateway,
+            agents,
+            stopped(stop_rx.clone()),
+        ));
         crate::api::spawn_bootstrap(api.clone());
         tokio::spawn(crate::leader::run(
             store.clone(),

@@ -6,8 +6,9 @@
 //! Kubernetes API over HTTPS ([`api`], objects kept by [`registry`],
 //! certificates from [`pki`]) and Prometheus metrics over HTTP
 //! ([`metrics_http`]). While it is the Raft leader ([`leader`]) it runs the
-//! [`scheduler`] and the [`controllers`]. A later issue adds the agent
-//! gateway.
+//! [`scheduler`] and the [`controllers`]. Node agents connect to the
+//! [`agents`] gateway over QUIC, join with bootstrap [`tokens`], and are
+//! held to what the [`node_authorizer`] allows.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -15,12 +16,16 @@
 // openraft traits require; boxing them at every call site buys nothing.
 #![allow(clippy::result_large_err)]
 
+pub mod agents;
 pub mod api;
 pub mod cli;
 pub mod controllers;
 pub mod etcd;
 pub mod leader;
 pub mod metrics_http;
+pub mod node_authorizer;
 pub mod pki;
 pub mod registry;
+pub mod rest_client;
 pub mod scheduler;
+pub mod tokens;

@@ -5,11 +5,13 @@
 //! issues its own serving certificate from them when it starts, so a master
 //! that joins later only needs the two CA files. Identities are kept apart
 //! in the certificate subject, as Kubernetes does: the admin is in the
-//! `system:masters` group, masters are `system:master:<name>`, nodes will be
-//! `system:node:<name>` in `system:nodes`.
+//! `system:masters` group, masters are `system:master:<name>`, nodes are
+//! `system:node:<name>` in `system:nodes`, signed from the node's own CSR
+//! ([`Ca::sign_node`]) so that its key never leaves it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use base64::Engine;
@@ -21,6 +23,8 @@ use rcgen::{
 pub const CA_CERT: &str = "ca.crt";
 pub const CA_KEY: &str = "ca.key";
 pub const ADMIN_KUBECONFIG: &str = "admin.kubeconfig";
+pub const NODES_GROUP: &str = "system:nodes";
+const NODE_USER_PREFIX: &str = "system:node:";
 
 /// Who a client certificate (or token) speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +46,21 @@ impl Identity {
             user: format!("system:master:{name}"),
             groups: vec!["system:masters".into()],
         }
+    }
+
+    pub fn node(name: &str) -> Self {
+        Identity {
+            user: format!("{NODE_USER_PREFIX}{name}"),
+            groups: vec![NODES_GROUP.into()],
+        }
+    }
+
+    /// The node this identity is, if it is one.
+    pub fn node_name(&self) -> Option<&str> {
+        if !self.groups.iter().any(|g| g == NODES_GROUP) {
+            return None;
+        }
+        self.user.strip_prefix(NODE_USER_PREFIX)
     }
 
     fn subject(&self) -> DistinguishedName {
@@ -128,6 +147,23 @@ impl Ca {
             KeyUsagePurpose::KeyEncipherment,
         ];
         self.sign(params)
+    }
+
+    /// A node's client certificate for the key in `csr_pem`, valid for
+    /// `validity`. Whatever the request asks for, the certificate says only
+    /// `system:node:<name>` in `system:nodes`, for client authentication.
+    pub fn sign_node(&self, csr_pem: &str, name: &str, validity: Duration) -> Result<String> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .context("the certificate request is not a valid PKCS#10 CSR")?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = Identity::node(name).subject();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = now + validity;
+        csr.params = params;
+        Ok(csr.signed_by(&self.cert, &self.key)?.pem())
     }
 
     fn sign(&self, mut params: CertificateParams) -> Result<Issued> {
@@ -249,4 +285,84 @@ pub fn identity_of(cert_der: &[u8]) -> Option<Identity> {
         .filter_map(|o| o.as_str().ok().map(str::to_string))
         .collect();
     Some(Identity { user, groups })
+}
+
+/// The hash a joining node pins the CA by, as kubeadm's
+/// `--discovery-token-ca-cert-hash`: `sha256:` and the hex SHA-256 of the
+/// CA certificate's SubjectPublicKeyInfo.
+pub fn ca_hash(ca_pem: &str) -> Result<String> {
+    let der = rustls_pemfile::certs(&mut ca_pem.as_bytes())
+        .next()
+        .context("no certificate in the CA PEM")??;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| anyhow::anyhow!("parsing the CA certificate: {e}"))?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.public_key().raw);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("sha256:{hex}"))
+}
+
+/// The QUIC protocol name agents and masters speak.
+pub const AGENT_ALPN: &[u8] = b"skiff-agent/1";
+
+/// TLS for the agent gateway (QUIC, so TLS 1.3 only): this master's serving
+/// certificate; a client certificate signed by the CA when offered (nodes),
+/// none for the CA and join requests.
+pub fn agent_server_tls(ca: &Ca, name: &str, hosts: &[String]) -> Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let issued = ca.issue_server(&Identity::master(name), hosts)?;
+    let certs =
+        rustls_pemfile::certs(&mut issued.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut issued.key_pem.as_bytes())?
+        .context("no key in the issued PEM")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca.pem().as_bytes()) {
+        roots.add(c?)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![AGENT_ALPN.to_vec()];
+    config.max_early_data_size = 0;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_certificate_says_only_what_the_ca_decides() {
+        let ca = Ca::create().unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["evil.example".to_string()]).unwrap();
+        params.distinguished_name = Identity::admin().subject();
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        let pem = ca.sign_node(&csr, "n1", Duration::from_secs(3600)).unwrap();
+        let der = rustls_pemfile::certs(&mut pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        let who = identity_of(&der).unwrap();
+        assert_eq!(who, Identity::node("n1"));
+        assert_eq!(who.node_name(), Some("n1"));
+        assert_eq!(Identity::admin().node_name(), None);
+        assert!(ca
+            .sign_node("garbage", "n1", Duration::from_secs(60))
+            .is_err());
+
+        let hash = ca_hash(ca.pem()).unwrap();
+        assert!(
+            hash.starts_with("sha256:") && hash.len() == 7 + 64,
+            "{hash}"
+        );
+        assert_eq!(hash, ca_hash(ca.pem()).unwrap());
+        assert_ne!(hash, ca_hash(Ca::create().unwrap().pem()).unwrap());
+    }
 }

@@ -338,12 +338,15 @@ impl Registry {
     }
 
     /// Watch `range` from the revision after `after` (0: from now).
-    pub fn watch(&self, range: KeyRange, after: i64) -> Watcher {
+    /// Watch `range` after revision `after` (0: from the next change);
+    /// `previous`: deletions and updates carry the value they replaced,
+    /// which costs the store a read of it on every write while it runs.
+    pub fn watch(&self, range: KeyRange, after: i64, previous: bool) -> Watcher {
         self.store.watch(
             WatchSpec {
                 range,
                 start_revision: if after > 0 { after + 1 } else { 0 },
-                prev_kv: true,
+                prev_kv: previous,
                 ..Default::default()
             },
             256,

@@ -516,6 +516,23 @@ async fn watch_resumes_from_a_resource_version_and_answers_410_after_compaction(
     let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(first["type"], "ERROR", "{out}");
     assert_eq!(first["object"]["code"], 410);
+
+    // Without a resourceVersion, a watch starts with every object as ADDED,
+    // however many there are (the official Python client watches this way;
+    // more than 64 once filled a buffer nobody read yet, and nothing came).
+    ok(kubectl(&kc, &["create", "namespace", "many"]));
+    let many: String = (0..80)
+        .map(|i| format!("---\n{}", configmap("many", &format!("c{i}"), "v")))
+        .collect();
+    ok(kubectl_stdin(&kc, &["create", "-f", "-"], Some(&many)));
+    let raw = "/api/v1/namespaces/many/configmaps?watch=true&timeoutSeconds=2";
+    let out = ok(kubectl(&kc, &["get", "--raw", raw]));
+    let added = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["type"] == "ADDED")
+        .count();
+    assert_eq!(added, 80, "{out}");
 }
 
 /// Client certificate and key from a kubeconfig, as PEM files for curl.

@@ -1,1 +1,274 @@
-fn main() {}
+//! `node-agent`: the Skiff node agent.
+//!
+//! `node-agent join` gets the node a certificate from the cluster with a
+//! bootstrap token ([`join`], [`identity`]); `node-agent run` then keeps a
+//! QUIC session with the masters ([`session`]) that brings the node's
+//! desired state ([`desired`]) and takes its reports back ([`reports`],
+//! [`node_status`]), and runs the node's pods ([`pods`]) on a container
+//! runtime ([`runtime`]: Docker, or a fake for scale tests). `/metrics`
+//! serves the agent's Prometheus metrics ([`metrics_http`]).
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+mod desired;
+mod identity;
+mod join;
+mod metrics_http;
+mod node_status;
+mod pods;
+mod reports;
+mod runtime;
+mod session;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use runtime::Runtime;
+
+#[derive(Parser)]
+#[command(name = "node-agent", version, about = "The Skiff node agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Join the cluster with a bootstrap token: get this node's certificate.
+    Join(JoinArgs),
+    /// Run the node: its session with the masters and its pods.
+    Run(Box<RunArgs>),
+}
+
+#[derive(clap::Args)]
+struct JoinArgs {
+    /// A master's agent address (host:port).
+    #[arg(long)]
+    server: String,
+    /// The bootstrap token (`control-plane token create`).
+    #[arg(long)]
+    token: String,
+    /// The cluster CA's hash, sha256:<hex> (printed by `token create
+    /// --print-join-command`); a CA with another hash is refused.
+    #[arg(long)]
+    discovery_token_ca_cert_hash: String,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    #[arg(long, default_value = "/var/lib/skiff-agent")]
+    data_dir: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[arg(long, default_value = "/var/lib/skiff-agent")]
+    data_dir: PathBuf,
+    /// The Docker engine's socket.
+    #[arg(long, default_value = "unix:///var/run/docker.sock")]
+    docker_host: String,
+    /// The address the node reports (default: the first non-loopback IPv4
+    /// address of the host, else 127.0.0.1).
+    #[arg(long)]
+    node_ip: Option<String>,
+    /// Prometheus metrics and /healthz.
+    #[arg(long, default_value = "127.0.0.1:10255")]
+    listen_metrics: SocketAddr,
+    /// The image each pod's sandbox runs.
+    #[arg(long, default_value = "skiff-pause:local")]
+    sandbox_image: String,
+    /// Labels for the node (k=v, repeatable or comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    node_labels: Vec<String>,
+    #[arg(long, default_value_t = 110)]
+    max_pods: u32,
+    /// Crash-loop back-off: the first delay (doubling to the cap).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    backoff_base: Duration,
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    backoff_max: Duration,
+    /// How long a container must run for its back-off to start over.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    backoff_reset: Duration,
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_ascii_lowercase())
+        .unwrap_or_else(|_| "node".into())
+}
+
+/// The first non-loopback IPv4 address, from the routing table's view.
+fn default_ip() -> String {
+    // Connecting a UDP socket sends nothing; it only picks a source address.
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect("10.255.255.255:9")?;
+            s.local_addr()
+        })
+        .map(|a| a.ip().to_string())
+        .ok()
+        .filter(|ip| ip != "0.0.0.0")
+        .unwrap_or_else(|| "127.0.0.1".into())
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let identity = identity::Identity::load(&args.data_dir)?;
+    let node = identity.cluster.node_name.clone();
+    let metrics = metrics_http::install()?;
+    let listener = tokio::net::TcpListener::bind(args.listen_metrics)
+        .await
+        .with_context(|| format!("binding the metrics address {}", args.listen_metrics))?;
+    let rt = runtime::docker::DockerRuntime::connect(&args.docker_host).await?;
+    let info = rt
+        .info()
+        .await
+        .context("asking the Docker engine about itself")?;
+    let mut labels = BTreeMap::from([
+        ("kubernetes.io/hostname".to_string(), node.clone()),
+        ("kubernetes.io/os".to_string(), "linux".to_string()),
+        (
+            "kubernetes.io/arch".to_string(),
+            match std::env::consts::ARCH {
+                "x86_64" => "amd64".into(),
+                a => a.to_string(),
+            },
+        ),
+    ]);
+    for l in &args.node_labels {
+        let Some((k, v)) = l.split_once('=') else {
+            bail!("--node-labels wants k=v, not {l:?}");
+        };
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let host_ip = args.node_ip.clone().unwrap_or_else(default_ip);
+    let stop = CancellationToken::new();
+    let desired = Arc::new(desired::Desired::default());
+    let reports = Arc::new(reports::Reports::default());
+    let session = Arc::new(session::Session {
+        data_dir: args.data_dir.clone(),
+        identity: Arc::new(RwLock::new(identity)),
+        desired: desired.clone(),
+        reports: reports.clone(),
+        endpoint: session::connect::endpoint()?,
+    });
+    let ctx = Arc::new(pods::Context {
+        node: node.clone(),
+        data_dir: args.data_dir.clone(),
+        sandbox_image: args.sandbox_image.clone(),
+        host_ip: host_ip.clone(),
+        cpus: info.cpus,
+        memory: info.memory_bytes,
+        backoff_base: args.backoff_base,
+        backoff_max: args.backoff_max,
+        backoff_reset: args.backoff_reset,
+        lookup: desired.clone(),
+        reports: reports.clone(),
+    });
+    let facts = Arc::new(node_status::NodeFacts {
+        name: node.clone(),
+        address: host_ip,
+        labels,
+        max_pods: args.max_pods,
+    });
+    let tasks = vec![
+        tokio::spawn(session.clone().run(stop.clone())),
+        tokio::spawn(session::renew::run(session.clone(), stop.clone())),
+        tokio::spawn(node_status::run(
+            rt.clone(),
+            facts,
+            reports.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(pods::run(rt.clone(), ctx, desired.clone(), stop.clone())),
+        tokio::spawn(metrics_http::serve(listener, metrics, stop.clone())),
+    ];
+    tracing::info!(%node, docker = %info.version, "agent running");
+    shutdown_signal().await;
+    tracing::info!("shutting down (pods keep running)");
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(tasks)).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn main_async(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Join(a) => {
+            let node = a.node_name.clone().unwrap_or_else(host_name);
+            if identity::joined(&a.data_dir) {
+                bail!(
+                    "{} already holds a node identity; remove it to join again",
+                    a.data_dir.display()
+                );
+            }
+            let id = join::join(join::JoinArgs {
+                server: &a.server,
+                token: &a.token,
+                ca_hash: &a.discovery_token_ca_cert_hash,
+                node_name: &node,
+                data_dir: &a.data_dir,
+            })
+            .await?;
+            println!(
+                "node {node} joined the cluster; masters: {}",
+                id.cluster.masters.join(", ")
+            );
+            println!(
+                "run it with: node-agent run --data-dir {}",
+                a.data_dir.display()
+            );
+            Ok(())
+        }
+        Command::Run(a) => run(*a).await,
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("node-agent: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main_async(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("node-agent: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

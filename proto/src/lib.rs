@@ -3,6 +3,17 @@
 //! - [`raft`]: master-to-master RPCs (Raft messages and request forwarding).
 //! - [`etcd`]: the subset of etcd's v3 gRPC API that Skiff serves, with
 //!   etcd's package names and field numbers so that etcd clients work.
+//! - [`agent`]: the node agent's protocol with the masters (over QUIC),
+//!   and [`agent::frame`], how its messages are framed on a stream.
+//! - [`quantity`]: Kubernetes resource quantities as they are written on
+//!   the wire, parsed exactly (both masters and agents read them).
+
+pub mod agent {
+    tonic::include_proto!("skiff.agent");
+    pub mod frame;
+}
+
+pub mod quantity;
 
 pub mod raft {
     tonic::include_proto!("skiff.raft");

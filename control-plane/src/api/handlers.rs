@@ -56,6 +56,11 @@ impl Filter {
         })
     }
 
+    /// No selectors: every object.
+    pub fn everything() -> Filter {
+        Filter::from_query(&Query::new()).expect("empty selectors parse")
+    }
+
     pub fn matches(&self, object: &Value) -> bool {
         self.labels.matches(object) && self.fields.matches(object)
     }
@@ -546,6 +551,11 @@ impl Api {
         if r.plural == "namespaces" {
             return self.terminate_namespace(name, current).await;
         }
+        if r.plural == "pods" {
+            if let Some(grace) = pod_grace_period(&current.object, opts, q)? {
+                return self.mark_pod_deleted(ns, name, current, grace).await;
+            }
+        }
         let mut finalizers: Vec<Value> = current
             .object
             .pointer("/metadata/finalizers")
@@ -587,6 +597,60 @@ impl Api {
             .map_err(|e| ApiError::from_registry(e, r, name))?;
         crate::registry::set_resource_version(&mut gone.object, rev);
         Ok(gone.object)
+    }
+
+    /// Graceful deletion: the pod stays, marked with when its grace ends,
+    /// until its node has stopped its containers and confirms
+    /// ([`Api::finish_pod_deletion`]). A second delete may shorten the
+    /// grace, never lengthen it.
+    async fn mark_pod_deleted(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+        current: Stored,
+        grace: i64,
+    ) -> ApiResult<Value> {
+        let meta = &current.object["metadata"];
+        let marked = meta["deletionTimestamp"].is_string();
+        if marked
+            && meta["deletionGracePeriodSeconds"]
+                .as_i64()
+                .is_some_and(|g| g <= grace)
+        {
+            return Ok(current.object);
+        }
+        let mut next = current.object.clone();
+        let at = chrono::Utc::now() + chrono::Duration::seconds(grace);
+        next["metadata"]["deletionTimestamp"] =
+            json!(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        next["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+        let pods = pods();
+        let rev = self
+            .registry
+            .update(
+                &key(pods, ns, name),
+                &next,
+                Some(current.revision),
+                &Claims::default(),
+            )
+            .await
+            .map_err(|e| ApiError::from_registry(e, pods, name))?;
+        crate::registry::set_resource_version(&mut next, rev);
+        Ok(next)
+    }
+
+    /// A node's confirmation that a pod marked for deletion has no
+    /// containers left: the pod goes now (if it is still the same pod).
+    pub async fn finish_pod_deletion(&self, ns: &str, name: &str, uid: &str) -> ApiResult<()> {
+        let opts = json!({"gracePeriodSeconds": 0, "preconditions": {"uid": uid}});
+        match self
+            .delete_once(pods(), Some(ns), name, &opts, "Background", &Query::new())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code == StatusCode::NOT_FOUND => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Mark a namespace Terminating.
@@ -720,6 +784,41 @@ pub fn namespaces() -> &'static Resource {
 
 fn field_validation(q: &Query) -> ApiResult<FieldValidation> {
     FieldValidation::from_query(q.get("fieldValidation").map(String::as_str))
+}
+
+fn pods() -> &'static Resource {
+    super::resources::find("", "v1", "pods").expect("pods are served")
+}
+
+/// How long a pod being deleted has to stop, or None to delete it now: a
+/// pod no node runs, one that has finished, or a grace of 0 (`kubectl
+/// delete --grace-period=0 --force`). The grace comes from the request
+/// (query or DeleteOptions), else the pod's
+/// terminationGracePeriodSeconds, else 30 s.
+fn pod_grace_period(pod: &Value, opts: &Value, q: &Query) -> ApiResult<Option<i64>> {
+    let requested = match q.get("gracePeriodSeconds") {
+        Some(g) => Some(
+            g.parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}")))?,
+        ),
+        None => opts["gracePeriodSeconds"].as_i64(),
+    };
+    let bound = pod["spec"]["nodeName"]
+        .as_str()
+        .is_some_and(|n| !n.is_empty());
+    let finished = matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    );
+    let grace = requested
+        .or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64())
+        .unwrap_or(30);
+    if grace < 0 {
+        return Err(ApiError::bad_request(
+            "gracePeriodSeconds must not be negative",
+        ));
+    }
+    Ok((bound && !finished && grace > 0).then_some(grace))
 }
 
 fn dry_run(q: &Query) -> bool {

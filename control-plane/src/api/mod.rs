@@ -14,7 +14,8 @@
 //!   server-side printing for `kubectl get`.
 //!
 //! Every request must carry a client certificate signed by the cluster CA or
-//! a known bearer token; anything else gets 401.
+//! a known bearer token; anything else gets 401. A node's certificate gets
+//! what the node authorizer allows ([`crate::node_authorizer`]), else 403.
 
 mod discovery;
 mod fields;
@@ -52,11 +53,13 @@ use status::ApiResult;
 /// Request bodies above this are refused with 413.
 pub const MAX_BODY: usize = 3 << 20;
 
+pub use handlers::Filter;
 pub use handlers::Query as ApiQuery;
 pub use patch::PatchType;
 pub use resources::{find as find_resource, find_kind, Resource, RESOURCES};
 pub use services::Ranges as ServiceRanges;
 pub use status::ApiError;
+pub use watch::{Change, EventType, WatchEvent, WatchScope};
 
 #[derive(Clone)]
 pub struct Api {
@@ -232,10 +235,32 @@ async fn dispatch(
     // The body is read in full before any answer, so that a client still
     // sending it sees the answer rather than a reset connection.
     let body = axum::body::to_bytes(request.into_body(), MAX_BODY).await;
-    let response = match (authenticate(&api, &peer, &headers), body) {
+    let who = authenticate(&api, &peer, &headers);
+    let denied = match (&who, &target) {
+        (Some(who), Ok(Target::Object(o))) => match who.node_name() {
+            Some(node) => {
+                let req = crate::node_authorizer::Request {
+                    verb,
+                    resource: o.resource,
+                    namespace: o.namespace,
+                    name: o.name,
+                    subresource: o.sub,
+                };
+                crate::node_authorizer::authorize(&api, node, &req)
+                    .await
+                    .err()
+            }
+            None => None,
+        },
+        _ => None,
+    };
+    let response = match (who, body) {
         (None, _) => ApiError::unauthorized().into_response(),
         (Some(_), Err(_)) => ApiError::too_large().into_response(),
-        (Some(_who), Ok(body)) => match target {
+        (Some(_), Ok(_)) if denied.is_some() => {
+            denied.map(IntoResponse::into_response).unwrap_or_default()
+        }
+        (Some(_), Ok(body)) => match target {
             Err(path::Unknown) => ApiError::not_found_path(uri.path()).into_response(),
             Ok(t) => {
                 warnings::scope(async {

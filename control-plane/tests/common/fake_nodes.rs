@@ -6,7 +6,9 @@
 //!
 //! Pod labels steer the fake kubelet: `skiff.test/hold: "true"` leaves a
 //! pod unstarted (not ready); `skiff.test/phase: Succeeded|Failed` makes
-//! it finish that way instead of running.
+//! it finish that way instead of running. A pod marked for deletion on a
+//! live node is deleted for good, as its kubelet would once its containers
+//! had stopped.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -89,6 +91,15 @@ impl Kube {
     pub async fn delete(&self, path: &str) -> Result<Value, (u16, String)> {
         self.send(self.http.delete(format!("{}{path}", self.server)))
             .await
+    }
+
+    pub async fn delete_with(&self, path: &str, body: &Value) -> Result<Value, (u16, String)> {
+        self.send(
+            self.http
+                .delete(format!("{}{path}", self.server))
+                .json(body),
+        )
+        .await
     }
 
     /// The items of a list.
@@ -194,6 +205,17 @@ async fn heartbeat(kube: Kube, alive: Arc<Mutex<HashSet<String>>>) {
             let labels = &pod["metadata"]["labels"];
             let finish = labels["skiff.test/phase"].as_str();
             let want = finish.unwrap_or("Running");
+            let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+            let name = pod["metadata"]["name"].as_str().unwrap_or("");
+            if names.iter().any(|n| n == node) && pod["metadata"]["deletionTimestamp"].is_string() {
+                // As a kubelet does once the containers are gone.
+                let confirm = json!({"gracePeriodSeconds": 0,
+                    "preconditions": {"uid": pod["metadata"]["uid"]}});
+                let _ = kube
+                    .delete_with(&format!("/api/v1/namespaces/{ns}/pods/{name}"), &confirm)
+                    .await;
+                continue;
+            }
             if !names.iter().any(|n| n == node)
                 || pod["status"]["phase"] == want
                 || labels["skiff.test/hold"] == "true"
@@ -201,8 +223,6 @@ async fn heartbeat(kube: Kube, alive: Arc<Mutex<HashSet<String>>>) {
             {
                 continue;
             }
-            let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
-            let name = pod["metadata"]["name"].as_str().unwrap_or("");
             let t = now();
             let ready = if finish.is_some() { "False" } else { "True" };
             let status = json!({"status": {

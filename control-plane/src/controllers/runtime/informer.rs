@@ -357,7 +357,8 @@ impl<K: Cached> Informer<K> {
 
     /// Apply watch events after revision `after` until the watch ends.
     async fn follow(&self, registry: &Registry, after: i64) -> String {
-        let mut watcher = registry.watch(KeyRange::prefix(self.inner.prefix.as_bytes()), after);
+        let mut watcher =
+            registry.watch(KeyRange::prefix(self.inner.prefix.as_bytes()), after, false);
         loop {
             match watcher.items.recv().await {
                 Some(WatchItem::Events {

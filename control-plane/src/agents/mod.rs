@@ -1,0 +1,180 @@
+//! The agent gateway: node agents connect to any master over QUIC (mutual
+//! TLS under the cluster CA) and this is where they land.
+//!
+//! - [`join`]: the cluster CA for a joiner to pin, and a node certificate
+//!   for a bootstrap token and a CSR (or, renewed, for the node's own
+//!   certificate).
+//! - [`session`]: the control stream of a connected node: its desired state
+//!   out ([`desired`], one watch for all nodes), its reports in
+//!   ([`reports`]).
+//! - [`masters`]: where every master's gateway is, so that an agent can
+//!   fail over to any of them.
+//!
+//! Each stream the agent opens starts with an `AgentRequest` frame
+//! ([`proto::agent::frame`]); a stream that does not is reset, and the
+//! connection and every other stream go on.
+
+pub mod desired;
+pub mod join;
+pub mod masters;
+pub mod reports;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use proto::agent::{agent_request, frame, AgentRequest, CaResponse};
+use quinn::{RecvStream, SendStream};
+
+use crate::api::Api;
+use crate::pki::{Ca, Identity};
+
+/// The first frame of a stream is small; only the control stream's later
+/// frames (pod reports of a full node) grow.
+const MAX_REQUEST: usize = 1 << 20;
+
+/// How a master serves its agents.
+#[derive(Clone)]
+pub struct Settings {
+    /// This master's name.
+    pub master: String,
+    /// Where agents reach this master's gateway (host:port).
+    pub advertise: String,
+    /// How long a node certificate is valid; agents renew at two thirds.
+    pub node_cert_validity: Duration,
+    /// The largest frame accepted from an agent.
+    pub max_frame: usize,
+}
+
+pub struct Gateway {
+    pub api: Api,
+    pub ca: Arc<Ca>,
+    pub settings: Settings,
+    pub desired: Arc<desired::Desired>,
+}
+
+/// QUIC transport for both ends: keep-alives, and a peer silent for this
+/// long is gone (an agent then fails over to another master).
+pub fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_millis(500)));
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(3)).expect("3 s fits an idle timeout"),
+    ));
+    Arc::new(t)
+}
+
+/// Bind the gateway's UDP socket.
+pub fn endpoint(tls: rustls::ServerConfig, listen: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .context("TLS configuration unusable for QUIC")?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport());
+    quinn::Endpoint::server(config, listen)
+        .with_context(|| format!("binding the agent address {listen} (UDP)"))
+}
+
+/// Serve agents on `endpoint` until `shutdown` resolves.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    endpoint: quinn::Endpoint,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::spawn(gateway.desired.clone().run(gateway.api.clone()));
+    tokio::spawn(masters::register(
+        gateway.api.clone(),
+        gateway.settings.master.clone(),
+        gateway.settings.advertise.clone(),
+    ));
+    tokio::pin!(shutdown);
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => match i { Some(i) => i, None => break },
+            _ = &mut shutdown => break,
+        };
+        tokio::spawn(connection(gateway.clone(), incoming));
+    }
+    endpoint.close(quinn::VarInt::from_u32(0), b"master stopping");
+}
+
+async fn connection(gateway: Arc<Gateway>, incoming: quinn::Incoming) {
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!("agent handshake failed: {e}");
+            metrics::counter!("skiff_agent_handshake_failures_total").increment(1);
+            return;
+        }
+    };
+    let who = conn
+        .peer_identity()
+        .and_then(|a| {
+            a.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|chain| chain.first().and_then(|c| crate::pki::identity_of(c)));
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        tokio::spawn(stream(gateway.clone(), who.clone(), send, recv));
+    }
+}
+
+/// Reset a stream whose request is refused or malformed.
+const REFUSED: quinn::VarInt = quinn::VarInt::from_u32(1);
+
+async fn stream(
+    gateway: Arc<Gateway>,
+    who: Option<Identity>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let request = match frame::read::<AgentRequest, _>(&mut recv, MAX_REQUEST).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::info!("agent stream refused: {e}");
+            metrics::counter!("skiff_agent_bad_frames_total").increment(1);
+            let _ = send.reset(REFUSED);
+            return;
+        }
+    };
+    let node = who.as_ref().and_then(|w| w.node_name()).map(str::to_string);
+    let result = match (request.request, node) {
+        (Some(agent_request::Request::Ca(_)), _) => {
+            let response = CaResponse {
+                ca_pem: gateway.ca.pem().to_string(),
+            };
+            frame::write(&mut send, &response).await
+        }
+        (Some(agent_request::Request::Join(j)), _) => {
+            let response = join::join(&gateway, j).await;
+            frame::write(&mut send, &response).await
+        }
+        (Some(agent_request::Request::Renew(r)), Some(node)) => {
+            let response = join::renew(&gateway, &node, r).await;
+            frame::write(&mut send, &response).await
+        }
+        (Some(agent_request::Request::Hello(h)), Some(node)) => {
+            session::run(gateway, node, h, send, recv).await;
+            return;
+        }
+        (Some(_), None) => {
+            tracing::info!(user = ?who.map(|w| w.user), "agent request needs a node certificate");
+            let _ = send.reset(REFUSED);
+            return;
+        }
+        (None, _) => {
+            let _ = send.reset(REFUSED);
+            return;
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!("agent stream: {e}");
+    }
+    let _ = send.finish();
+}

@@ -1,0 +1,168 @@
+//! What a node reports, written through the API like any other write: its
+//! Node (created on first report, then its status and labels), its Lease
+//! in `kube-node-lease`, and the status of its pods. A node reports only
+//! for itself and its own pods (the node authorizer's rule); anything else
+//! is refused and logged.
+
+use serde_json::{json, Value};
+
+use proto::agent::{from_agent, LeaseRenewal, NodeReport, PodReport};
+
+use super::Gateway;
+use crate::api::{ApiQuery, PatchType, Resource};
+use crate::controllers::node_lifecycle::LEASE_NAMESPACE;
+
+fn resource(group: &str, version: &str, plural: &str) -> &'static Resource {
+    crate::api::find_resource(group, version, plural)
+        .unwrap_or_else(|| panic!("{plural} are served"))
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+pub async fn apply(gateway: &Gateway, node: &str, message: from_agent::Message) {
+    let (what, result) = match message {
+        from_agent::Message::Node(r) => ("node", node_report(gateway, node, r).await),
+        from_agent::Message::Lease(l) => ("lease", lease(gateway, node, l).await),
+        from_agent::Message::Pods(p) => {
+            for pod in p.pods {
+                if let Err(e) = pod_report(gateway, node, &pod).await {
+                    tracing::info!(%node, pod = %pod.name, "pod report not written: {e}");
+                }
+            }
+            ("pods", Ok(()))
+        }
+        from_agent::Message::Resync(_) => ("resync", Ok(())),
+    };
+    metrics::counter!("skiff_agent_reports_total", "kind" => what).increment(1);
+    if let Err(e) = result {
+        tracing::info!(%node, "{what} report not written: {e}");
+    }
+}
+
+async fn node_report(gateway: &Gateway, node: &str, r: NodeReport) -> Result<(), String> {
+    let status: Value =
+        serde_json::from_slice(&r.status_json).map_err(|e| format!("status is not JSON: {e}"))?;
+    let nodes = resource("", "v1", "nodes");
+    let q = ApiQuery::new();
+    let api = &gateway.api;
+    if api.get(nodes, None, node).await.is_err() {
+        let object = json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": node, "labels": r.labels},
+        });
+        if let Err(e) = api.create(nodes, None, object, &q).await {
+            if e.code != axum::http::StatusCode::CONFLICT {
+                return Err(e.message);
+            }
+        }
+    } else if !r.labels.is_empty() {
+        let patch = json!({"metadata": {"labels": r.labels}}).to_string();
+        api.patch(
+            nodes,
+            None,
+            node,
+            None,
+            PatchType::Merge,
+            patch.as_bytes(),
+            &q,
+        )
+        .await
+        .map_err(|e| e.message)?;
+    }
+    let patch = json!({"status": status}).to_string();
+    api.patch(
+        nodes,
+        None,
+        node,
+        Some("status"),
+        PatchType::Merge,
+        patch.as_bytes(),
+        &q,
+    )
+    .await
+    .map_err(|e| e.message)?;
+    Ok(())
+}
+
+async fn lease(gateway: &Gateway, node: &str, l: LeaseRenewal) -> Result<(), String> {
+    let leases = resource("coordination.k8s.io", "v1", "leases");
+    let q = ApiQuery::new();
+    let api = &gateway.api;
+    let spec = json!({
+        "holderIdentity": node,
+        "leaseDurationSeconds": l.duration_seconds.max(1),
+        "renewTime": now(),
+    });
+    let patch = json!({"spec": spec}).to_string();
+    match api
+        .patch(
+            leases,
+            Some(LEASE_NAMESPACE),
+            node,
+            None,
+            PatchType::Merge,
+            patch.as_bytes(),
+            &q,
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => {
+            let object = json!({
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": node, "namespace": LEASE_NAMESPACE},
+                "spec": spec,
+            });
+            api.create(leases, Some(LEASE_NAMESPACE), object, &q)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.message)
+        }
+        Err(e) => Err(e.message),
+    }
+}
+
+async fn pod_report(gateway: &Gateway, node: &str, r: &PodReport) -> Result<(), String> {
+    let Some(pod) = gateway.desired.pod_on(node, &r.namespace, &r.name) else {
+        metrics::counter!("skiff_agent_reports_refused_total").increment(1);
+        return Err(format!(
+            "pod {}/{} is not bound to {node}",
+            r.namespace, r.name
+        ));
+    };
+    if pod["metadata"]["uid"].as_str() != Some(r.uid.as_str()) {
+        return Err(format!("pod {}/{} is another pod now", r.namespace, r.name));
+    }
+    let pods = resource("", "v1", "pods");
+    let q = ApiQuery::new();
+    if !r.status_json.is_empty() {
+        let status: Value = serde_json::from_slice(&r.status_json)
+            .map_err(|e| format!("status is not JSON: {e}"))?;
+        let patch = json!({"metadata": {"uid": r.uid}, "status": status}).to_string();
+        gateway
+            .api
+            .patch(
+                pods,
+                Some(&r.namespace),
+                &r.name,
+                Some("status"),
+                PatchType::Merge,
+                patch.as_bytes(),
+                &q,
+            )
+            .await
+            .map_err(|e| e.message)?;
+    }
+    if r.terminated && pod["metadata"]["deletionTimestamp"].is_string() {
+        gateway
+            .api
+            .finish_pod_deletion(&r.namespace, &r.name, &r.uid)
+            .await
+            .map_err(|e| e.message)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! The node's own status: capacity and allocatable from the host (through
+//! the runtime), its addresses, nodeInfo with the engine's version, and
+//! conditions; reported when it changes and every minute regardless, with
+//! a Lease renewal every ten seconds (the heartbeat the node lifecycle
+//! controller watches).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::agent::NodeReport;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::reports::Reports;
+use crate::runtime::Runtime;
+
+pub const LEASE_DURATION_SECS: i32 = 40;
+const LEASE_RENEW: Duration = Duration::from_secs(10);
+const STATUS_REFRESH: Duration = Duration::from_secs(60);
+const STATUS_CHECK: Duration = Duration::from_secs(10);
+
+pub struct NodeFacts {
+    pub name: String,
+    pub address: String,
+    pub labels: BTreeMap<String, String>,
+    pub max_pods: u32,
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The status without its heartbeat times (compared to tell a change).
+async fn status<R: Runtime>(rt: &R, facts: &NodeFacts) -> Result<Value, String> {
+    let info = rt.info().await.map_err(|e| e.to_string())?;
+    let memory_ki = info.memory_bytes / 1024;
+    let resources = json!({
+        "cpu": info.cpus.to_string(),
+        "memory": format!("{memory_ki}Ki"),
+        "pods": facts.max_pods.to_string(),
+    });
+    Ok(json!({
+        "capacity": resources,
+        "allocatable": resources,
+        "addresses": [
+            {"type": "InternalIP", "address": facts.address},
+            {"type": "Hostname", "address": facts.name},
+        ],
+        "nodeInfo": {
+            "machineID": read_trimmed("/etc/machine-id"),
+            "systemUUID": read_trimmed("/sys/class/dmi/id/product_uuid"),
+            "bootID": read_trimmed("/proc/sys/kernel/random/boot_id"),
+            "kernelVersion": info.kernel,
+            "osImage": info.os_image,
+            "containerRuntimeVersion": format!("docker://{}", info.version),
+            "kubeletVersion": concat!("v1.32.0-skiff-", env!("CARGO_PKG_VERSION")),
+            "kubeProxyVersion": "",
+            "operatingSystem": std::env::consts::OS,
+            "architecture": match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a },
+        },
+        "conditions": [
+            {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory", "message": "the agent has sufficient memory available"},
+            {"type": "DiskPressure", "status": "False", "reason": "KubeletHasNoDiskPressure", "message": "the agent has no disk pressure"},
+            {"type": "PIDPressure", "status": "False", "reason": "KubeletHasSufficientPID", "message": "the agent has sufficient PID available"},
+            {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "the skiff agent is posting ready status"},
+        ],
+    }))
+}
+
+fn with_times(mut status: Value, transition: &str) -> Value {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    for c in status["conditions"].as_array_mut().into_iter().flatten() {
+        c["lastHeartbeatTime"] = json!(now);
+        c["lastTransitionTime"] = json!(transition);
+    }
+    status
+}
+
+pub async fn run<R: Runtime>(
+    rt: R,
+    facts: Arc<NodeFacts>,
+    reports: Arc<Reports>,
+    stop: CancellationToken,
+) {
+    let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut last: Option<Value> = None;
+    let mut last_sent = tokio::time::Instant::now();
+    let mut check = tokio::time::interval(STATUS_CHECK);
+    let mut lease = tokio::time::interval(LEASE_RENEW);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = lease.tick() => reports.renew_lease(),
+            _ = check.tick() => {
+                let s = match status(&rt, &facts).await {
+                    Ok(s) => s,
+                    Err(e) => { tracing::warn!("node status: the runtime does not answer: {e}"); continue }
+                };
+                if last.as_ref() != Some(&s) || last_sent.elapsed() >= STATUS_REFRESH {
+                    reports.node(NodeReport {
+                        status_json: serde_json::to_vec(&with_times(s.clone(), &started)).unwrap_or_default(),
+                        labels: facts.labels.clone().into_iter().collect(),
+                    });
+                    last = Some(s);
+                    last_sent = tokio::time::Instant::now();
+                }
+            }
+        }
+    }
+}

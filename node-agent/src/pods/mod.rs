@@ -1,0 +1,190 @@
+//! Pods on this node: one worker per pod ([`worker`]), started and told of
+//! changes by the manager here, which follows the node's desired state and
+//! the runtime's events, and relists the runtime now and then as a safety
+//! net. On start the manager adopts the containers it finds (workers take
+//! over the ones still wanted and unchanged); containers of pods the node
+//! no longer holds are removed, but only once the first snapshot has
+//! arrived, so an agent that restarts while no master is reachable leaves
+//! its pods running.
+//!
+//! - [`spec`]: a pod's spec as runtime configuration; [`volumes`]: volumes
+//!   on the node; [`probes`]: health probes; [`status`]: the pod status.
+
+pub mod probes;
+pub mod spec;
+pub mod status;
+pub mod volumes;
+pub mod worker;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::desired::Desired;
+use crate::reports::Reports;
+use crate::runtime::Runtime;
+use worker::{Message, Worker};
+
+const RELIST: Duration = Duration::from_secs(10);
+
+/// What every worker shares.
+pub struct Context {
+    pub node: String,
+    pub data_dir: PathBuf,
+    pub sandbox_image: String,
+    pub host_ip: String,
+    pub cpus: u64,
+    pub memory: u64,
+    /// Crash-loop back-off: first delay, cap, and how long a container must
+    /// run for its back-off to start over.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub backoff_reset: Duration,
+    pub lookup: Arc<dyn spec::Lookup + Send + Sync>,
+    pub reports: Arc<Reports>,
+}
+
+pub async fn run<R: Runtime>(
+    rt: R,
+    ctx: Arc<Context>,
+    desired: Arc<Desired>,
+    stop: CancellationToken,
+) {
+    let mut workers: HashMap<String, mpsc::Sender<Message>> = HashMap::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+    let mut changes = desired.subscribe();
+    let mut events = rt.events(&ctx.node);
+    let mut relist = tokio::time::interval(RELIST);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = changes.changed() => { if r.is_err() { return } }
+            e = events.next() => match e {
+                Some(Ok(uid)) => {
+                    if let Some(w) = workers.get(&uid) { let _ = w.try_send(Message::Poke); }
+                    continue;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!("runtime events: {e}; following them again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    events = rt.events(&ctx.node);
+                    continue;
+                }
+                None => { events = rt.events(&ctx.node); continue }
+            },
+            _ = relist.tick() => {
+                sync(&rt, &ctx, &desired, &mut workers, &done_tx).await;
+                remove_orphans(&rt, &ctx, &desired, &workers).await;
+                for w in workers.values() { let _ = w.try_send(Message::Poke); }
+                continue;
+            }
+            Some(uid) = done_rx.recv() => { workers.remove(&uid); }
+        }
+        sync(&rt, &ctx, &desired, &mut workers, &done_tx).await;
+        metrics::gauge!("skiff_agent_pod_workers").set(workers.len() as f64);
+    }
+}
+
+/// Start workers for new pods, pass on changed specs, tell the workers of
+/// pods no longer held to finish, and remove containers nobody owns.
+async fn sync<R: Runtime>(
+    rt: &R,
+    ctx: &Arc<Context>,
+    desired: &Desired,
+    workers: &mut HashMap<String, mpsc::Sender<Message>>,
+    done: &mpsc::UnboundedSender<String>,
+) {
+    let pods = desired.pods();
+    let mut wanted = HashSet::new();
+    for v in pods {
+        let uid = v["metadata"]["uid"].as_str().unwrap_or("").to_string();
+        if uid.is_empty() {
+            continue;
+        }
+        wanted.insert(uid.clone());
+        match workers.get(&uid) {
+            Some(w) => {
+                if w.try_send(Message::Update(v.clone())).is_err() {
+                    tracing::debug!(%uid, "worker busy; it will see the spec on its next pass");
+                }
+            }
+            None => {
+                let pod: Pod = match serde_json::from_value((*v).clone()) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(%uid, "pod cannot be decoded: {e}");
+                        continue;
+                    }
+                };
+                let (tx, rx) = mpsc::channel(16);
+                let w = Worker::new(rt.clone(), ctx.clone(), pod);
+                tokio::spawn(w.run(rx, done.clone()));
+                workers.insert(uid, tx);
+            }
+        }
+    }
+    if !desired.synced() {
+        return;
+    }
+    for (uid, w) in workers.iter() {
+        if !wanted.contains(uid) {
+            let _ = w.try_send(Message::Gone);
+        }
+    }
+    count_phases(desired);
+}
+
+/// Remove containers of pods that have no worker: leftovers of pods
+/// deleted while the agent was down.
+async fn remove_orphans<R: Runtime>(
+    rt: &R,
+    ctx: &Arc<Context>,
+    desired: &Desired,
+    workers: &HashMap<String, mpsc::Sender<Message>>,
+) {
+    if !desired.synced() {
+        return;
+    }
+    let wanted: HashSet<String> = desired
+        .pods()
+        .iter()
+        .filter_map(|p| p["metadata"]["uid"].as_str().map(str::to_string))
+        .collect();
+    match rt.list(&ctx.node, None).await {
+        Ok(all) => {
+            for c in all {
+                let uid = c.pod_uid().to_string();
+                if !workers.contains_key(&uid) && !wanted.contains(&uid) {
+                    tracing::info!(container = %c.id, pod_uid = %uid, "removing a container of a pod this node no longer runs");
+                    if c.state == crate::runtime::State::Running {
+                        let _ = rt.stop(&c.id, Duration::from_secs(10)).await;
+                    }
+                    let _ = rt.remove(&c.id).await;
+                    volumes::clean(&ctx.data_dir, &uid);
+                }
+            }
+        }
+        Err(e) => tracing::warn!("listing containers: {e}"),
+    }
+}
+
+fn count_phases(desired: &Desired) {
+    let mut by_phase: HashMap<String, u64> = HashMap::new();
+    for p in desired.pods() {
+        let phase = p["status"]["phase"]
+            .as_str()
+            .unwrap_or("Pending")
+            .to_string();
+        *by_phase.entry(phase).or_default() += 1;
+    }
+    for phase in ["Pending", "Running", "Succeeded", "Failed", "Unknown"] {
+        metrics::gauge!("skiff_agent_pods", "phase" => phase)
+            .set(by_phase.get(phase).copied().unwrap_or(0) as f64);
+    }
+}

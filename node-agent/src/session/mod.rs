@@ -1,0 +1,194 @@
+//! The agent's session with the masters: connect to one (any will do),
+//! take the node's desired state on one long-lived control stream, send
+//! reports back on it, and when the master dies or is cut off, move to
+//! another (shuffled, with jittered backoff). Pods keep running meanwhile.
+//!
+//! - [`connect`]: QUIC connections and one-shot requests.
+//! - [`renew`]: the node certificate, renewed before it expires.
+
+pub mod connect;
+pub mod renew;
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use proto::agent::{
+    agent_request, frame, to_agent, AgentRequest, FromAgent, Hello, ResyncRequest, ToAgent,
+};
+use quinn::Connection;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+use crate::desired::Desired;
+use crate::identity::Identity;
+use crate::reports::Reports;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+pub struct Session {
+    pub data_dir: PathBuf,
+    pub identity: Arc<RwLock<Identity>>,
+    pub desired: Arc<Desired>,
+    pub reports: Arc<Reports>,
+    pub endpoint: quinn::Endpoint,
+}
+
+impl Session {
+    fn identity(&self) -> Identity {
+        self.identity
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Connect to some master, trying each (in random order) once.
+    pub async fn connect_any(&self) -> Result<(String, Connection)> {
+        let id = self.identity();
+        let mut masters = id.cluster.masters.clone();
+        masters.shuffle(&mut rand::thread_rng());
+        let mut last = None;
+        for m in masters {
+            match connect::connect(&self.endpoint, &m, id.client_tls()?, CONNECT_TIMEOUT).await {
+                Ok(c) => return Ok((m, c)),
+                Err(e) => {
+                    tracing::info!(master = %m, "cannot connect: {e:#}");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no masters known")))
+    }
+
+    /// Keep a session up until `stop`.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let attempt = async {
+                let (master, conn) = self.connect_any().await?;
+                tracing::info!(%master, "connected");
+                metrics::counter!("skiff_agent_session_connects_total").increment(1);
+                backoff = BACKOFF_MIN;
+                let r = self.serve(&conn).await;
+                conn.close(0u32.into(), b"session ended");
+                r.with_context(|| format!("session with {master}"))
+            };
+            let result = tokio::select! {
+                r = attempt => r,
+                _ = stop.cancelled() => return,
+            };
+            if let Err(e) = result {
+                tracing::warn!("{e:#}; reconnecting");
+            }
+            metrics::counter!("skiff_agent_session_reconnects_total").increment(1);
+            let jitter = rand::thread_rng().gen_range(0.5..1.5);
+            let wait = backoff.mul_f64(jitter);
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    async fn serve(&self, conn: &Connection) -> Result<()> {
+        let (mut send, mut recv) = conn.open_bi().await.context("opening the control stream")?;
+        let hello = Hello {
+            last_revision: if self.desired.synced() {
+                self.desired.revision()
+            } else {
+                0
+            },
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            held: if self.desired.synced() {
+                self.desired.held()
+            } else {
+                Vec::new()
+            },
+        };
+        frame::write(
+            &mut send,
+            &AgentRequest {
+                request: Some(agent_request::Request::Hello(hello)),
+            },
+        )
+        .await?;
+        self.reports.resend_all();
+        let reader = async {
+            loop {
+                let Some(f) = frame::read::<ToAgent, _>(&mut recv, frame::MAX_FRAME).await? else {
+                    bail!("the master closed the control stream");
+                };
+                match f.message {
+                    Some(to_agent::Message::Accepted(a)) => {
+                        tracing::info!(master = %a.master, masters = ?a.masters, "session accepted");
+                        self.learn_masters(a.masters);
+                    }
+                    Some(to_agent::Message::Snapshot(s)) => {
+                        tracing::info!(
+                            revision = s.revision,
+                            objects = s.objects.len(),
+                            "snapshot"
+                        );
+                        self.desired.replace(s);
+                    }
+                    Some(to_agent::Message::Delta(d)) => {
+                        if let Err(gap) = self.desired.apply(d) {
+                            tracing::warn!("{gap}; asking for a snapshot");
+                            metrics::counter!("skiff_agent_gaps_total").increment(1);
+                            return Ok::<_, anyhow::Error>(true);
+                        }
+                    }
+                    Some(to_agent::Message::Refused(why)) => {
+                        bail!("the master refused the session: {why}")
+                    }
+                    None => {}
+                }
+            }
+        };
+        let writer = async {
+            loop {
+                for f in self.reports.next().await {
+                    frame::write(&mut send, &f).await?;
+                }
+            }
+            #[allow(unreachable_code)]
+            Ok::<_, anyhow::Error>(())
+        };
+        let gap = tokio::select! {
+            r = reader => r?,
+            r = writer => { r?; false }
+            e = conn.closed() => bail!("connection lost: {e}"),
+        };
+        if gap {
+            // Ask for a snapshot on the next session: forget the revision.
+            let _ = frame::write(
+                &mut send,
+                &FromAgent {
+                    message: Some(proto::agent::from_agent::Message::Resync(ResyncRequest {})),
+                },
+            )
+            .await;
+            self.desired.forget_revision();
+            bail!("resynchronising");
+        }
+        Ok(())
+    }
+
+    fn learn_masters(&self, masters: Vec<String>) {
+        if masters.is_empty() {
+            return;
+        }
+        let mut id = self.identity.write().unwrap_or_else(|e| e.into_inner());
+        if id.cluster.masters != masters {
+            id.cluster.masters = masters;
+            if let Err(e) = id.save_cluster(&self.data_dir) {
+                tracing::warn!("saving the masters' addresses: {e:#}");
+            }
+        }
+    }
+}
