@@ -481,6 +481,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 max_frame: proto::agent::frame::MAX_FRAME,
             },
             desired: crate::agents::desired::Desired::new(),
+            connections: api.node_connections(),
         });
         tokio::spawn(crate::agents::serve(
             gateway,

@@ -20,6 +20,7 @@ mod pods;
 mod reports;
 mod runtime;
 mod session;
+mod streams;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -181,6 +182,11 @@ async fn run(args: RunArgs) -> Result<()> {
     let tasks = vec![
         tokio::spawn(session.clone().run(stop.clone())),
         tokio::spawn(session::renew::run(session.clone(), stop.clone())),
+        tokio::spawn(session::links::run(
+            session.clone(),
+            rt.clone(),
+            stop.clone(),
+        )),
         tokio::spawn(node_status::run(
             rt.clone(),
             facts,
@@ -188,7 +194,12 @@ async fn run(args: RunArgs) -> Result<()> {
             stop.clone(),
         )),
         tokio::spawn(pods::run(rt.clone(), ctx, desired.clone(), stop.clone())),
-        tokio::spawn(metrics_http::serve(listener, metrics, stop.clone())),
+        tokio::spawn(metrics_http::serve(
+            listener,
+            metrics,
+            desired.clone(),
+            stop.clone(),
+        )),
     ];
     tracing::info!(%node, docker = %info.version, "agent running");
     shutdown_signal().await;

@@ -9,6 +9,7 @@
 //!   ([`reports`]).
 //! - [`masters`]: where every master's gateway is, so that an agent can
 //!   fail over to any of them.
+//! - [`streams`]: streams this master opens to nodes (logs, exec, attach).
 //!
 //! Each stream the agent opens starts with an `AgentRequest` frame
 //! ([`proto::agent::frame`]); a stream that does not is reset, and the
@@ -19,6 +20,7 @@ pub mod join;
 pub mod masters;
 pub mod reports;
 pub mod session;
+pub mod streams;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,6 +55,7 @@ pub struct Gateway {
     pub ca: Arc<Ca>,
     pub settings: Settings,
     pub desired: Arc<desired::Desired>,
+    pub connections: Arc<streams::NodeConnections>,
 }
 
 /// QUIC transport for both ends: keep-alives, and a peer silent for this
@@ -115,12 +118,15 @@ async fn connection(gateway: Arc<Gateway>, incoming: quinn::Incoming) {
                 .ok()
         })
         .and_then(|chain| chain.first().and_then(|c| crate::pki::identity_of(c)));
-    loop {
-        let (send, recv) = match conn.accept_bi().await {
-            Ok(s) => s,
-            Err(_) => return,
-        };
+    let node = who.as_ref().and_then(|w| w.node_name()).map(str::to_string);
+    if let Some(node) = &node {
+        gateway.connections.add(node, conn.clone());
+    }
+    while let Ok((send, recv)) = conn.accept_bi().await {
         tokio::spawn(stream(gateway.clone(), who.clone(), send, recv));
+    }
+    if let Some(node) = &node {
+        gateway.connections.remove(node, &conn);
     }
 }
 

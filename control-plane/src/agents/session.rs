@@ -58,6 +58,7 @@ pub async fn run(
                         tracing::info!(%node, "empty frame from agent ignored");
                     }
                     Ok(None) => return "the agent closed the stream".to_string(),
+                    Err(frame::FrameError::Io(e)) => return format!("the stream broke: {e}"),
                     Err(e) => {
                         metrics::counter!("skiff_agent_bad_frames_total").increment(1);
                         return format!("bad frame from the agent: {e}");

@@ -107,6 +107,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
                 "binding" => ("Binding", &["create"], None),
                 "log" => ("Pod", &["get"], None),
                 "exec" => ("PodExecOptions", &["create", "get"], None),
+                "attach" => ("PodAttachOptions", &["create", "get"], None),
                 _ => continue,
             };
             let mut e = json!({

@@ -24,6 +24,7 @@ mod objects;
 mod openapi;
 mod patch;
 mod path;
+mod pod_streams;
 mod protobuf;
 mod resources;
 mod selector;
@@ -68,6 +69,8 @@ pub struct Api {
     ranges: ServiceRanges,
     /// Bearer tokens (from `<pki>/tokens.csv`: token,user,uid,"group,...").
     tokens: Arc<HashMap<String, Identity>>,
+    /// Nodes' connections to this master, for logs, exec and attach.
+    nodes: Arc<crate::agents::streams::NodeConnections>,
 }
 
 /// The caller, as the TLS handshake established it.
@@ -84,7 +87,13 @@ impl Api {
             registry,
             ranges,
             tokens: Arc::new(tokens),
+            nodes: Arc::default(),
         }
+    }
+
+    /// The nodes' connections to this master, shared with the agent gateway.
+    pub fn node_connections(&self) -> Arc<crate::agents::streams::NodeConnections> {
+        self.nodes.clone()
     }
 }
 
@@ -96,6 +105,7 @@ impl Api {
             registry: self.registry.fenced(fence),
             ranges: self.ranges.clone(),
             tokens: self.tokens.clone(),
+            nodes: self.nodes.clone(),
         }
     }
 
@@ -231,6 +241,30 @@ async fn dispatch(
         Ok(t @ Target::Object(o)) => (verb_of(&method, t, &q), o.resource.plural),
         _ => ("get", ""),
     };
+    if let Ok(Target::Object(o)) = &target {
+        let streams = o.resource.plural == "pods" && matches!(o.sub, Some("exec" | "attach"));
+        if streams && pod_streams::is_websocket(&headers) {
+            let response = match authenticate(&api, &peer, &headers) {
+                None => ApiError::unauthorized().into_response(),
+                Some(who) if who.node_name().is_some() => {
+                    ApiError::forbidden("nodes may not exec into pods").into_response()
+                }
+                Some(_) => {
+                    let (ns, name, sub) = (
+                        o.namespace.unwrap_or("default").to_string(),
+                        o.name.unwrap_or("").to_string(),
+                        o.sub.unwrap_or("").to_string(),
+                    );
+                    let raw = uri.query().unwrap_or("").to_string();
+                    pod_streams::exec(&api, &ns, &name, sub == "attach", &raw, request)
+                        .await
+                        .unwrap_or_else(IntoResponse::into_response)
+                }
+            };
+            metrics::gauge!("apiserver_current_inflight_requests").increment(1.0);
+            return finish(response, "create", "pods", started);
+        }
+    }
     metrics::gauge!("apiserver_current_inflight_requests").increment(1.0);
     // The body is read in full before any answer, so that a client still
     // sending it sees the answer rather than a reset connection.
@@ -410,8 +444,11 @@ async fn object(
             }
         }
         ("GET", Some(name), Some("scale")) => ok(api.scale_of(&api.get(r, ns, name).await?.object)),
-        (_, Some(_), Some("log" | "exec")) => Err(ApiError::unavailable(
-            "pod logs and exec are served through the node agent, which does not exist yet",
+        ("GET", Some(name), Some("log")) if r.plural == "pods" => {
+            pod_streams::logs(api, ns.unwrap_or("default"), name, q).await
+        }
+        (_, Some(_), Some("exec" | "attach")) if r.plural == "pods" => Err(ApiError::bad_request(
+            "exec and attach need a WebSocket upgrade (v5.channel.k8s.io); SPDY is not served",
         )),
         ("POST", None, None) => {
             let created = api

@@ -105,7 +105,7 @@ pub static RESOURCES: &[Resource] = &[
     resource!("", "v1", core::v1::Node, "Node", "nodes", "node",
         namespaced: false, short: ["no"], sub: ["status"], names: Subdomain),
     resource!("", "v1", core::v1::Pod, "Pod", "pods", "pod",
-        namespaced: true, short: ["po"], sub: ["status", "binding", "log", "exec"], names: Subdomain),
+        namespaced: true, short: ["po"], sub: ["status", "binding", "log", "exec", "attach"], names: Subdomain),
     resource!("", "v1", core::v1::Service, "Service", "services", "service",
         namespaced: true, short: ["svc"], sub: ["status"], names: Label),
     resource!("", "v1", core::v1::Endpoints, "Endpoints", "endpoints", "endpoints",

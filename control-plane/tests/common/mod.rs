@@ -81,6 +81,8 @@ impl Cluster {
                     initial.clone(),
                     "--listen-api".into(),
                     format!("{ip}:6443"),
+                    "--listen-agents".into(),
+                    format!("{ip}:6444"),
                     "--pki-dir".into(),
                     pki.display().to_string(),
                 ];
@@ -107,10 +109,33 @@ impl Cluster {
         c
     }
 
-    /// Wait until the masters have written the built-in namespaces, the
-    /// only writes an idle cluster makes: a test that counts revisions
-    /// starts after them.
+    /// Wait until the masters have written the built-in namespaces and
+    /// each its agent gateway's address, the only writes an idle cluster
+    /// makes: a test that counts revisions starts after them.
     pub async fn wait_bootstrapped(&self) {
+        let gateways = b"/registry/core/configmaps/kube-system/skiff-agent-gateways".to_vec();
+        let n = self.masters.iter().filter(|m| m.child.is_some()).count();
+        eventually(
+            "every master's agent gateway address",
+            Duration::from_secs(30),
+            || {
+                let key = gateways.clone();
+                async move {
+                    let mut kv = self.kv(0).await;
+                    let r = kv
+                        .range(RangeRequest {
+                            key,
+                            ..Default::default()
+                        })
+                        .await
+                        .ok()?;
+                    let cm: serde_json::Value =
+                        serde_json::from_slice(&r.into_inner().kvs.first()?.value).ok()?;
+                    (cm["data"].as_object()?.len() >= n).then_some(())
+                }
+            },
+        )
+        .await;
         let prefix = b"/registry/core/namespaces/".to_vec();
         let mut end = prefix.clone();
         *end.last_mut().expect("prefix") += 1;
@@ -167,6 +192,8 @@ impl Cluster {
             "existing",
             "--listen-api",
             &format!("{ip}:6443"),
+            "--listen-agents",
+            &format!("{ip}:6444"),
             "--pki-dir",
             &self.dir.path().join("pki").display().to_string(),
         ]

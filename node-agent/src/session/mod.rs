@@ -5,8 +5,11 @@
 //!
 //! - [`connect`]: QUIC connections and one-shot requests.
 //! - [`renew`]: the node certificate, renewed before it expires.
+//! - [`links`]: a connection to every master, for the streams masters open
+//!   (logs, exec, attach).
 
 pub mod connect;
+pub mod links;
 pub mod renew;
 
 use std::path::PathBuf;
@@ -26,7 +29,7 @@ use crate::desired::Desired;
 use crate::identity::Identity;
 use crate::reports::Reports;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -39,7 +42,11 @@ pub struct Session {
 }
 
 impl Session {
-    fn identity(&self) -> Identity {
+    pub fn node_name(&self) -> String {
+        self.identity().cluster.node_name
+    }
+
+    pub(crate) fn identity(&self) -> Identity {
         self.identity
             .read()
             .unwrap_or_else(|e| e.into_inner())
