@@ -215,6 +215,8 @@ pub fn for_create(r: &Resource, namespace: Option<&str>, mut object: Value) -> A
         }
     }
     check(r, namespace, &mut object)?;
+    check_quantities(r, &object)?;
+    fold_string_data(r, &mut object);
     let m = meta_mut(&mut object);
     m.insert("uid".into(), json!(uid()));
     m.insert("creationTimestamp".into(), json!(now()));
@@ -254,6 +256,8 @@ pub fn for_update(
     sub: Option<&str>,
 ) -> ApiResult<Value> {
     check(r, namespace, &mut new)?;
+    check_quantities(r, &new)?;
+    fold_string_data(r, &mut new);
     if name_of(&new) != name_of(old) {
         return Err(ApiError::bad_request(format!(
             "the name of the object ({}) does not match the name on the URL ({})",
@@ -416,6 +420,84 @@ fn defaults(r: &Resource, object: &mut Value) {
             }
         }
         _ => {}
+    }
+}
+
+/// A Secret's `stringData` is write-only: it is folded into `data`
+/// (base64), where it wins over a key of the same name, as Kubernetes does.
+fn fold_string_data(r: &Resource, object: &mut Value) {
+    use base64::Engine;
+    if r.kind != "Secret" {
+        return;
+    }
+    let Some(strings) = object.as_object_mut().and_then(|o| o.remove("stringData")) else {
+        return;
+    };
+    let Some(strings) = strings.as_object() else {
+        return;
+    };
+    if !object["data"].is_object() {
+        object["data"] = json!({});
+    }
+    for (k, v) in strings {
+        let text = v.as_str().unwrap_or_default();
+        object["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+    }
+}
+
+/// Where a kind keeps its pod spec.
+fn pod_spec_of<'a>(r: &Resource, object: &'a Value) -> Option<(&'static str, &'a Value)> {
+    match r.kind {
+        "Pod" => Some(("spec", &object["spec"])),
+        "Deployment"
+        | "ReplicaSet"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "Job"
+        | "ReplicationController" => {
+            Some(("spec.template.spec", &object["spec"]["template"]["spec"]))
+        }
+        "CronJob" => Some((
+            "spec.jobTemplate.spec.template.spec",
+            &object["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+        )),
+        _ => None,
+    }
+}
+
+/// Every resource quantity of a pod spec must parse (exactly; see
+/// `proto::quantity`) and not be negative: 422 otherwise, and nothing stored.
+fn check_quantities(r: &Resource, object: &Value) -> ApiResult<()> {
+    let Some((path, spec)) = pod_spec_of(r, object) else {
+        return Ok(());
+    };
+    let mut causes = Vec::new();
+    for list in ["initContainers", "containers"] {
+        for (i, c) in spec[list].as_array().into_iter().flatten().enumerate() {
+            for which in ["limits", "requests"] {
+                for (res, q) in c["resources"][which].as_object().into_iter().flatten() {
+                    let field = format!("{path}.{list}[{i}].resources.{which}[{res}]");
+                    let text = match q {
+                        Value::String(s) => s.clone(),
+                        Value::Number(n) => n.to_string(),
+                        other => other.to_string(),
+                    };
+                    match proto::quantity::Quantity::parse(&text) {
+                        Ok(parsed) if parsed.is_negative() => causes.push((
+                            field,
+                            format!("{text:?}: must be greater than or equal to 0"),
+                        )),
+                        Ok(_) => {}
+                        Err(e) => causes.push((field, format!("{text:?}: {e}"))),
+                    }
+                }
+            }
+        }
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(r, name_of(object), &causes))
     }
 }
 

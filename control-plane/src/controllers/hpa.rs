@@ -24,7 +24,6 @@ use super::events::{reference, Kind};
 use super::ownership::{is_active, selects};
 use super::runtime::{key_of, Action, Change, WorkQueue};
 use super::{Ctx, Error, Result};
-use crate::scheduler::pod_info::parse_quantity;
 
 const COMPONENT: &str = "horizontal-pod-autoscaler";
 pub const USAGE_ANNOTATION: &str = "metrics.skiff.io/cpu-usage";
@@ -124,7 +123,8 @@ pub async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action> {
             .annotations
             .as_ref()
             .and_then(|a| a.get(USAGE_ANNOTATION))
-            .and_then(|q| parse_quantity(q));
+            .and_then(|q| proto::quantity::Quantity::parse(q).ok())
+            .map(|q| q.millis() as f64 / 1000.0);
         let request: f64 = crate::scheduler::pod_info::PodInfo::new(&pod)
             .requests
             .milli_cpu as f64

@@ -32,45 +32,17 @@ impl Resources {
     }
 }
 
-/// A Kubernetes quantity ("100m", "1.5", "128Mi", "1G", "2e3") as a number.
-pub fn parse_quantity(q: &str) -> Option<f64> {
-    let q = q.trim();
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let base: f64 = num.parse().ok()?;
-    let mult = match suffix {
-        "" => 1.0,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        s if s.starts_with('e') || s.starts_with('E') => 10f64.powi(s[1..].parse().ok()?),
-        _ => return None,
-    };
-    Some(base * mult)
-}
-
 fn resources_of(map: Option<&BTreeMap<String, Quantity>>) -> Resources {
+    // Exact decimal parsing (the API refuses a quantity that does not parse).
     let get = |k: &str| {
         map.and_then(|m| m.get(k))
-            .and_then(|q| parse_quantity(&q.0))
-            .unwrap_or(0.0)
+            .and_then(|q| proto::quantity::Quantity::parse(&q.0).ok())
     };
+    let clamp = |v: i128| v.clamp(0, i64::MAX as i128) as i64;
     Resources {
-        milli_cpu: (get("cpu") * 1000.0).ceil() as i64,
-        memory: get("memory").ceil() as i64,
-        pods: get("pods") as i64,
+        milli_cpu: get("cpu").map(|q| clamp(q.millis())).unwrap_or(0),
+        memory: get("memory").map(|q| clamp(q.value())).unwrap_or(0),
+        pods: get("pods").map(|q| clamp(q.value())).unwrap_or(0),
     }
 }
 
@@ -290,13 +262,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quantities() {
-        assert_eq!(parse_quantity("100m"), Some(0.1));
-        assert_eq!(parse_quantity("2"), Some(2.0));
-        assert_eq!(parse_quantity("128Mi"), Some(134217728.0));
-        assert_eq!(parse_quantity("1G"), Some(1e9));
-        assert_eq!(parse_quantity("2e3"), Some(2000.0));
-        assert_eq!(parse_quantity("1.5Gi"), Some(1.5 * 1073741824.0));
-        assert_eq!(parse_quantity("abc"), None);
+    fn requests_are_exact() {
+        let q = |s: &str| Quantity(s.to_string());
+        let map = BTreeMap::from([
+            ("cpu".to_string(), q("2.007")),
+            ("memory".to_string(), q("1.5Gi")),
+            ("pods".to_string(), q("3")),
+        ]);
+        let r = resources_of(Some(&map));
+        assert_eq!((r.milli_cpu, r.memory, r.pods), (2007, 3 << 29, 3));
     }
 }

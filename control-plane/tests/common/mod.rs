@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod agents;
 pub mod fake_nodes;
 
 use std::path::PathBuf;

@@ -1,0 +1,614 @@
+//! Node agents on the machine's real Docker engine, joined through the
+//! real join flow, driven with the real kubectl: pods run as containers,
+//! report status, restart, probe, take their ConfigMaps and Secrets, stop
+//! gracefully; logs and exec reach them through any master; and the node
+//! survives its agent's and its master's deaths.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::agents::{create_token, docker_containers, require_images, SETTLE};
+use common::{eventually, kubectl, kubectl_stdin, Cluster};
+use serde_json::Value;
+
+fn ok((good, out, err): (bool, String, String)) -> String {
+    assert!(good, "kubectl failed: {err}\n{out}");
+    out
+}
+
+fn pod(kc: &std::path::Path, name: &str) -> Value {
+    let (_, out, _) = kubectl(kc, &["get", "pod", name, "-o", "json"]);
+    serde_json::from_str(&out).unwrap_or(Value::Null)
+}
+
+async fn until<F: FnMut() -> Option<T>, T>(what: &str, mut f: F) -> T {
+    eventually(what, SETTLE, || std::future::ready(f())).await
+}
+
+fn container_status<'a>(p: &'a Value, name: &str) -> &'a Value {
+    p["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: httpd
+        image: busybox:local
+        imagePullPolicy: Never
+        command: [httpd, -f, -p, "8080", -h, /var/www]
+"#;
+
+const CONFIG: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {colour: blue}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {password: hunter2}
+data: {key: djE=}
+"#;
+
+const PODS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: pair}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: server
+    image: busybox:local
+    command: [httpd, -f, -p, "8081", -h, /var/www]
+  - name: client
+    image: busybox:local
+    env:
+    - {name: COLOUR, valueFrom: {configMapKeyRef: {name: settings, key: colour}}}
+    - {name: PASSWORD, valueFrom: {secretKeyRef: {name: creds, key: password}}}
+    command: [sh, -c, 'until wget -q -O /tmp/page http://127.0.0.1:8081/; do sleep 0.2; done; echo "$COLOUR $PASSWORD $(cat /tmp/page)" > /dev/termination-log']
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crash}
+spec:
+  containers:
+  - {name: crash, image: busybox:local, command: [sh, -c, 'echo dying; exit 3']}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: unhealthy}
+spec:
+  containers:
+  - name: app
+    image: busybox:local
+    command: [sh, -c, 'touch /tmp/alive; sleep 2; rm /tmp/alive; sleep 3600']
+    livenessProbe:
+      exec: {command: [test, -f, /tmp/alive]}
+      periodSeconds: 1
+      failureThreshold: 2
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reader}
+spec:
+  volumes:
+  - {name: creds, secret: {secretName: creds}}
+  containers:
+  - name: app
+    image: busybox:local
+    command: [sleep, "3600"]
+    volumeMounts: [{name: creds, mountPath: /etc/creds}]
+    readinessProbe:
+      exec: {command: [grep, -q, v2, /etc/creds/key]}
+      periodSeconds: 1
+"#;
+
+/// Join refusals, then one node running a Deployment, pods that talk over
+/// localhost and read a ConfigMap and a Secret, a crash loop, a liveness
+/// restart, readiness following a Secret volume, logs and exec through
+/// another master, and a graceful delete with its preStop hook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_join_run_pods_and_report() {
+    require_images();
+    let cluster = Cluster::start(3, &[]).await;
+    let kc = cluster.kubeconfig(0);
+
+    // Refusals: nothing is registered for any of them.
+    let good = create_token(&cluster, &[]);
+    let mut wrong = create_token(&cluster, &[]);
+    wrong.token = format!("{}.0000000000000000", &wrong.token[..6]);
+    let err = cluster
+        .join("bad", &wrong)
+        .err()
+        .expect("a wrong secret is refused");
+    assert!(err.contains("secret part does not match"), "{err}");
+    let mut unknown = create_token(&cluster, &[]);
+    unknown.token = "zzzzzz.0000000000000000".into();
+    let err = cluster
+        .join("bad", &unknown)
+        .err()
+        .expect("an unknown token is refused");
+    assert!(err.contains("does not exist"), "{err}");
+    let expiring = create_token(&cluster, &["--ttl", "1s"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let err = cluster
+        .join("bad", &expiring)
+        .err()
+        .expect("an expired token is refused");
+    assert!(err.contains("expired"), "{err}");
+    let deleted = create_token(&cluster, &[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_control-plane"))
+        .args(["token", "delete", &deleted.token, "--kubeconfig"])
+        .arg(&kc)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = cluster
+        .join("bad", &deleted)
+        .err()
+        .expect("a deleted token is refused");
+    assert!(err.contains("does not exist"), "{err}");
+    let mut pinned_wrong = create_token(&cluster, &[]);
+    pinned_wrong.ca_hash = format!("sha256:{}", "0".repeat(64));
+    let err = cluster
+        .join("bad", &pinned_wrong)
+        .err()
+        .expect("a wrong CA hash is refused");
+    assert!(err.contains("refusing to trust it"), "{err}");
+    assert!(!ok(kubectl(&kc, &["get", "nodes", "-o", "name"])).contains("bad-"));
+
+    let mut n1 = cluster
+        .join("n1", &good)
+        .expect("joining with a fresh token");
+    n1.run(&[]);
+    let node = n1.name.clone();
+    until("the node Ready", || {
+        let out = kubectl(
+            &kc,
+            &[
+                "get",
+                "node",
+                &node,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
+            ],
+        )
+        .1;
+        (out == "True").then_some(())
+    })
+    .await;
+    ok(kubectl(
+        &kc,
+        &["get", "lease", "-n", "kube-node-lease", &node],
+    ));
+
+    // A Deployment runs as Docker containers, labelled.
+    ok(kubectl_stdin(&kc, &["apply", "-f", "-"], Some(DEPLOYMENT)));
+    until("3 web pods Running", || {
+        let out = kubectl(
+            &kc,
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=web",
+                "-o",
+                "jsonpath={.items[*].status.phase}",
+            ],
+        )
+        .1;
+        (out.split_whitespace().filter(|p| *p == "Running").count() == 3).then_some(())
+    })
+    .await;
+    let web = docker_containers(&format!("skiff.io/node={node}"));
+    let apps: Vec<_> = web
+        .iter()
+        .filter(|(_, l)| l["io.kubernetes.container.name"] == "httpd")
+        .collect();
+    let sandboxes: Vec<_> = web
+        .iter()
+        .filter(|(_, l)| l["io.kubernetes.container.name"] == "POD")
+        .collect();
+    assert_eq!((apps.len(), sandboxes.len()), (3, 3), "{web:?}");
+    for (_, l) in &apps {
+        assert_eq!(l["io.kubernetes.pod.namespace"], "default");
+        assert!(l["io.kubernetes.pod.uid"]
+            .as_str()
+            .is_some_and(|u| !u.is_empty()));
+        assert!(l["skiff.io/spec-hash"]
+            .as_str()
+            .is_some_and(|h| h.len() == 16));
+    }
+
+    // Two containers of a pod over localhost, env from a ConfigMap and a Secret.
+    ok(kubectl_stdin(&kc, &["apply", "-f", "-"], Some(CONFIG)));
+    ok(kubectl_stdin(&kc, &["apply", "-f", "-"], Some(PODS)));
+    let message = until("the client's termination message", || {
+        let p = pod(&kc, "pair");
+        container_status(&p, "client")["state"]["terminated"]["message"]
+            .as_str()
+            .map(str::to_string)
+    })
+    .await;
+    assert_eq!(message.trim(), "blue hunter2 hello from busybox:local");
+
+    // A crash loop: back-off, restarts counted.
+    let crash = until("CrashLoopBackOff after 2 restarts", || {
+        let p = pod(&kc, "crash");
+        let c = container_status(&p, "crash");
+        (c["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+            && c["restartCount"].as_i64() >= Some(2))
+        .then(|| c.clone())
+    })
+    .await;
+    assert_eq!(crash["lastState"]["terminated"]["exitCode"], 3, "{crash}");
+
+    // A failing liveness probe restarts its container.
+    until("a liveness restart", || {
+        let p = pod(&kc, "unhealthy");
+        (container_status(&p, "app")["restartCount"].as_i64() >= Some(1)).then_some(())
+    })
+    .await;
+
+    // Readiness follows a file of a Secret volume, which follows the Secret.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ready = |p: &Value| {
+        p["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+            .map(|c| c["status"] == "True")
+    };
+    assert_eq!(
+        ready(&pod(&kc, "reader")),
+        Some(false),
+        "v1 in the volume: not ready"
+    );
+    ok(kubectl(
+        &kc,
+        &[
+            "patch",
+            "secret",
+            "creds",
+            "-p",
+            r#"{"data":{"key":"djI="}}"#,
+        ],
+    ));
+    until("reader Ready after the Secret changed", || {
+        (ready(&pod(&kc, "reader")) == Some(true)).then_some(())
+    })
+    .await;
+
+    // Logs and exec through a master the agent's session is not on.
+    let on = until("the agent's session master", || n1.session_master()).await;
+    let other = (0..3).find(|i| format!("m{}", i + 1) != on).unwrap();
+    let kc_other = cluster.kubeconfig(other);
+    let web_pod = ok(kubectl(
+        &kc,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ],
+    ));
+    let out = ok(kubectl(
+        &kc_other,
+        &[
+            "exec",
+            &web_pod,
+            "--",
+            "sh",
+            "-c",
+            "echo from $(hostname); exit 0",
+        ],
+    ));
+    assert_eq!(out.trim(), format!("from {web_pod}"));
+    let (good_exec, _, err) = kubectl(&kc_other, &["exec", &web_pod, "--", "sh", "-c", "exit 7"]);
+    assert!(!good_exec && err.contains("exit code 7"), "{err}");
+    let out = ok(kubectl(&kc_other, &["logs", "crash", "--previous"]));
+    assert_eq!(out.trim(), "dying");
+    let mut follow = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kc_other)
+        .args(["logs", "-f", "crash", "--tail=1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut follow_out = follow.stdout.take().unwrap();
+    let read = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 64];
+        let n = follow_out.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    });
+    let first = tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.contains("dying"), "{first:?}");
+    let _ = follow.kill();
+
+    // A graceful delete: the preStop hook runs, SIGTERM is honoured, and
+    // the pod is gone only once its containers are.
+    let marker = cluster.dir.path().join("prestop");
+    std::fs::create_dir_all(&marker).unwrap();
+    let graceful = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: graceful}}
+spec:
+  terminationGracePeriodSeconds: 20
+  volumes: [{{name: out, hostPath: {{path: {}}}}}]
+  containers:
+  - name: app
+    image: busybox:local
+    command: [sh, -c, 'trap "sleep 2; exit 0" TERM; while true; do sleep 0.2; done']
+    volumeMounts: [{{name: out, mountPath: /out}}]
+    lifecycle:
+      preStop: {{exec: {{command: [sh, -c, 'echo bye > /out/said']}}}}
+"#,
+        marker.display()
+    );
+    ok(kubectl_stdin(&kc, &["apply", "-f", "-"], Some(&graceful)));
+    until("graceful running", || {
+        (pod(&kc, "graceful")["status"]["phase"] == "Running").then_some(())
+    })
+    .await;
+    let uid = pod(&kc, "graceful")["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let started = Instant::now();
+    ok(kubectl(
+        &kc,
+        &["delete", "pod", "graceful", "--timeout=60s"],
+    ));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(15),
+        "{took:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(marker.join("said")).unwrap().trim(),
+        "bye"
+    );
+    assert!(docker_containers(&format!("io.kubernetes.pod.uid={uid}")).is_empty());
+}
+
+/// Two nodes: one node cannot read another's Secret; an agent killed with
+/// -9 comes back and adopts its containers; the agent moves when its master
+/// is killed; a node silent past its grace goes NotReady and loses its pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_survive_failures_and_nodes_see_only_their_own() {
+    require_images();
+    let mut cluster = Cluster::start(
+        3,
+        &[
+            "--node-monitor-grace-period-secs",
+            "6",
+            "--default-eviction-timeout-secs",
+            "2",
+        ],
+    )
+    .await;
+    let kc = cluster.kubeconfig(0);
+    let join = create_token(&cluster, &[]);
+    let mut n1 = cluster.join("n1", &join).unwrap();
+    let mut n2 = cluster.join("n2", &join).unwrap();
+    n1.run(&[]);
+    n2.run(&[]);
+    let (a, b) = (n1.name.clone(), n2.name.clone());
+    for n in [&a, &b] {
+        until("both nodes Ready", || {
+            let out = kubectl(
+                &kc,
+                &[
+                    "get",
+                    "node",
+                    n,
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
+                ],
+            )
+            .1;
+            (out == "True").then_some(())
+        })
+        .await;
+    }
+
+    // Node A's Secret: readable by A, not by B, over REST and over QUIC.
+    let secret_pod = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: only-a}}\nstringData: {{k: v}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: on-a}}\nspec:\n  nodeName: {a}\n  containers:\n  - name: app\n    image: busybox:local\n    command: [sleep, \"3600\"]\n    env: [{{name: K, valueFrom: {{secretKeyRef: {{name: only-a, key: k}}}}}}]\n"
+    );
+    ok(kubectl_stdin(&kc, &["apply", "-f", "-"], Some(&secret_pod)));
+    until("on-a Running", || {
+        (pod(&kc, "on-a")["status"]["phase"] == "Running").then_some(())
+    })
+    .await;
+    let server = cluster.api_url(1);
+    let kc_a = n1.kubeconfig(&server, cluster.dir.path());
+    let kc_b = n2.kubeconfig(&server, cluster.dir.path());
+    ok(kubectl(&kc_a, &["get", "secret", "only-a"]));
+    let (read, _, err) = kubectl(&kc_b, &["get", "secret", "only-a"]);
+    assert!(
+        !read && err.contains("Forbidden"),
+        "node B read node A's Secret: {err}"
+    );
+    let (listed, _, err) = kubectl(&kc_a, &["get", "secrets"]);
+    assert!(
+        !listed && err.contains("Forbidden"),
+        "a node listed Secrets: {err}"
+    );
+    let holds = |d: &Value, kind: &str, name: &str| {
+        d["objects"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|o| o["kind"] == kind && o["name"] == name)
+    };
+    let held_a = n1.desired().await;
+    assert!(
+        holds(&held_a, "Secret", "only-a") && holds(&held_a, "Pod", "on-a"),
+        "{held_a}"
+    );
+    let held_b = n2.desired().await;
+    assert!(
+        !holds(&held_b, "Secret", "only-a") && !holds(&held_b, "Pod", "on-a"),
+        "{held_b}"
+    );
+
+    // kill -9 the agent while its pod runs; restarted, it adopts the same
+    // containers: nothing duplicated, nothing restarted.
+    let before = docker_containers(&format!("skiff.io/node={a}"));
+    n1.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    n1.run(&[]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = docker_containers(&format!("skiff.io/node={a}"));
+    let ids = |v: &[(String, Value)]| {
+        let mut ids: Vec<String> = v.iter().map(|(id, _)| id.clone()).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(
+        ids(&before),
+        ids(&after),
+        "containers changed across an agent restart"
+    );
+    assert_eq!(
+        container_status(&pod(&kc, "on-a"), "app")["restartCount"],
+        0
+    );
+
+    // kill -9 the master the agent's session is on: it moves and goes on.
+    let on = until("the agent's session master", || n1.session_master()).await;
+    let i: usize = on[1..].parse::<usize>().unwrap() - 1;
+    cluster.kill(i);
+    let kc = cluster.kubeconfig((i + 1) % 3);
+    until("the session on another master", || {
+        n1.session_master().filter(|m| *m != on)
+    })
+    .await;
+    let lease_time = || {
+        kubectl(
+            &kc,
+            &[
+                "get",
+                "lease",
+                "-n",
+                "kube-node-lease",
+                &a,
+                "-o",
+                "jsonpath={.spec.renewTime}",
+            ],
+        )
+        .1
+    };
+    let first = lease_time();
+    until("the lease renewed after the move", || {
+        (lease_time() != first).then_some(())
+    })
+    .await;
+    let moved = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: after-move}}\nspec:\n  nodeName: {a}\n  containers: [{{name: app, image: busybox:local, command: [sleep, \"3600\"]}}]\n");
+    ok(kubectl_stdin(&kc, &["apply", "-f", "-"], Some(&moved)));
+    until("a pod created after the move Running", || {
+        (pod(&kc, "after-move")["status"]["phase"] == "Running").then_some(())
+    })
+    .await;
+
+    // Node B falls silent past its grace: NotReady, its pods evicted and
+    // replaced on node A.
+    let evictable = format!("apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: mover}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: mover}}}}\n  template:\n    metadata: {{labels: {{app: mover}}}}\n    spec:\n      nodeSelector: {{kubernetes.io/hostname: {b}}}\n      containers: [{{name: app, image: busybox:local, command: [sleep, \"3600\"]}}]\n");
+    ok(kubectl_stdin(&kc, &["apply", "-f", "-"], Some(&evictable)));
+    until("mover Running on B", || {
+        let out = kubectl(
+            &kc,
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=mover",
+                "-o",
+                "jsonpath={.items[*].status.phase}",
+            ],
+        )
+        .1;
+        (out == "Running").then_some(())
+    })
+    .await;
+    let victim = ok(kubectl(
+        &kc,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=mover",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ],
+    ));
+    ok(kubectl(
+        &kc,
+        &[
+            "patch",
+            "deployment",
+            "mover",
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/spec/template/spec/nodeSelector"}]"#,
+        ],
+    ));
+    n2.kill();
+    until("node B NotReady", || {
+        let out = kubectl(
+            &kc,
+            &[
+                "get",
+                "node",
+                &b,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
+            ],
+        )
+        .1;
+        (out == "Unknown" || out == "False").then_some(())
+    })
+    .await;
+    until("the pod on B evicted", || {
+        pod(&kc, &victim)["metadata"]["deletionTimestamp"]
+            .is_string()
+            .then_some(())
+    })
+    .await;
+    until("a replacement Running on A", || {
+        let out = kubectl(&kc, &["get", "pods", "-l", "app=mover", "-o", "json"]).1;
+        let v: Value = serde_json::from_str(&out).ok()?;
+        v["items"]
+            .as_array()?
+            .iter()
+            .any(|p| p["spec"]["nodeName"] == a.as_str() && p["status"]["phase"] == "Running")
+            .then_some(())
+    })
+    .await;
+}
