@@ -7,7 +7,7 @@ use std::time::Duration;
 use bollard::container::{
     AttachContainerOptions, Config, CreateContainerOptions, InspectContainerOptions,
     KillContainerOptions, ListContainersOptions, LogOutput, LogsOptions, RemoveContainerOptions,
-    StatsOptions, StopContainerOptions,
+    StopContainerOptions,
 };
 use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{
@@ -96,14 +96,8 @@ impl DockerRuntime {
             exit_code: state.exit_code.unwrap_or(0),
             oom_killed: state.oom_killed.unwrap_or(false),
             error: state.error.unwrap_or_default(),
-            created_at: time(c.created.as_ref()),
             started_at: time(state.started_at.as_ref()),
             finished_at: time(state.finished_at.as_ref()),
-            image: c
-                .config
-                .as_ref()
-                .and_then(|c| c.image.clone())
-                .unwrap_or_default(),
             image_id: c.image.unwrap_or_default(),
             ip,
         }
@@ -554,24 +548,5 @@ impl Runtime for DockerRuntime {
                     .and_then(|mut a| a.remove(LABEL_POD_UID)))
             })
             .boxed()
-    }
-
-    async fn usage(&self, id: &str) -> Result<Usage> {
-        let _t = call_timer("stats");
-        let mut s = self.docker.stats(
-            id,
-            Some(StatsOptions {
-                stream: false,
-                one_shot: true,
-            }),
-        );
-        match s.next().await {
-            Some(Ok(stats)) => Ok(Usage {
-                cpu_nanos: stats.cpu_stats.cpu_usage.total_usage,
-                memory_bytes: stats.memory_stats.usage.unwrap_or(0),
-            }),
-            Some(Err(e)) => Err(engine(e)),
-            None => Err(RuntimeError::Engine("no stats".into())),
-        }
     }
 }

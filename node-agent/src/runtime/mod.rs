@@ -1,6 +1,7 @@
-//! The container runtime, behind one narrow trait: Docker through bollard
-//! ([`docker`]), and a fake that runs nothing ([`fake`]) for running many
-//! agents in one process in the scale benchmark.
+//! The container runtime, behind one narrow trait, so that the pod code
+//! does not know which engine runs its containers: Docker through bollard
+//! ([`docker`]). (A fake that runs nothing, for running many agents in one
+//! process in the scale benchmark, is to come behind the same trait.)
 //!
 //! Every container the agent makes carries labels naming its node, pod and
 //! container and a hash of the container's spec, so that a restarted agent
@@ -8,7 +9,6 @@
 //! remove the rest.
 
 pub mod docker;
-pub mod fake;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -113,10 +113,8 @@ pub struct ContainerInfo {
     pub exit_code: i64,
     pub oom_killed: bool,
     pub error: String,
-    pub created_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
-    pub image: String,
     pub image_id: String,
     /// The sandbox's address on its network.
     pub ip: Option<String>,
@@ -178,14 +176,6 @@ pub struct Info {
     pub os_image: String,
 }
 
-/// Resource use of one container.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Usage {
-    /// Cumulative CPU time used, in nanoseconds.
-    pub cpu_nanos: u64,
-    pub memory_bytes: u64,
-}
-
 pub trait Runtime: Clone + Send + Sync + 'static {
     fn info(&self) -> impl Future<Output = Result<Info>> + Send;
     fn image_present(&self, image: &str) -> impl Future<Output = Result<bool>> + Send;
@@ -225,5 +215,4 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     fn logs(&self, id: &str, opts: &LogOptions) -> ByteStream;
     /// The pod uid of every container of `node` that changed, as it changes.
     fn events(&self, node: &str) -> EventStream;
-    fn usage(&self, id: &str) -> impl Future<Output = Result<Usage>> + Send;
 }

@@ -10,6 +10,8 @@
 //! stores nothing, to measure what the load generator itself can reach (see
 //! `null_kv.rs`).
 //!
+//! `skiff-bench pods` times pod startup through a node agent beside
+//! `docker run` (see `pods.rs`);
 //! `skiff-bench api` loads the Kubernetes API (see `api.rs`);
 //! `skiff-bench failover` kills and stops the leader under load (see
 //! `failover.rs`).
@@ -19,6 +21,7 @@ mod failover;
 mod heartbeats;
 mod masters;
 mod null_kv;
+mod pods;
 mod scheduler;
 
 use std::time::{Duration, Instant};
@@ -50,6 +53,23 @@ enum Cmd {
         /// Serve reads from any member's applied state (etcd's --consistency=s).
         #[arg(long)]
         serializable: bool,
+    },
+    /// Pod startup through the API, scheduler and a node agent, beside
+    /// `docker run` of the same image. Defaults come from `source
+    /// .skiff/dev/cluster.env`.
+    Pods {
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: std::path::PathBuf,
+        /// https://host:port,... (the first is used).
+        #[arg(long, env = "SKIFF_API_SERVERS")]
+        servers: String,
+        #[arg(long, default_value_t = 50)]
+        count: usize,
+        #[arg(long, default_value = "busybox:local")]
+        image: String,
+        /// The node agent's pid, to report its resident memory.
+        #[arg(long)]
+        agent_pid: Option<u32>,
     },
     /// An etcd KV endpoint that stores nothing: the client's ceiling.
     NullKv {
@@ -157,6 +177,22 @@ async fn main() -> anyhow::Result<()> {
                 let server = split(&servers).remove(0);
                 scheduler::run_e2e(&kubeconfig, &server, n, replicas).await?;
             }
+        }
+        Cmd::Pods {
+            kubeconfig,
+            servers,
+            count,
+            image,
+            agent_pid,
+        } => {
+            pods::run(pods::Options {
+                kubeconfig,
+                server: servers.split(',').next().unwrap_or_default().to_string(),
+                count,
+                image,
+                agent_pid,
+            })
+            .await?
         }
         Cmd::NullKv { listen, put_delay } => {
             null_kv::run(&split(&listen), parse_duration(&put_delay)?).await?

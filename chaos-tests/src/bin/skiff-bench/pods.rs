@@ -1,0 +1,222 @@
+//! `skiff-bench pods`: pod startup through the whole system. Creates N pods
+//! (the local busybox image, 10 creates in flight) against a running cluster
+//! with a node agent, and times each from its create to Running and to
+//! Ready as a watch sees them; then runs the same image N times with
+//! `docker run` on the same engine (the floor: no API, no scheduler, no
+//! agent), and prints both with the ratio. With `--agent-pid`, also the
+//! agent's resident memory while the pods run.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use crate::api::{delete_all, https_client, list_revision};
+
+const NAMESPACE: &str = "bench-pods";
+const IN_FLIGHT: usize = 10;
+
+pub struct Options {
+    pub kubeconfig: std::path::PathBuf,
+    pub server: String,
+    pub count: usize,
+    pub image: String,
+    pub agent_pid: Option<u32>,
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> f64 {
+    sorted
+        .get((sorted.len() * p / 100).min(sorted.len().saturating_sub(1)))
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let http = https_client(&opts.kubeconfig)?;
+    let server = opts.server.trim_end_matches('/').to_string();
+    let r = http
+        .post(format!("{server}/api/v1/namespaces"))
+        .json(&json!({"metadata": {"name": NAMESPACE}}))
+        .send()
+        .await?;
+    if !(r.status().is_success() || r.status().as_u16() == 409) {
+        bail!("creating namespace {NAMESPACE}: {}", r.text().await?);
+    }
+    let pods_url = format!("{server}/api/v1/namespaces/{NAMESPACE}/pods");
+    let rv = list_revision(&http, &pods_url).await?;
+
+    // The watch: when each pod was first seen Running, and Ready.
+    let resp = http
+        .get(format!("{pods_url}?watch=true&resourceVersion={rv}"))
+        .send()
+        .await?
+        .error_for_status()?;
+    let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<(String, bool, Instant)>();
+    tokio::spawn(async move {
+        let mut body = resp.bytes_stream();
+        let mut buf = Vec::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            buf.extend_from_slice(&chunk);
+            while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=i).collect();
+                let Ok(e) = serde_json::from_slice::<Value>(&line) else {
+                    continue;
+                };
+                let o = &e["object"];
+                let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
+                let now = Instant::now();
+                if o["status"]["phase"] == "Running" {
+                    let _ = tx.send((name.clone(), false, now));
+                }
+                let ready = o["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True");
+                if ready {
+                    let _ = tx.send((name, true, now));
+                }
+            }
+        }
+    });
+
+    let run_id = std::process::id();
+    let names: Vec<String> = (0..opts.count).map(|i| format!("p{run_id}-{i}")).collect();
+    let started = Instant::now();
+    let created: Vec<(String, Instant)> = futures::stream::iter(names.iter().cloned())
+        .map(|name| {
+            let http = http.clone();
+            let url = pods_url.clone();
+            let image = opts.image.clone();
+            async move {
+                let body = json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": name},
+                    "spec": {
+                        "terminationGracePeriodSeconds": 0,
+                        "containers": [{"name": "app", "image": image, "imagePullPolicy": "Never",
+                            "command": ["sleep", "3600"]}],
+                    },
+                });
+                let at = Instant::now();
+                let r = http.post(&url).json(&body).send().await;
+                match r {
+                    Ok(r) if r.status().is_success() => Ok((name, at)),
+                    Ok(r) => Err(anyhow::anyhow!("creating {name}: {}", r.status())),
+                    Err(e) => Err(anyhow::anyhow!("creating {name}: {e}")),
+                }
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    let created: HashMap<String, Instant> = created.into_iter().collect();
+
+    let mut running: HashMap<String, Instant> = HashMap::new();
+    let mut ready: HashMap<String, Instant> = HashMap::new();
+    let deadline = started + Duration::from_secs(180);
+    while ready.len() < opts.count {
+        let next = tokio::time::timeout_at(deadline.into(), seen.recv()).await;
+        let Ok(Some((name, is_ready, at))) = next else {
+            bail!(
+                "only {} of {} pods became Ready within 180 s",
+                ready.len(),
+                opts.count
+            );
+        };
+        if !created.contains_key(&name) {
+            continue;
+        }
+        let map = if is_ready { &mut ready } else { &mut running };
+        map.entry(name).or_insert(at);
+    }
+    let rss = opts.agent_pid.and_then(rss_kib);
+    let lat = |m: &HashMap<String, Instant>| {
+        let mut v: Vec<Duration> = m
+            .iter()
+            .filter_map(|(n, t)| Some(t.saturating_duration_since(*created.get(n)?)))
+            .collect();
+        v.sort();
+        v
+    };
+    let (to_running, to_ready) = (lat(&running), lat(&ready));
+    delete_all(
+        &http,
+        names
+            .iter()
+            .map(|n| format!("{pods_url}/{n}?gracePeriodSeconds=0")),
+    )
+    .await;
+
+    // The floor: the same image started by docker run, as many, as many at once.
+    let docker: Vec<Duration> = futures::stream::iter(0..opts.count)
+        .map(|i| {
+            let image = opts.image.clone();
+            async move {
+                let name = format!("bench-floor-{run_id}-{i}");
+                let at = Instant::now();
+                let out = tokio::process::Command::new("docker")
+                    .args(["run", "-d", "--name", &name, &image, "sleep", "3600"])
+                    .output()
+                    .await
+                    .context("running docker")?;
+                let took = at.elapsed();
+                if !out.status.success() {
+                    bail!("docker run: {}", String::from_utf8_lossy(&out.stderr));
+                }
+                Ok(took)
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    let mut docker = docker;
+    docker.sort();
+    let _ = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "docker rm -f $(docker ps -aq --filter name=bench-floor-{run_id}-) >/dev/null"
+        ))
+        .status()
+        .await;
+
+    println!(
+        "Pod startup: {} pods of {}, {IN_FLIGHT} creates in flight (ms, from create)",
+        opts.count, opts.image
+    );
+    println!("{:<28}{:>10}{:>10}{:>10}", "", "p50", "p99", "max");
+    let row = |label: &str, v: &[Duration]| {
+        println!(
+            "{label:<28}{:>10.0}{:>10.0}{:>10.0}",
+            percentile(v, 50),
+            percentile(v, 99),
+            v.last().map_or(0.0, |d| d.as_secs_f64() * 1e3)
+        )
+    };
+    row("skiff: created -> Running", &to_running);
+    row("skiff: created -> Ready", &to_ready);
+    row("docker run (the floor)", &docker);
+    println!(
+        "p99 Ready / p99 docker run: {:.2} (Kubernetes' SLO: p99 5 s; target: p99 under 1.5 s)",
+        percentile(&to_ready, 99) / percentile(&docker, 99).max(1e-9)
+    );
+    if let Some(kib) = rss {
+        println!(
+            "agent resident memory with {} pods running: {:.1} MiB (target: under 30 MiB with 30 pods)",
+            opts.count,
+            kib as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
