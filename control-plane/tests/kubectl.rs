@@ -683,7 +683,7 @@ async fn bad_requests_get_a_status_and_store_nothing() {
         &cluster.endpoints(),
         &[
             "get",
-            "/registry/core/configmaps/",
+            "/registry/core/configmaps/default/",
             "--prefix",
             "--keys-only",
         ],

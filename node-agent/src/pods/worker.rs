@@ -744,13 +744,31 @@ impl<R: Runtime> Worker<R> {
             let _ = self.rt.stop(&c.id, Duration::ZERO).await;
         }
         // The final status: every container terminated.
-        let last = self.observed().await.unwrap_or_default();
+        let last = match self.observed().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(pod = %spec::name(&self.pod), "listing containers: {e}");
+                return Next::At(Instant::now() + Duration::from_secs(1));
+            }
+        };
         if !self.gone {
             self.report(&last, false, None);
         }
         for c in &last {
             if let Err(e) = self.rt.remove(&c.id).await {
                 tracing::warn!(pod = %spec::name(&self.pod), "removing a container: {e}");
+                return Next::At(Instant::now() + Duration::from_secs(1));
+            }
+        }
+        // Confirm only what is true: none of the pod's containers is left.
+        match self.observed().await {
+            Ok(left) if left.is_empty() => {}
+            Ok(left) => {
+                tracing::info!(pod = %spec::name(&self.pod), left = left.len(), "containers still there; removing again");
+                return Next::At(Instant::now() + Duration::from_millis(200));
+            }
+            Err(e) => {
+                tracing::warn!(pod = %spec::name(&self.pod), "listing containers: {e}");
                 return Next::At(Instant::now() + Duration::from_secs(1));
             }
         }
