@@ -290,7 +290,7 @@ async fn token(args: TokenArgs) -> anyhow::Result<()> {
         }
         TokenCommand::List => {
             let list = client.get(&secrets).await?;
-            println!("{:<24}{:<22}{}", "TOKEN", "EXPIRES", "DESCRIPTION");
+            println!("{:<24}{:<22}DESCRIPTION", "TOKEN", "EXPIRES");
             for s in list["items"].as_array().into_iter().flatten() {
                 if s["type"].as_str() != Some(tokens::SECRET_TYPE) {
                     continue;
@@ -305,7 +305,7 @@ async fn token(args: TokenArgs) -> anyhow::Result<()> {
                     Ok(Some(at)) if at <= chrono::Utc::now() => "<expired>".to_string(),
                     Ok(Some(at)) => at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     Ok(None) => "<forever>".to_string(),
-                    Err(()) => "<invalid>".to_string(),
+                    Err(_) => "<invalid>".to_string(),
                 };
                 let description = tokens::field(s, "description").unwrap_or_default();
                 println!(

@@ -246,6 +246,19 @@ current-context: {user}@skiff
 /// certificates verified against the CA when offered (requests without one
 /// must then carry a bearer token, or get 401).
 pub fn server_tls(ca: &Ca, name: &str, hosts: &[String]) -> Result<rustls::ServerConfig> {
+    let mut config = serving(ca, name, hosts, rustls::DEFAULT_VERSIONS)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// This master's serving certificate for `hosts`; a client certificate
+/// signed by the CA when one is offered.
+fn serving(
+    ca: &Ca,
+    name: &str,
+    hosts: &[String],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let issued = ca.issue_server(&Identity::master(name), hosts)?;
     let certs =
@@ -262,12 +275,10 @@ pub fn server_tls(ca: &Ca, name: &str, hosts: &[String]) -> Result<rustls::Serve
     )
     .allow_unauthenticated()
     .build()?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
+    Ok(rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
+        .with_single_cert(certs, key)?)
 }
 
 /// The identity in a verified client certificate: CN is the user, each O a group.
@@ -308,26 +319,7 @@ pub const AGENT_ALPN: &[u8] = b"skiff-agent/1";
 /// certificate; a client certificate signed by the CA when offered (nodes),
 /// none for the CA and join requests.
 pub fn agent_server_tls(ca: &Ca, name: &str, hosts: &[String]) -> Result<rustls::ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let issued = ca.issue_server(&Identity::master(name), hosts)?;
-    let certs =
-        rustls_pemfile::certs(&mut issued.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
-    let key = rustls_pemfile::private_key(&mut issued.key_pem.as_bytes())?
-        .context("no key in the issued PEM")?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut ca.pem().as_bytes()) {
-        roots.add(c?)?;
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .allow_unauthenticated()
-    .build()?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)?;
+    let mut config = serving(ca, name, hosts, &[&rustls::version::TLS13])?;
     config.alpn_protocols = vec![AGENT_ALPN.to_vec()];
     config.max_early_data_size = 0;
     Ok(config)

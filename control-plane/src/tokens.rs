@@ -120,12 +120,10 @@ pub fn field(secret: &Value, name: &str) -> Option<String> {
 }
 
 /// When a bootstrap-token Secret expires (None: never; Err: unreadable).
-pub fn expiry(secret: &Value) -> Result<Option<DateTime<Utc>>, ()> {
+pub fn expiry(secret: &Value) -> Result<Option<DateTime<Utc>>, chrono::ParseError> {
     match field(secret, "expiration") {
         None => Ok(None),
-        Some(s) => DateTime::parse_from_rfc3339(&s)
-            .map(|t| Some(t.with_timezone(&Utc)))
-            .map_err(|_| ()),
+        Some(s) => DateTime::parse_from_rfc3339(&s).map(|t| Some(t.with_timezone(&Utc))),
     }
 }
 
@@ -148,7 +146,7 @@ pub fn check(token: &Token, secret: Option<&Value>, now: DateTime<Utc>) -> Resul
         return Err(Refusal::WrongSecret(id()));
     }
     match expiry(secret) {
-        Err(()) => return Err(Refusal::Corrupt(id())),
+        Err(_) => return Err(Refusal::Corrupt(id())),
         Ok(Some(at)) if at <= now => {
             return Err(Refusal::Expired {
                 id: id(),

@@ -347,6 +347,7 @@ async fn agents_join_run_pods_and_report() {
         .unwrap();
     assert!(first.contains("dying"), "{first:?}");
     let _ = follow.kill();
+    let _ = follow.wait();
 
     // A graceful delete: the preStop hook runs, SIGTERM is honoured, and
     // the pod is gone only once its containers are.

@@ -159,10 +159,7 @@ mod tests {
         for bad in ["", "abc", "1.2.3", "12Q", "1Mi2", "--1", "1e", "."] {
             assert!(Quantity::parse(bad).is_err(), "{bad:?} parsed");
         }
-        assert_eq!(
-            Quantity::parse("1Ei".repeat(1).as_str()).unwrap().value(),
-            1 << 60
-        );
+        assert_eq!(Quantity::parse("1Ei").unwrap().value(), 1 << 60);
         assert_eq!(
             Quantity::parse("999999999999999999999999999999Ei"),
             Err(QuantityError::TooLarge)

@@ -247,17 +247,12 @@ async fn bridge(socket: WebSocket, mut send: quinn::SendStream, mut recv: quinn:
         let _ = send.finish();
     };
     let from_agent = async {
-        loop {
-            match frame::read::<StreamFrame, _>(&mut recv, frame::MAX_FRAME).await {
-                Ok(Some(f)) => {
-                    let mut out = Vec::with_capacity(f.data.len() + 1);
-                    out.push(f.channel as u8);
-                    out.extend_from_slice(&f.data);
-                    if ws_tx.send(Message::Binary(out)).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(None) | Err(_) => break,
+        while let Ok(Some(f)) = frame::read::<StreamFrame, _>(&mut recv, frame::MAX_FRAME).await {
+            let mut out = Vec::with_capacity(f.data.len() + 1);
+            out.push(f.channel as u8);
+            out.extend_from_slice(&f.data);
+            if ws_tx.send(Message::Binary(out)).await.is_err() {
+                break;
             }
         }
         // A normal close: kubectl reads a close without a code as an error.

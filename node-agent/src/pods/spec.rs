@@ -448,9 +448,19 @@ pub fn environment(
     Ok(vars)
 }
 
-/// Docker's limits from the container's resources: memory in bytes, CPU
-/// as nano-CPUs from the limit, shares from the request (as the kubelet).
-pub fn limits(c: &Container) -> Result<(Option<i64>, Option<i64>, Option<i64>), SpecError> {
+/// Docker's limits for a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes.
+    pub memory: Option<i64>,
+    /// Billionths of a CPU, from the CPU limit.
+    pub nano_cpus: Option<i64>,
+    /// CPU shares, from the CPU request (as the kubelet sets them).
+    pub cpu_shares: Option<i64>,
+}
+
+/// Docker's limits from the container's resources.
+pub fn limits(c: &Container) -> Result<Limits, SpecError> {
     let get = |m: Option<
         &BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
     >,
@@ -467,7 +477,11 @@ pub fn limits(c: &Container) -> Result<(Option<i64>, Option<i64>, Option<i64>), 
     let shares = get(r.requests.as_ref(), "cpu")?
         .or(get(r.limits.as_ref(), "cpu")?)
         .map(|q| ((q.millis() * 1024) / 1000).max(2) as i64);
-    Ok((mem, cpu, shares))
+    Ok(Limits {
+        memory: mem,
+        nano_cpus: cpu,
+        cpu_shares: shares,
+    })
 }
 
 /// Everything the runtime needs to create `c`.
@@ -482,7 +496,11 @@ pub fn container_config(
     mounts: Vec<Mount>,
 ) -> Result<ContainerConfig, SpecError> {
     let vars: HashMap<String, String> = env.iter().cloned().collect();
-    let (memory_limit, nano_cpus, cpu_shares) = limits(c)?;
+    let Limits {
+        memory: memory_limit,
+        nano_cpus,
+        cpu_shares,
+    } = limits(c)?;
     let sc = c.security_context.clone().unwrap_or_default();
     let psc = pod
         .spec
@@ -594,7 +612,11 @@ mod tests {
         assert_eq!(get("MEM"), Some("64"));
         assert_eq!(
             limits(c).unwrap(),
-            (Some(64 << 20), Some(2_007_000_000), Some(2055))
+            Limits {
+                memory: Some(64 << 20),
+                nano_cpus: Some(2_007_000_000),
+                cpu_shares: Some(2055)
+            }
         );
 
         let missing = Objects(vec![]);

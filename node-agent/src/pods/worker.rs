@@ -147,7 +147,7 @@ impl<R: Runtime> Worker<R> {
     async fn observed(&self) -> Result<Vec<ContainerInfo>, RuntimeError> {
         let mut all = self.rt.list(&self.ctx.node, Some(&self.uid)).await?;
         // Newest first within each container.
-        all.sort_by(|a, b| b.attempt().cmp(&a.attempt()));
+        all.sort_by_key(|c| std::cmp::Reverse(c.attempt()));
         Ok(all)
     }
 
@@ -859,10 +859,7 @@ impl<R: Runtime> Worker<R> {
             };
         let init_extra: Vec<_> = init_infos.iter().map(|x| make(x, false)).collect();
         let app_extra: Vec<_> = app_infos.iter().map(|x| make(x, true)).collect();
-        fn views<'a>(
-            infos: &'a [(Container, (Option<ContainerInfo>, Option<ContainerInfo>))],
-            extra: &'a [Extra],
-        ) -> Vec<ContainerView<'a>> {
+        fn views<'a>(infos: &'a [Instances], extra: &'a [Extra]) -> Vec<ContainerView<'a>> {
             infos
                 .iter()
                 .zip(extra)
@@ -903,6 +900,9 @@ impl<R: Runtime> Worker<R> {
         });
     }
 }
+
+/// A container's spec with its latest and previous instances.
+type Instances = (Container, (Option<ContainerInfo>, Option<ContainerInfo>));
 
 /// What the worker adds to a container's view: waiting reason, ready,
 /// started, and the termination messages of the latest and previous runs.

@@ -136,11 +136,7 @@ impl DockerRuntime {
             Box<dyn futures::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>,
         >,
         input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
-        resize: Box<
-            dyn Fn(u16, u16) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
-                + Send
-                + Sync,
-        >,
+        resize: Resize,
         exit_code: std::pin::Pin<Box<dyn std::future::Future<Output = Option<i64>> + Send>>,
     ) -> Session {
         let output = output

@@ -156,13 +156,17 @@ pub struct LogOptions {
 
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Vec<u8>>> + Send>>;
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<String>> + Send>>;
+/// An interactive process's output: (stream number, bytes).
+pub type OutputStream = Pin<Box<dyn Stream<Item = Result<(u8, Vec<u8>)>> + Send>>;
+/// Resize a terminal to (width, height).
+pub type Resize = Box<dyn Fn(u16, u16) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// An interactive process in a container: its output, its input, a way to
 /// resize its terminal, and its exit code once it ends.
 pub struct Session {
-    pub output: Pin<Box<dyn Stream<Item = Result<(u8, Vec<u8>)>> + Send>>,
+    pub output: OutputStream,
     pub input: Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
-    pub resize: Box<dyn Fn(u16, u16) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>,
+    pub resize: Resize,
     pub exit_code: Pin<Box<dyn Future<Output = Option<i64>> + Send>>,
 }
 
