@@ -202,13 +202,22 @@ pub(crate) async fn list_revision(http: &reqwest::Client, url: &str) -> anyhow::
 }
 
 pub(crate) async fn ensure_namespace(http: &reqwest::Client, server: &str) -> anyhow::Result<()> {
+    create_namespace(http, server, NAMESPACE).await
+}
+
+/// Create namespace `name` unless it exists.
+pub(crate) async fn create_namespace(
+    http: &reqwest::Client,
+    server: &str,
+    name: &str,
+) -> anyhow::Result<()> {
     let r = http
         .post(format!("{server}/api/v1/namespaces"))
-        .json(&json!({"metadata": {"name": NAMESPACE}}))
+        .json(&json!({"metadata": {"name": name}}))
         .send()
         .await?;
     if !(r.status().is_success() || r.status().as_u16() == 409) {
-        bail!("creating namespace {NAMESPACE}: {}", r.text().await?);
+        bail!("creating namespace {name}: {}", r.text().await?);
     }
     Ok(())
 }

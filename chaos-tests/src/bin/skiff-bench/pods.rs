@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::api::{delete_all, https_client, list_revision};
+use crate::api::{create_namespace, delete_all, https_client, list_revision};
 
 const NAMESPACE: &str = "bench-pods";
 const IN_FLIGHT: usize = 10;
@@ -41,14 +41,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let http = https_client(&opts.kubeconfig)?;
     let server = opts.server.trim_end_matches('/').to_string();
-    let r = http
-        .post(format!("{server}/api/v1/namespaces"))
-        .json(&json!({"metadata": {"name": NAMESPACE}}))
-        .send()
-        .await?;
-    if !(r.status().is_success() || r.status().as_u16() == 409) {
-        bail!("creating namespace {NAMESPACE}: {}", r.text().await?);
-    }
+    create_namespace(&http, &server, NAMESPACE).await?;
     let pods_url = format!("{server}/api/v1/namespaces/{NAMESPACE}/pods");
     let rv = list_revision(&http, &pods_url).await?;
 
