@@ -407,7 +407,7 @@ spec:
     assert!(
         left.is_empty(),
         "containers outlived their pod: {left:?}\n{}",
-        common::agents::strip_ansi(&n1.log())
+        common::strip_ansi(&n1.log())
             .lines()
             .filter(|l| l.contains("graceful"))
             .collect::<Vec<_>>()

@@ -352,6 +352,35 @@ impl Drop for Cluster {
         for i in 0..self.masters.len() {
             self.kill(i);
         }
+        if std::thread::panicking() {
+            print_log_tails(self.dir.path());
+        }
+    }
+}
+
+/// On a failed test, the last lines of every process's log (masters and
+/// agents), so that CI output says what the processes saw.
+fn print_log_tails(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut logs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    for path in logs {
+        let text = strip_ansi(&std::fs::read_to_string(&path).unwrap_or_default());
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains(" DEBUG ") && !l.contains(" TRACE "))
+            .collect();
+        let tail = &lines[lines.len().saturating_sub(60)..];
+        eprintln!("---- {} (last {} lines) ----", path.display(), tail.len());
+        for line in tail {
+            eprintln!("{line}");
+        }
     }
 }
 
@@ -446,4 +475,22 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The text without terminal colour sequences.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
