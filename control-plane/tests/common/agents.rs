@@ -242,5 +242,3 @@ pub fn docker_containers(label: &str) -> Vec<(String, serde_json::Value)> {
 }
 
 pub const SETTLE: Duration = Duration::from_secs(60);
-
-/// The text without terminal colour sequences.
