@@ -349,6 +349,51 @@ async fn agents_join_run_pods_and_report() {
     let _ = follow.kill();
     let _ = follow.wait();
 
+    // kubectl port-forward through that master: two connections in turn
+    // reach the pod's httpd; a port nothing listens on is an error.
+    let local = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut forward = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kc_other)
+        .args([
+            "port-forward",
+            &web_pod,
+            &format!("{local}:8080"),
+            &format!("{}:8089", local + 1),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let fetch = |port: u16| -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        Some(body)
+    };
+    for _ in 0..2 {
+        let page = until("a page through port-forward", || {
+            fetch(local).filter(|b| !b.is_empty())
+        })
+        .await;
+        assert!(page.contains("hello from busybox:local"), "{page}");
+    }
+    assert_eq!(
+        fetch(local + 1).unwrap_or_default(),
+        "",
+        "nothing listens on 8089"
+    );
+    let _ = forward.kill();
+    let out = forward.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("8089"), "kubectl said: {said}");
+
     // A graceful delete: the preStop hook runs, SIGTERM is honoured, and
     // the pod is gone only once its containers are.
     let marker = cluster.dir.path().join("prestop");
@@ -435,8 +480,9 @@ async fn agents_survive_failures_and_nodes_see_only_their_own() {
     let join = create_token(&cluster, &[]);
     let mut n1 = cluster.join("n1", &join).unwrap();
     let mut n2 = cluster.join("n2", &join).unwrap();
-    n1.run(&[]);
-    n2.run(&[]);
+    // Leases renewed every second, well within the 6 s grace.
+    n1.run(&["--node-lease-duration", "4s"]);
+    n2.run(&["--node-lease-duration", "4s"]);
     let (a, b) = (n1.name.clone(), n2.name.clone());
     for n in [&a, &b] {
         until("both nodes Ready", || {
@@ -630,4 +676,150 @@ async fn agents_survive_failures_and_nodes_see_only_their_own() {
             .then_some(())
     })
     .await;
+}
+
+const BURNER: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: burn}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: burn}}
+  template:
+    metadata: {labels: {app: burn}}
+    spec:
+      containers:
+      - name: burn
+        image: busybox:local
+        command: [sh, -c, 'while :; do :; done']
+        resources:
+          requests: {cpu: 100m}
+          limits: {cpu: 200m, memory: 32Mi}
+"#;
+
+/// The CPU column of `kubectl top` lines, in millicores, by name.
+fn top_cpu(out: &str) -> Vec<(String, u64)> {
+    out.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let name = f.next()?.to_string();
+            let cpu = f.next()?.strip_suffix('m')?.parse().ok()?;
+            Some((name, cpu))
+        })
+        .collect()
+}
+
+/// `kubectl top` reads what the node measured, and the autoscaler (made
+/// with `kubectl autoscale`, autoscaling/v1) follows real CPU use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_and_the_autoscaler_see_real_cpu_use() {
+    require_images();
+    let cluster = Cluster::start(3, &["--horizontal-pod-autoscaler-sync-period-secs", "2"]).await;
+    let kc = cluster.kubeconfig(0);
+    let join = create_token(&cluster, &[]);
+    let mut n1 = cluster.join("n1", &join).unwrap();
+    n1.run(&["--stats-interval", "2s"]);
+    let node = n1.name.clone();
+    ok(kubectl_stdin(&kc, &["apply", "-f", "-"], Some(BURNER)));
+
+    // A busy loop capped at 200m shows about that; the node shows its use.
+    let pods = until("kubectl top pod to show the burner", || {
+        let (good, out, _) = kubectl(&kc, &["top", "pod", "--no-headers"]);
+        let rows = top_cpu(&out);
+        (good && rows.len() == 1 && (120..=260).contains(&rows[0].1)).then_some(out)
+    })
+    .await;
+    assert!(pods.starts_with("burn-"), "{pods}");
+    let (good, out, err) = kubectl(&kc, &["top", "node", "--no-headers"]);
+    assert!(good, "{err}");
+    let nodes = top_cpu(&out);
+    assert!(
+        nodes.iter().any(|(n, cpu)| *n == node && *cpu >= 120),
+        "top node: {out}"
+    );
+    // Only what exists: a pod that is not there is 404.
+    let (good, _, err) = kubectl(&kc, &["top", "pod", "nothing-here"]);
+    assert!(!good && err.contains("not found"), "{err}");
+
+    // 200m of a 100m request against a 50% goal: scale to the maximum.
+    ok(kubectl(
+        &kc,
+        &[
+            "autoscale",
+            "deployment",
+            "burn",
+            "--min=1",
+            "--max=3",
+            "--cpu-percent=50",
+        ],
+    ));
+    let v1 = ok(kubectl(
+        &kc,
+        &[
+            "get",
+            "horizontalpodautoscalers.v1.autoscaling",
+            "burn",
+            "-o",
+            "jsonpath={.apiVersion} {.spec.targetCPUUtilizationPercentage}",
+        ],
+    ));
+    assert_eq!(v1, "autoscaling/v1 50");
+    let replicas = || {
+        kubectl(
+            &kc,
+            &[
+                "get",
+                "deployment",
+                "burn",
+                "-o",
+                "jsonpath={.spec.replicas}",
+            ],
+        )
+        .1
+    };
+    until("a scale up to 3", || (replicas() == "3").then_some(())).await;
+    let current = until("the v1 view's current utilization", || {
+        let out = kubectl(
+            &kc,
+            &[
+                "get",
+                "horizontalpodautoscalers.v1.autoscaling",
+                "burn",
+                "-o",
+                "jsonpath={.status.currentCPUUtilizationPercentage}",
+            ],
+        )
+        .1;
+        out.parse::<u64>().ok()
+    })
+    .await;
+    assert!(current > 50, "utilization {current}%");
+
+    // Idle pods (the v2 object gets a stabilization window of 0 alongside
+    // what v1 wrote): back to the minimum.
+    ok(kubectl(
+        &kc,
+        &[
+            "patch",
+            "horizontalpodautoscalers.v2.autoscaling",
+            "burn",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"behavior":{"scaleDown":{"stabilizationWindowSeconds":0}}}}"#,
+        ],
+    ));
+    ok(kubectl(
+        &kc,
+        &[
+            "patch",
+            "deployment",
+            "burn",
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/template/spec/containers/0/command","value":["sleep","3600"]}]"#,
+        ],
+    ));
+    until("a scale down to 1", || (replicas() == "1").then_some(())).await;
+    let (_, out, _) = kubectl(&kc, &["describe", "hpa", "burn"]);
+    assert!(out.contains("SuccessfulRescale"), "describe: {out}");
 }

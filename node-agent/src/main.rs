@@ -1,38 +1,20 @@
-//! `node-agent`: the Skiff node agent.
-//!
-//! `node-agent join` gets the node a certificate from the cluster with a
-//! bootstrap token ([`join`], [`identity`]); `node-agent run` then keeps a
-//! QUIC session with the masters ([`session`]) that brings the node's
-//! desired state ([`desired`]) and takes its reports back ([`reports`],
-//! [`node_status`]), and runs the node's pods ([`pods`]) on a container
-//! runtime ([`runtime`]: Docker, or a fake for scale tests). `/metrics`
-//! serves the agent's Prometheus metrics ([`metrics_http`]).
+//! `node-agent`: the Skiff node agent's command line (the agent itself is
+//! the library, [`node_agent`]).
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
-mod desired;
-mod identity;
-mod join;
-mod metrics_http;
-mod node_status;
-mod pods;
-mod reports;
-mod runtime;
-mod session;
-mod streams;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use node_agent::runtime::docker::DockerRuntime;
+use node_agent::runtime::Runtime;
+use node_agent::{agent, identity, join, metrics_http};
 use tokio_util::sync::CancellationToken;
-
-use runtime::Runtime;
 
 #[derive(Parser)]
 #[command(name = "node-agent", version, about = "The Skiff node agent")]
@@ -98,6 +80,14 @@ struct RunArgs {
     /// How long a container must run for its back-off to start over.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     backoff_reset: Duration,
+    /// How often CPU and memory use is sampled (what `kubectl top` and the
+    /// HorizontalPodAutoscaler see).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    stats_interval: Duration,
+    /// The node Lease's duration (renewed every quarter of it); keep it
+    /// well within the masters' --node-monitor-grace-period-secs.
+    #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
+    node_lease_duration: Duration,
 }
 
 fn host_name() -> String {
@@ -121,91 +111,53 @@ fn default_ip() -> String {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
-    let identity = identity::Identity::load(&args.data_dir)?;
-    let node = identity.cluster.node_name.clone();
     let metrics = metrics_http::install()?;
     let listener = tokio::net::TcpListener::bind(args.listen_metrics)
         .await
         .with_context(|| format!("binding the metrics address {}", args.listen_metrics))?;
-    let rt = runtime::docker::DockerRuntime::connect(&args.docker_host).await?;
-    let info = rt
+    let rt = DockerRuntime::connect(&args.docker_host).await?;
+    let version = rt
         .info()
         .await
-        .context("asking the Docker engine about itself")?;
-    let mut labels = BTreeMap::from([
-        ("kubernetes.io/hostname".to_string(), node.clone()),
-        ("kubernetes.io/os".to_string(), "linux".to_string()),
-        (
-            "kubernetes.io/arch".to_string(),
-            match std::env::consts::ARCH {
-                "x86_64" => "amd64".into(),
-                a => a.to_string(),
-            },
-        ),
-    ]);
+        .context("asking the Docker engine about itself")?
+        .version;
+    if args.node_lease_duration < Duration::from_secs(1) {
+        bail!("--node-lease-duration must be at least 1s");
+    }
+    let mut labels = BTreeMap::new();
     for l in &args.node_labels {
         let Some((k, v)) = l.split_once('=') else {
             bail!("--node-labels wants k=v, not {l:?}");
         };
         labels.insert(k.to_string(), v.to_string());
     }
-    let host_ip = args.node_ip.clone().unwrap_or_else(default_ip);
-    let stop = CancellationToken::new();
-    let desired = Arc::new(desired::Desired::default());
-    let reports = Arc::new(reports::Reports::default());
-    let session = Arc::new(session::Session {
-        data_dir: args.data_dir.clone(),
-        identity: Arc::new(RwLock::new(identity)),
-        desired: desired.clone(),
-        reports: reports.clone(),
-        endpoint: session::connect::endpoint()?,
-    });
-    let ctx = Arc::new(pods::Context {
-        node: node.clone(),
-        data_dir: args.data_dir.clone(),
-        sandbox_image: args.sandbox_image.clone(),
-        host_ip: host_ip.clone(),
-        cpus: info.cpus,
-        memory: info.memory_bytes,
+    let cfg = agent::Config {
+        data_dir: args.data_dir,
+        host_ip: args.node_ip.unwrap_or_else(default_ip),
+        sandbox_image: args.sandbox_image,
+        labels,
+        max_pods: args.max_pods,
         backoff_base: args.backoff_base,
         backoff_max: args.backoff_max,
         backoff_reset: args.backoff_reset,
-        lookup: desired.clone(),
-        reports: reports.clone(),
-    });
-    let facts = Arc::new(node_status::NodeFacts {
-        name: node.clone(),
-        address: host_ip,
-        labels,
-        max_pods: args.max_pods,
-    });
-    let tasks = vec![
-        tokio::spawn(session.clone().run(stop.clone())),
-        tokio::spawn(session::renew::run(session.clone(), stop.clone())),
-        tokio::spawn(session::links::run(
-            session.clone(),
-            rt.clone(),
-            stop.clone(),
-        )),
-        tokio::spawn(node_status::run(
-            rt.clone(),
-            facts,
-            reports.clone(),
-            stop.clone(),
-        )),
-        tokio::spawn(pods::run(rt.clone(), ctx, desired.clone(), stop.clone())),
-        tokio::spawn(metrics_http::serve(
-            listener,
-            metrics,
-            desired.clone(),
-            stop.clone(),
-        )),
-    ];
-    tracing::info!(%node, docker = %info.version, "agent running");
+        stats_interval: args.stats_interval,
+        lease_duration: args.node_lease_duration,
+        links: true,
+    };
+    let stop = CancellationToken::new();
+    let agent = agent::start(cfg, rt, stop.clone()).await?;
+    let metrics_task = tokio::spawn(metrics_http::serve(
+        listener,
+        metrics,
+        agent.desired.clone(),
+        stop.clone(),
+    ));
+    tracing::info!(node = %agent.node, docker = %version, "agent running");
     shutdown_signal().await;
     tracing::info!("shutting down (pods keep running)");
     stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(tasks)).await;
+    agent.join(Duration::from_secs(5)).await;
+    let _ = metrics_task.await;
     Ok(())
 }
 

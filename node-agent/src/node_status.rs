@@ -1,8 +1,12 @@
 //! The node's own status: capacity and allocatable from the host (through
 //! the runtime), its addresses, nodeInfo with the engine's version, and
 //! conditions; reported when it changes and every minute regardless, with
-//! a Lease renewal every ten seconds (the heartbeat the node lifecycle
-//! controller watches).
+//! a Lease renewal every quarter of the lease's duration (ten seconds for
+//! the default 40, as the kubelet: the heartbeat the node lifecycle
+//! controller watches). When the masters' copy of the Node (which comes
+//! with the node's desired state) is not Ready while the node is, say,
+//! after the controller marked it Unknown through a lapse, the status is
+//! reported again at once.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,12 +16,13 @@ use proto::agent::NodeReport;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::desired::Desired;
 use crate::reports::Reports;
 use crate::runtime::Runtime;
 
-pub const LEASE_DURATION_SECS: i32 = 40;
-const LEASE_RENEW: Duration = Duration::from_secs(10);
 const STATUS_REFRESH: Duration = Duration::from_secs(60);
+/// Reports forced by the masters' view come at most this often.
+const FORCED_AT_MOST: Duration = Duration::from_secs(1);
 const STATUS_CHECK: Duration = Duration::from_secs(10);
 
 pub struct NodeFacts {
@@ -25,6 +30,16 @@ pub struct NodeFacts {
     pub address: String,
     pub labels: BTreeMap<String, String>,
     pub max_pods: u32,
+    pub lease_duration: Duration,
+}
+
+/// The Ready condition's status in a NodeStatus as JSON.
+fn ready_of(status: &Value) -> Option<&str> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?["status"]
+        .as_str()
 }
 
 fn read_trimmed(path: &str) -> String {
@@ -83,31 +98,54 @@ pub async fn run<R: Runtime>(
     rt: R,
     facts: Arc<NodeFacts>,
     reports: Arc<Reports>,
+    desired: Arc<Desired>,
     stop: CancellationToken,
 ) {
     let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let mut last: Option<Value> = None;
     let mut last_sent = tokio::time::Instant::now();
     let mut check = tokio::time::interval(STATUS_CHECK);
-    let mut lease = tokio::time::interval(LEASE_RENEW);
+    let mut lease = tokio::time::interval(facts.lease_duration / 4);
+    let mut changes = desired.subscribe();
+    let mut forced_at: Option<tokio::time::Instant> = None;
     loop {
+        let mut force = false;
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = lease.tick() => reports.renew_lease(),
-            _ = check.tick() => {
-                let s = match status(&rt, &facts).await {
-                    Ok(s) => s,
-                    Err(e) => { tracing::warn!("node status: the runtime does not answer: {e}"); continue }
-                };
-                if last.as_ref() != Some(&s) || last_sent.elapsed() >= STATUS_REFRESH {
-                    reports.node(NodeReport {
-                        status_json: serde_json::to_vec(&with_times(s.clone(), &started)).unwrap_or_default(),
-                        labels: facts.labels.clone().into_iter().collect(),
-                    });
-                    last = Some(s);
-                    last_sent = tokio::time::Instant::now();
-                }
+            _ = lease.tick() => {
+                reports.renew_lease(facts.lease_duration.as_secs().try_into().unwrap_or(i32::MAX));
+                continue;
             }
+            _ = check.tick() => {}
+            r = changes.changed() => {
+                if r.is_err() { return }
+                let seen = desired.get("Node", "", &facts.name);
+                let mine = last.as_ref().and_then(ready_of);
+                let theirs = seen.as_deref().and_then(|n| ready_of(&n["status"]));
+                let due = forced_at.is_none_or(|t| t.elapsed() >= FORCED_AT_MOST);
+                if seen.is_none() || mine.is_none() || theirs == mine || !due {
+                    continue;
+                }
+                tracing::info!(node = %facts.name, masters = ?theirs, ours = ?mine, "the masters' Ready differs; reporting again");
+                forced_at = Some(tokio::time::Instant::now());
+                force = true;
+            }
+        }
+        let s = match status(&rt, &facts).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("node status: the runtime does not answer: {e}");
+                continue;
+            }
+        };
+        if force || last.as_ref() != Some(&s) || last_sent.elapsed() >= STATUS_REFRESH {
+            reports.node(NodeReport {
+                status_json: serde_json::to_vec(&with_times(s.clone(), &started))
+                    .unwrap_or_default(),
+                labels: facts.labels.clone().into_iter().collect(),
+            });
+            last = Some(s);
+            last_sent = tokio::time::Instant::now();
         }
     }
 }

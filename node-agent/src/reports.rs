@@ -17,6 +17,8 @@ struct Pending {
     node: Option<NodeReport>,
     node_dirty: bool,
     lease_due: bool,
+    /// The Lease's duration, as the renewal says it.
+    lease_seconds: i32,
     pods: HashMap<String, PodReport>,
     dirty: BTreeSet<String>,
 }
@@ -42,8 +44,12 @@ impl Reports {
         }
     }
 
-    pub fn renew_lease(&self) {
-        self.lock().lease_due = true;
+    /// Renew the node's Lease for `seconds`.
+    pub fn renew_lease(&self, seconds: i32) {
+        let mut p = self.lock();
+        p.lease_due = true;
+        p.lease_seconds = seconds;
+        drop(p);
         self.notify.notify_one();
     }
 
@@ -100,7 +106,7 @@ impl Reports {
         if p.lease_due && p.node.is_some() {
             p.lease_due = false;
             out.push(frame(from_agent::Message::Lease(LeaseRenewal {
-                duration_seconds: crate::node_status::LEASE_DURATION_SECS,
+                duration_seconds: p.lease_seconds,
             })));
         }
         while !p.dirty.is_empty() {

@@ -1,17 +1,21 @@
 //! Streams a master opens to this node: a pod's logs, an exec in one of its
-//! containers, an attach to one. Each starts with a `MasterRequest`, gets a
+//! containers, an attach to one, the latest stats sample. Each starts with a `MasterRequest`, gets a
 //! `StreamReply` (go ahead, or why not), then carries `StreamFrame`s on
 //! Kubernetes' channel numbers.
 
+use std::sync::Arc;
+
 use futures::StreamExt;
 use proto::agent::{
-    frame, master_request, ExecRequest, LogsRequest, MasterRequest, StreamFrame, StreamReply,
+    frame, master_request, ExecRequest, LogsRequest, MasterRequest, PortForwardRequest,
+    StreamFrame, StreamReply,
 };
 use quinn::{RecvStream, SendStream};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
-use crate::runtime::{ContainerInfo, LogOptions, Runtime, State};
+use crate::runtime::{ContainerInfo, LogOptions, Runtime, State, SANDBOX};
+use crate::stats::Latest;
 
 const STDOUT: u32 = 1;
 const STDERR: u32 = 2;
@@ -19,7 +23,13 @@ const STATUS: u32 = 3;
 const RESIZE: u32 = 4;
 const CLOSE: u32 = 255;
 
-pub async fn serve<R: Runtime>(rt: R, node: String, mut send: SendStream, mut recv: RecvStream) {
+pub async fn serve<R: Runtime>(
+    rt: R,
+    node: String,
+    stats: Arc<Latest>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
     let req = match frame::read::<MasterRequest, _>(&mut recv, 1 << 20).await {
         Ok(Some(r)) => r,
         _ => return,
@@ -28,11 +38,88 @@ pub async fn serve<R: Runtime>(rt: R, node: String, mut send: SendStream, mut re
         Some(master_request::Request::Logs(l)) => logs(&rt, &node, l, &mut send).await,
         Some(master_request::Request::Exec(e)) => exec(&rt, &node, e, false, send, recv).await,
         Some(master_request::Request::Attach(e)) => exec(&rt, &node, e, true, send, recv).await,
+        Some(master_request::Request::Stats(_)) => summary(&stats, &mut send).await,
+        Some(master_request::Request::PortForward(p)) => {
+            port_forward(&rt, &node, p, send, recv).await
+        }
         None => Err(refuse(&mut send, 400, "empty request".into()).await),
     };
     if let Err(e) = result {
         tracing::debug!("stream ended: {e}");
     }
+}
+
+/// How long connecting to a pod's port may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Connect to the pod's port (at its sandbox's address) and carry the
+/// connection's bytes both ways, each direction ending on its own.
+async fn port_forward<R: Runtime>(
+    rt: &R,
+    node: &str,
+    p: PortForwardRequest,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> Result<(), String> {
+    let sandbox = match rt.list(node, Some(&p.uid)).await {
+        Ok(all) => all
+            .into_iter()
+            .find(|c| c.container_name() == SANDBOX && c.state == State::Running),
+        Err(e) => return Err(refuse(&mut send, 500, e.to_string()).await),
+    };
+    let Some(sandbox) = sandbox else {
+        let m = format!(
+            "pod {}/{} has no running sandbox on this node",
+            p.namespace, p.pod
+        );
+        return Err(refuse(&mut send, 400, m).await);
+    };
+    let ip = sandbox.ip.clone().unwrap_or_else(|| "127.0.0.1".into());
+    let addr = format!("{ip}:{}", p.port);
+    let tcp =
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&addr)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                let m = format!("failed to connect to {addr} inside the pod: {e}");
+                return Err(refuse(&mut send, 500, m).await);
+            }
+            Err(_) => {
+                let m = format!("failed to connect to {addr} inside the pod: timed out");
+                return Err(refuse(&mut send, 500, m).await);
+            }
+        };
+    let _ = tcp.set_nodelay(true);
+    tracing::debug!(pod = %p.pod, %addr, "port-forward: connected");
+    frame::write(&mut send, &StreamReply::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut from_pod, mut to_pod) = tcp.into_split();
+    let up = async {
+        let sent = tokio::io::copy(&mut recv, &mut to_pod).await;
+        let _ = to_pod.shutdown().await;
+        sent
+    };
+    let down = async {
+        let got = tokio::io::copy(&mut from_pod, &mut send).await;
+        let _ = send.finish();
+        got
+    };
+    let (sent, got) = tokio::join!(up, down);
+    tracing::debug!(pod = %p.pod, %addr, ?sent, ?got, "port-forward: done");
+    Ok(())
+}
+
+/// The latest stats sample, if there is one yet.
+async fn summary(stats: &Latest, send: &mut SendStream) -> Result<(), String> {
+    let Some(s) = stats.get() else {
+        return Err(refuse(send, 503, "no stats sampled yet".into()).await);
+    };
+    frame::write(send, &StreamReply::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    frame::write(send, &s).await.map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    Ok(())
 }
 
 async fn refuse(send: &mut SendStream, code: i32, error: String) -> String {

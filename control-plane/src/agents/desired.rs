@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use proto::agent::{to_agent, Delta, Object, ObjectRef, Snapshot, ToAgent};
 use serde_json::Value;
@@ -28,14 +29,17 @@ pub enum Kind {
     ConfigMap,
     Secret,
     ServiceAccount,
+    /// The node's own Node (its spec, and its status as the masters see it).
+    Node,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::Pod,
         Kind::ConfigMap,
         Kind::Secret,
         Kind::ServiceAccount,
+        Kind::Node,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,6 +48,7 @@ impl Kind {
             Kind::ConfigMap => "ConfigMap",
             Kind::Secret => "Secret",
             Kind::ServiceAccount => "ServiceAccount",
+            Kind::Node => "Node",
         }
     }
 
@@ -53,6 +58,7 @@ impl Kind {
             Kind::ConfigMap => "configmaps",
             Kind::Secret => "secrets",
             Kind::ServiceAccount => "serviceaccounts",
+            Kind::Node => "nodes",
         }
     }
 
@@ -137,7 +143,7 @@ pub fn references(pod: &Value) -> BTreeSet<Key> {
 
 /// One connected node.
 struct Session {
-    tx: mpsc::Sender<ToAgent>,
+    tx: mpsc::Sender<Queued>,
     /// What the node holds: each object and its resourceVersion.
     sent: HashMap<Key, String>,
     /// The revision of the last frame sent.
@@ -156,9 +162,14 @@ struct Inner {
 }
 
 impl Inner {
-    /// The node's pods and what they reference, as it should hold them.
+    /// The node's own Node, its pods and what they reference, as it should
+    /// hold them.
     fn desired(&self, node: &str) -> BTreeMap<Key, Arc<Value>> {
         let mut out = BTreeMap::new();
+        let own = (Kind::Node, String::new(), node.to_string());
+        if let Some(n) = self.objects.get(&own) {
+            out.insert(own, n.clone());
+        }
         for pod_key in self.pods_by_node.get(node).into_iter().flatten() {
             let Some(pod) = self.objects.get(pod_key) else {
                 continue;
@@ -240,7 +251,11 @@ impl Inner {
         let frame = ToAgent {
             message: Some(frame),
         };
-        if session.tx.try_send(frame).is_err() {
+        let queued = Queued {
+            at: Instant::now(),
+            frame,
+        };
+        if session.tx.try_send(queued).is_err() {
             tracing::warn!(
                 node,
                 "agent session cannot keep up (or ended); cutting it off"
@@ -293,10 +308,17 @@ pub struct Desired {
     reached: watch::Sender<i64>,
 }
 
+/// A frame for a node, and when the change it carries reached this master
+/// (for the stream-lag histogram).
+pub struct Queued {
+    pub at: Instant,
+    pub frame: ToAgent,
+}
+
 /// A node's attachment: the first frame, then the updates.
 pub struct Attached {
     pub first: ToAgent,
-    pub updates: mpsc::Receiver<ToAgent>,
+    pub updates: mpsc::Receiver<Queued>,
     pub id: u64,
 }
 
@@ -361,7 +383,9 @@ impl Desired {
                 continue;
             };
             let key = key_of(kind, &c.object);
-            if kind == Kind::Pod {
+            if kind == Kind::Node {
+                touched.insert(key.2.clone());
+            } else if kind == Kind::Pod {
                 if let Some(old) = inner.objects.get(&key).and_then(|o| node_of(o)) {
                     touched.insert(old.to_string());
                 }

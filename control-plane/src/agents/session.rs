@@ -73,11 +73,12 @@ pub async fn run(
             r = &mut reader => break r,
             f = attached.updates.recv() => {
                 let Some(f) = f else { break "cut off to resync".to_string() };
-                let mut frames = vec![f];
-                let mut changes = count(&frames[0]);
+                let oldest = f.at;
+                let mut changes = count(&f.frame);
+                let mut frames = vec![f.frame];
                 while changes < BATCH_CHANGES {
                     match attached.updates.try_recv() {
-                        Ok(f) => { changes += count(&f); frames.push(f) }
+                        Ok(f) => { changes += count(&f.frame); frames.push(f.frame) }
                         Err(_) => break,
                     }
                 }
@@ -86,6 +87,8 @@ pub async fn run(
                     if write(&mut send, &f).await.is_err() { failed = true; break }
                 }
                 if failed { break "the stream failed".to_string() }
+                metrics::histogram!("skiff_agent_stream_lag_seconds")
+                    .record(oldest.elapsed().as_secs_f64());
             }
         }
     };

@@ -1,12 +1,13 @@
 //! Streams this master opens to a node: `kubectl logs`, `exec` and
-//! `attach` reach the node through whichever master kubectl asked, since
+//! `attach` (and `metrics.k8s.io`'s stats) reach the node through whichever
+//! master kubectl asked, since
 //! every agent keeps a connection to every master. The API's handlers
 //! ([`crate::api`]) open them here by node name.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use proto::agent::{frame, MasterRequest, StreamReply};
+use proto::agent::{frame, master_request, MasterRequest, StatsRequest, StatsSummary, StreamReply};
 use quinn::{Connection, RecvStream, SendStream};
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,25 @@ impl NodeConnections {
             }),
             Ok(None) => Err(broken("the agent closed the stream".into())),
             Err(e) => Err(broken(e.to_string())),
+        }
+    }
+
+    /// The node's latest CPU and memory sample.
+    pub async fn stats(&self, node: &str) -> Result<StatsSummary, StreamError> {
+        let req = MasterRequest {
+            request: Some(master_request::Request::Stats(StatsRequest {})),
+        };
+        let (_send, mut recv) = self.open(node, req).await?;
+        match frame::read::<StatsSummary, _>(&mut recv, 16 << 20).await {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => Err(StreamError::Broken {
+                node: node.to_string(),
+                detail: "the agent closed the stream".into(),
+            }),
+            Err(e) => Err(StreamError::Broken {
+                node: node.to_string(),
+                detail: e.to_string(),
+            }),
         }
     }
 }

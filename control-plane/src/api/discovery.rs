@@ -4,6 +4,7 @@
 use serde_json::{json, Value};
 
 use super::resources::{group_versions, Resource, RESOURCES};
+use super::usage;
 
 pub fn version() -> Value {
     json!({
@@ -27,13 +28,27 @@ pub fn core_versions() -> Value {
     })
 }
 
+/// Every group with its versions, the first version listed preferred (as
+/// [`group_versions`] orders them), and `metrics.k8s.io` last.
 pub fn groups() -> Value {
-    let groups: Vec<Value> = group_versions()
+    let mut by_group: Vec<(&str, Vec<&str>)> = Vec::new();
+    let all = group_versions()
         .into_iter()
-        .filter(|(g, _)| !g.is_empty())
-        .map(|(g, v)| {
-            let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
-            json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
+        .chain([(usage::GROUP, usage::VERSION)]);
+    for (g, v) in all.filter(|(g, _)| !g.is_empty()) {
+        match by_group.iter_mut().find(|(name, _)| *name == g) {
+            Some((_, versions)) => versions.push(v),
+            None => by_group.push((g, vec![v])),
+        }
+    }
+    let groups: Vec<Value> = by_group
+        .into_iter()
+        .map(|(g, versions)| {
+            let versions: Vec<Value> = versions
+                .iter()
+                .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+                .collect();
+            json!({"name": g, "preferredVersion": versions[0], "versions": versions})
         })
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
@@ -68,6 +83,9 @@ fn in_all(r: &Resource) -> bool {
 
 /// `None` if the group version is not served.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    if (group, version) == (usage::GROUP, usage::VERSION) {
+        return Some(usage::resource_list());
+    }
     let mut resources = Vec::new();
     for r in RESOURCES
         .iter()
@@ -108,6 +126,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
                 "log" => ("Pod", &["get"], None),
                 "exec" => ("PodExecOptions", &["create", "get"], None),
                 "attach" => ("PodAttachOptions", &["create", "get"], None),
+                "portforward" => ("PodPortForwardOptions", &["create", "get"], None),
                 _ => continue,
             };
             let mut e = json!({

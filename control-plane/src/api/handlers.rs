@@ -680,7 +680,7 @@ impl Api {
     /// namespace controller's work once `ns` is Terminating).
     pub async fn empty_namespace(&self, ns: &str) -> ApiResult<()> {
         let q = Query::new();
-        for r in RESOURCES.iter().filter(|r| r.namespaced) {
+        for r in RESOURCES.iter().filter(|r| r.namespaced && r.is_stored()) {
             let list = self.list(r, Some(ns), &q).await?;
             for item in list["items"].as_array().into_iter().flatten() {
                 let at = item

@@ -8,15 +8,20 @@
 //!   [`services`]: cluster IPs and node ports;
 //!   [`patch`]: merge, JSON and strategic merge patches; [`selector`]:
 //!   label and field selectors; [`status`]: errors as `Status` objects.
+//! - [`conversion`]: versions served over another version's objects.
 //! - [`openapi`]: the OpenAPI v3 documents; [`fields`]: unknown fields
 //!   (`fieldValidation`); [`protobuf`]: protobuf request bodies;
 //!   [`warnings`]: `Warning` headers; [`table`]:
 //!   server-side printing for `kubectl get`.
+//! - [`usage`]: `metrics.k8s.io`, the nodes' and pods' CPU and memory use.
+//! - [`pod_streams`]: logs, exec and attach; [`port_forward`] (over
+//!   [`spdy`]): port forwarding.
 //!
 //! Every request must carry a client certificate signed by the cluster CA or
 //! a known bearer token; anything else gets 401. A node's certificate gets
 //! what the node authorizer allows ([`crate::node_authorizer`]), else 403.
 
+mod conversion;
 mod discovery;
 mod fields;
 mod handlers;
@@ -25,12 +30,15 @@ mod openapi;
 mod patch;
 mod path;
 mod pod_streams;
+mod port_forward;
 mod protobuf;
 mod resources;
 mod selector;
 mod services;
+mod spdy;
 mod status;
 mod table;
+mod usage;
 mod warnings;
 mod watch;
 
@@ -242,12 +250,14 @@ async fn dispatch(
         _ => ("get", ""),
     };
     if let Ok(Target::Object(o)) = &target {
-        let streams = o.resource.plural == "pods" && matches!(o.sub, Some("exec" | "attach"));
+        let streams =
+            o.resource.plural == "pods" && matches!(o.sub, Some("exec" | "attach" | "portforward"));
         if streams && pod_streams::is_websocket(&headers) {
             let response = match authenticate(&api, &peer, &headers) {
                 None => ApiError::unauthorized().into_response(),
                 Some(who) if who.node_name().is_some() => {
-                    ApiError::forbidden("nodes may not exec into pods").into_response()
+                    ApiError::forbidden("nodes may not exec into or forward to pods")
+                        .into_response()
                 }
                 Some(_) => {
                     let (ns, name, sub) = (
@@ -256,9 +266,12 @@ async fn dispatch(
                         o.sub.unwrap_or("").to_string(),
                     );
                     let raw = uri.query().unwrap_or("").to_string();
-                    pod_streams::exec(&api, &ns, &name, sub == "attach", &raw, request)
-                        .await
-                        .unwrap_or_else(IntoResponse::into_response)
+                    let answer = if sub == "portforward" {
+                        port_forward::serve(&api, &ns, &name, request).await
+                    } else {
+                        pod_streams::exec(&api, &ns, &name, sub == "attach", &raw, request).await
+                    };
+                    answer.unwrap_or_else(IntoResponse::into_response)
                 }
             };
             metrics::gauge!("apiserver_current_inflight_requests").increment(1.0);
@@ -286,6 +299,9 @@ async fn dispatch(
             }
             None => None,
         },
+        (Some(who), Ok(Target::Usage(_))) if who.node_name().is_some() => {
+            Some(ApiError::forbidden("nodes may not read metrics.k8s.io"))
+        }
         _ => None,
     };
     let response = match (who, body) {
@@ -388,8 +404,19 @@ async fn route(
             None => Err(ApiError::not_found_path(&format!("/openapi/v3/{gv}"))),
         },
         Target::OpenApiV2 => Err(ApiError::not_found_path("/openapi/v2")),
+        Target::Usage(p) if method == Method::GET => ok(usage::serve(api, p, q).await?),
+        Target::Usage(_) => Err(ApiError::method_not_allowed(method.as_str())),
         Target::Object(o) => object(api, method, headers, o, q, body).await,
     }
+}
+
+/// Whether the client asked for a Table, and with what of each object.
+fn table_wanted(headers: &HeaderMap, q: &Query) -> Option<table::Include> {
+    headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(table::wanted)
+        .then(|| table::Include::from_query(q.get("includeObject").map(String::as_str)))
 }
 
 async fn object(
@@ -401,6 +428,9 @@ async fn object(
     body: &[u8],
 ) -> ApiResult<Response> {
     let r = o.resource;
+    if let Some(view) = r.view {
+        return conversion::serve(api, method, headers, o, q, body, view).await;
+    }
     let ns = if r.namespaced { o.namespace } else { None };
     let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
     let patch_type = || {
@@ -410,11 +440,7 @@ async fn object(
             .unwrap_or("");
         PatchType::from_content_type(ct).ok_or_else(|| ApiError::unsupported_media(ct))
     };
-    let as_table = headers
-        .get("accept")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(table::wanted)
-        .then(|| table::Include::from_query(q.get("includeObject").map(String::as_str)));
+    let as_table = table_wanted(headers, q);
     let now = || table::Now(chrono::Utc::now());
     match (method.as_str(), o.name, o.sub) {
         ("GET", None, None) => {
@@ -450,6 +476,12 @@ async fn object(
         (_, Some(_), Some("exec" | "attach")) if r.plural == "pods" => Err(ApiError::bad_request(
             "exec and attach need a WebSocket upgrade (v5.channel.k8s.io); SPDY is not served",
         )),
+        (_, Some(_), Some("portforward")) if r.plural == "pods" => {
+            Err(ApiError::bad_request(format!(
+                "port forwarding needs a WebSocket upgrade ({})",
+                port_forward::PROTOCOL
+            )))
+        }
         ("POST", None, None) => {
             let created = api
                 .create(

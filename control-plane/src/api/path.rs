@@ -2,6 +2,7 @@
 //! a resource, an object and a subresource.
 
 use super::resources::{self, Resource};
+use super::usage;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Target<'a> {
@@ -14,6 +15,8 @@ pub enum Target<'a> {
         version: &'a str,
     },
     Object(ObjectPath<'a>),
+    /// Under `/apis/metrics.k8s.io/v1beta1/`.
+    Usage(usage::UsagePath<'a>),
     /// `/openapi/v3` (the index) or `/openapi/v3/<api/v1|apis/g/v>`.
     OpenApiV3(Option<&'a str>),
     OpenApiV2,
@@ -55,6 +58,9 @@ pub fn parse(path: &str) -> Result<Target<'_>, Unknown> {
             version: v,
         }),
         ["api", "v1", rest @ ..] => object("", "v1", rest),
+        ["apis", usage::GROUP, usage::VERSION, rest @ ..] => {
+            usage::parse(rest).map(Target::Usage).ok_or(Unknown)
+        }
         ["apis", g, v, rest @ ..] => object(g, v, rest),
         _ => Err(Unknown),
     }

@@ -8,6 +8,8 @@ use k8s_openapi::schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::conversion::{View, HPA_V1};
+
 /// How an object's name must look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NameRule {
@@ -26,7 +28,8 @@ pub struct Resource {
     pub singular: &'static str,
     pub namespaced: bool,
     pub short_names: &'static [&'static str],
-    /// Subresources served or announced: "status", "scale", "binding", "log", "exec".
+    /// Subresources served or announced: "status", "scale", "binding", "log",
+    /// "exec", "attach", "portforward".
     pub subresources: &'static [&'static str],
     pub names: NameRule,
     /// Decode the body into the typed object; the error is what the client sees.
@@ -35,6 +38,8 @@ pub struct Resource {
     pub schema: fn(&mut SchemaGenerator) -> Schema,
     /// The schema's name, e.g. `io.k8s.api.apps.v1.Deployment`.
     pub schema_name: fn() -> String,
+    /// Set for a version served over another version's stored objects.
+    pub view: Option<View>,
 }
 
 // Resources are statics: one is equal only to itself.
@@ -74,6 +79,11 @@ impl Resource {
         }
     }
 
+    /// Whether objects are stored in this version (not a view of another).
+    pub fn is_stored(&self) -> bool {
+        self.view.is_none()
+    }
+
     pub fn has(&self, sub: &str) -> bool {
         self.subresources.contains(&sub)
     }
@@ -82,6 +92,12 @@ impl Resource {
 macro_rules! resource {
     ($group:literal, $version:literal, $ty:ty, $kind:literal, $plural:literal, $singular:literal,
      namespaced: $ns:literal, short: [$($short:literal),*], sub: [$($sub:literal),*], names: $names:ident) => {
+        resource!($group, $version, $ty, $kind, $plural, $singular, namespaced: $ns,
+            short: [$($short),*], sub: [$($sub),*], names: $names, view: None)
+    };
+    ($group:literal, $version:literal, $ty:ty, $kind:literal, $plural:literal, $singular:literal,
+     namespaced: $ns:literal, short: [$($short:literal),*], sub: [$($sub:literal),*], names: $names:ident,
+     view: $view:expr) => {
         Resource {
             group: $group,
             version: $version,
@@ -95,6 +111,7 @@ macro_rules! resource {
             check: typed::<$ty>,
             schema: |g| g.subschema_for::<$ty>(),
             schema_name: <$ty as JsonSchema>::schema_name,
+            view: $view,
         }
     };
 }
@@ -105,7 +122,7 @@ pub static RESOURCES: &[Resource] = &[
     resource!("", "v1", core::v1::Node, "Node", "nodes", "node",
         namespaced: false, short: ["no"], sub: ["status"], names: Subdomain),
     resource!("", "v1", core::v1::Pod, "Pod", "pods", "pod",
-        namespaced: true, short: ["po"], sub: ["status", "binding", "log", "exec", "attach"], names: Subdomain),
+        namespaced: true, short: ["po"], sub: ["status", "binding", "log", "exec", "attach", "portforward"], names: Subdomain),
     resource!("", "v1", core::v1::Service, "Service", "services", "service",
         namespaced: true, short: ["svc"], sub: ["status"], names: Label),
     resource!("", "v1", core::v1::Endpoints, "Endpoints", "endpoints", "endpoints",
@@ -134,6 +151,9 @@ pub static RESOURCES: &[Resource] = &[
         namespaced: true, short: ["cj"], sub: ["status"], names: Subdomain),
     resource!("autoscaling", "v2", autoscaling::v2::HorizontalPodAutoscaler, "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler",
         namespaced: true, short: ["hpa"], sub: ["status"], names: Subdomain),
+    // After v2, which is therefore the preferred version.
+    resource!("autoscaling", "v1", autoscaling::v1::HorizontalPodAutoscaler, "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler",
+        namespaced: true, short: ["hpa"], sub: ["status"], names: Subdomain, view: Some(HPA_V1)),
     resource!("coordination.k8s.io", "v1", coordination::v1::Lease, "Lease", "leases", "lease",
         namespaced: true, short: [], sub: [], names: Subdomain),
     resource!("discovery.k8s.io", "v1", discovery::v1::EndpointSlice, "EndpointSlice", "endpointslices", "endpointslice",

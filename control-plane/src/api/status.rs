@@ -52,6 +52,16 @@ impl ApiError {
         .with_details(r, name)
     }
 
+    /// Not found, for what is not a stored resource (`what` as
+    /// `<plural>.<group>`).
+    pub fn not_found_named(what: &str, name: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{what} \"{name}\" not found"),
+        )
+    }
+
     pub fn already_exists(r: &Resource, name: &str) -> Self {
         Self::new(
             StatusCode::CONFLICT,

@@ -308,12 +308,17 @@ struct Render {
     resource: &'static Resource,
     table: Option<Include>,
     headers_sent: bool,
+    /// Objects as another version sees them (a view's watch).
+    down: Option<fn(Value) -> Value>,
 }
 
 impl Render {
     fn line(&mut self, kind: &str, object: &Value) -> Bytes {
         let Some(include) = self.table else {
-            return line(kind, object);
+            return match self.down {
+                Some(down) if object["kind"] != "Status" => line(kind, &down(object.clone())),
+                _ => line(kind, object),
+            };
         };
         let meta = json!({"resourceVersion": object["metadata"]["resourceVersion"]});
         let now = table::Now(chrono::Utc::now());
@@ -339,10 +344,23 @@ impl Api {
         q: &Query,
         table: Option<Include>,
     ) -> ApiResult<Response> {
+        self.watch_as(r, ns, q, table, None).await
+    }
+
+    /// The REST watch, each object first passed through `down` if given.
+    pub async fn watch_as(
+        &self,
+        r: &'static Resource,
+        ns: Option<&str>,
+        q: &Query,
+        table: Option<Include>,
+        down: Option<fn(Value) -> Value>,
+    ) -> ApiResult<Response> {
         let render = Render {
             resource: r,
             table,
             headers_sent: false,
+            down,
         };
         let filter = Filter::from_query(q)?;
         let after = parse_rv_param(q)?;

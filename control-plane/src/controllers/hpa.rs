@@ -5,8 +5,8 @@
 //! 10%, and scaling down no lower than the highest recommendation of the
 //! stabilization window (default 300 s).
 //!
-//! Usage source: until the node agent reports container usage, a pod's
-//! usage is its `metrics.skiff.io/cpu-usage` annotation (a CPU quantity).
+//! Usage is what the pods' nodes measured (the masters' `metrics.k8s.io`
+//! source, [`crate::api::Api::pods_cpu`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -26,7 +26,6 @@ use super::runtime::{key_of, Action, Change, WorkQueue};
 use super::{Ctx, Error, Result};
 
 const COMPONENT: &str = "horizontal-pod-autoscaler";
-pub const USAGE_ANNOTATION: &str = "metrics.skiff.io/cpu-usage";
 const TOLERANCE: f64 = 0.1;
 
 /// Recent recommendations per autoscaler, for scale-down stabilization.
@@ -112,26 +111,30 @@ pub async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action> {
         return Ok(Action::After(period));
     };
     let goal = cpu_goal(&hpa).unwrap_or(80).max(1);
-    // Pods with both a request and a reported usage.
-    let (mut used, mut requested, mut counted) = (0.0, 0.0, 0);
+    // Pods with both a request and a measured usage.
+    let mut requests = Vec::new();
     for pod in ctx.pods.list_in(&ns) {
         if !is_active(&pod) || !selects(&selector, pod.metadata.labels.as_ref()) {
             continue;
         }
-        let usage = pod
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(USAGE_ANNOTATION))
-            .and_then(|q| proto::quantity::Quantity::parse(q).ok())
-            .map(|q| q.millis() as f64 / 1000.0);
-        let request: f64 = crate::scheduler::pod_info::PodInfo::new(&pod)
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        let request = crate::scheduler::pod_info::PodInfo::new(&pod)
             .requests
-            .milli_cpu as f64
-            / 1000.0;
-        if let (Some(u), true) = (usage, request > 0.0) {
-            used += u;
-            requested += request;
+            .milli_cpu;
+        if let (Some(node), Some(uid), true) = (node, pod.metadata.uid.clone(), request > 0) {
+            requests.push((node, uid, request));
+        }
+    }
+    let placed: Vec<(String, String)> = requests
+        .iter()
+        .map(|(node, uid, _)| (node.clone(), uid.clone()))
+        .collect();
+    let usage = ctx.client.api().pods_cpu(&placed).await;
+    let (mut used, mut requested, mut counted) = (0.0, 0.0, 0);
+    for (_, uid, request) in &requests {
+        if let Some(nanocores) = usage.get(uid) {
+            used += *nanocores as f64 / 1e9;
+            requested += *request as f64 / 1000.0;
             counted += 1;
         }
     }
@@ -228,7 +231,7 @@ pub async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action> {
             message: Some(if active {
                 "the HPA was able to successfully calculate a replica count from cpu resource utilization (percentage of request)".into()
             } else {
-                "no pod of the target reports cpu usage".into()
+                "did not receive metrics for any ready pod of the target".into()
             }),
             last_transition_time: Some(now),
         },

@@ -177,7 +177,7 @@ impl Ctx {
         let typed: Vec<&Resource> = ctx.informers().iter().map(|i| i.resource()).collect();
         ctx.metadata = RESOURCES
             .iter()
-            .filter(|r| !typed.contains(r))
+            .filter(|r| r.is_stored() && !typed.contains(r))
             .map(Informer::of)
             .collect();
         ctx

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bollard::container::{
     AttachContainerOptions, Config, CreateContainerOptions, InspectContainerOptions,
-    KillContainerOptions, ListContainersOptions, LogOutput, LogsOptions, RemoveContainerOptions,
-    StopContainerOptions,
+    KillContainerOptions, ListContainersOptions, LogOutput, LogsOptions, MemoryStatsStats,
+    RemoveContainerOptions, StatsOptions, StopContainerOptions,
 };
 use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{
@@ -346,6 +346,30 @@ impl Runtime for DockerRuntime {
             }
         }
         Ok(out)
+    }
+
+    async fn stats(&self, id: &str) -> Result<Usage> {
+        let _t = call_timer("stats");
+        let once = StatsOptions {
+            stream: false,
+            one_shot: true,
+        };
+        let stats = self
+            .docker
+            .stats(id, Some(once))
+            .next()
+            .await
+            .ok_or_else(|| RuntimeError::Engine(format!("no stats for {id}")))?
+            .map_err(engine)?;
+        let memory = &stats.memory_stats;
+        let inactive = match memory.stats {
+            Some(MemoryStatsStats::V1(v1)) => v1.total_inactive_file,
+            Some(MemoryStatsStats::V2(_)) | None => 0,
+        };
+        Ok(Usage {
+            cpu_ns: stats.cpu_stats.cpu_usage.total_usage,
+            memory_working_set: memory.usage.unwrap_or(0).saturating_sub(inactive),
+        })
     }
 
     async fn inspect(&self, id: &str) -> Result<ContainerInfo> {

@@ -1,7 +1,7 @@
 //! The container runtime, behind one narrow trait, so that the pod code
 //! does not know which engine runs its containers: Docker through bollard
-//! ([`docker`]). (A fake that runs nothing, for running many agents in one
-//! process in the scale benchmark, is to come behind the same trait.)
+//! ([`docker`]), or a fake that runs nothing ([`fake`]), for many agents
+//! in one process in the scale benchmark.
 //!
 //! Every container the agent makes carries labels naming its node, pod and
 //! container and a hash of the container's spec, so that a restarted agent
@@ -9,6 +9,7 @@
 //! remove the rest.
 
 pub mod docker;
+pub mod fake;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -170,6 +171,14 @@ pub struct Session {
     pub exit_code: Pin<Box<dyn Future<Output = Option<i64>> + Send>>,
 }
 
+/// What a container has used: CPU time since it started (nanoseconds),
+/// and memory the kernel cannot reclaim (usage less inactive file pages).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub cpu_ns: u64,
+    pub memory_working_set: u64,
+}
+
 /// Node facts from the runtime.
 #[derive(Debug, Clone, Default)]
 pub struct Info {
@@ -217,6 +226,8 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     /// Attach to the container's main process, for `kubectl attach`.
     fn attach(&self, id: &str, stdin: bool) -> impl Future<Output = Result<Session>> + Send;
     fn logs(&self, id: &str, opts: &LogOptions) -> ByteStream;
+    /// A running container's cumulative CPU time and its memory working set.
+    fn stats(&self, id: &str) -> impl Future<Output = Result<Usage>> + Send;
     /// The pod uid of every container of `node` that changed, as it changes.
     fn events(&self, node: &str) -> EventStream;
 }

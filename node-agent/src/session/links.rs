@@ -1,6 +1,6 @@
 //! A connection to every master, besides the control session, so that any
 //! master kubectl asks can open a stream to this node (logs, exec,
-//! attach). Each link reconnects on its own when its master comes back.
+//! attach, stats). Each link reconnects on its own when its master comes back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,7 +48,13 @@ async fn link<R: Runtime>(session: Arc<Session>, rt: R, master: String, stop: Ca
             let conn = connect::connect(&session.endpoint, &master, tls, CONNECT_TIMEOUT).await?;
             tracing::debug!(%master, "stream link up");
             while let Ok((send, recv)) = conn.accept_bi().await {
-                tokio::spawn(streams::serve(rt.clone(), session.node_name(), send, recv));
+                tokio::spawn(streams::serve(
+                    rt.clone(),
+                    session.node_name(),
+                    session.stats.clone(),
+                    send,
+                    recv,
+                ));
             }
             Ok::<_, anyhow::Error>(())
         };

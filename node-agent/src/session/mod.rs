@@ -38,6 +38,8 @@ pub struct Session {
     pub identity: Arc<RwLock<Identity>>,
     pub desired: Arc<Desired>,
     pub reports: Arc<Reports>,
+    /// The latest stats sample, which masters ask for.
+    pub stats: Arc<crate::stats::Latest>,
     pub endpoint: quinn::Endpoint,
 }
 

@@ -14,7 +14,8 @@
 //! `docker run` (see `pods.rs`);
 //! `skiff-bench api` loads the Kubernetes API (see `api.rs`);
 //! `skiff-bench failover` kills and stops the leader under load (see
-//! `failover.rs`).
+//! `failover.rs`); `skiff-bench propagation` runs many agents on the fake
+//! runtime against a cluster (see `propagation.rs`).
 
 mod api;
 mod failover;
@@ -22,6 +23,7 @@ mod heartbeats;
 mod masters;
 mod null_kv;
 mod pods;
+mod propagation;
 mod scheduler;
 
 use std::time::{Duration, Instant};
@@ -70,6 +72,28 @@ enum Cmd {
         /// The node agent's pid, to report its resident memory.
         #[arg(long)]
         agent_pid: Option<u32>,
+    },
+    /// Many node agents (fake runtime) in this process against a cluster:
+    /// the masters' memory and CPU with them connected, and the time from
+    /// an API write to the agent holding it. Defaults come from `source
+    /// .skiff/dev/cluster.env`.
+    Propagation {
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: std::path::PathBuf,
+        /// https://host:port,... (every master).
+        #[arg(long, env = "SKIFF_API_SERVERS")]
+        servers: String,
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Pods written, one at a time, each timed to its agent.
+        #[arg(long, default_value_t = 200)]
+        probes: usize,
+        /// The span the masters' CPU is measured over, idle and loaded.
+        #[arg(long, default_value = "20s")]
+        settle: String,
+        /// Agents keep only their session, no link to every master.
+        #[arg(long)]
+        no_links: bool,
     },
     /// An etcd KV endpoint that stores nothing: the client's ceiling.
     NullKv {
@@ -159,6 +183,14 @@ fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     })
 }
 
+/// Many agents hold many sockets: the soft open-file limit goes to the hard one.
+fn raise_open_files() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let split = |s: &str| s.split(',').map(str::to_string).collect::<Vec<_>>();
@@ -191,6 +223,25 @@ async fn main() -> anyhow::Result<()> {
                 count,
                 image,
                 agent_pid,
+            })
+            .await?
+        }
+        Cmd::Propagation {
+            kubeconfig,
+            servers,
+            agents,
+            probes,
+            settle,
+            no_links,
+        } => {
+            raise_open_files();
+            propagation::run(propagation::Options {
+                kubeconfig,
+                servers: split(&servers),
+                agents,
+                probes,
+                settle: parse_duration(&settle)?,
+                links: !no_links,
             })
             .await?
         }

@@ -832,4 +832,40 @@ pub static ALL: &[Message] = &[
         [(1, "type", I64), (2, "intVal", I32), (3, "strVal", Str),]
     ),
     msg!("Quantity", [(1, "string", Str),]),
+    // autoscaling/v1, what `kubectl autoscale` sends.
+    msg!(
+        "autoscaling/v1/HorizontalPodAutoscaler",
+        [
+            (1, "metadata", Msg("ObjectMeta")),
+            (2, "spec", Msg("autoscaling/v1/HorizontalPodAutoscalerSpec")),
+            (
+                3,
+                "status",
+                Msg("autoscaling/v1/HorizontalPodAutoscalerStatus")
+            ),
+        ]
+    ),
+    msg!(
+        "autoscaling/v1/HorizontalPodAutoscalerSpec",
+        [
+            (1, "scaleTargetRef", Msg("CrossVersionObjectReference")),
+            (2, "minReplicas", I32),
+            (3, "maxReplicas", I32),
+            (4, "targetCPUUtilizationPercentage", I32),
+        ]
+    ),
+    msg!(
+        "autoscaling/v1/HorizontalPodAutoscalerStatus",
+        [
+            (1, "observedGeneration", I64),
+            (2, "lastScaleTime", Time),
+            (3, "currentReplicas", I32),
+            (4, "desiredReplicas", I32),
+            (5, "currentCPUUtilizationPercentage", I32),
+        ]
+    ),
+    msg!(
+        "CrossVersionObjectReference",
+        [(1, "kind", Str), (2, "name", Str), (3, "apiVersion", Str),]
+    ),
 ];

@@ -90,7 +90,14 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
     if kind.is_empty() {
         return Err("the protobuf envelope names no kind".into());
     }
-    let mut object = decode_message(&kind, raw)?;
+    // A kind whose fields differ between versions is listed by version too.
+    let versioned = format!("{api_version}/{kind}");
+    let name = if message(&versioned).is_some() {
+        versioned.as_str()
+    } else {
+        kind.as_str()
+    };
+    let mut object = decode_message(name, raw)?;
     if let Value::Object(o) = &mut object {
         o.insert("apiVersion".into(), json!(api_version));
         o.insert("kind".into(), json!(kind));

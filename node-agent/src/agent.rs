@@ -1,0 +1,134 @@
+//! One agent: its session with the masters, its links to each of them,
+//! its certificate renewal, its node status, its pods and its stats, all
+//! on one runtime and all stopped by one token.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::desired::Desired;
+use crate::runtime::Runtime;
+use crate::{identity, node_status, pods, reports, session, stats};
+
+/// How an agent runs.
+pub struct Config {
+    /// Where `join` left the node's identity.
+    pub data_dir: PathBuf,
+    /// The address the node reports.
+    pub host_ip: String,
+    /// The image each pod's sandbox runs.
+    pub sandbox_image: String,
+    /// Labels beside the well-known ones (hostname, os, arch).
+    pub labels: BTreeMap<String, String>,
+    pub max_pods: u32,
+    /// Crash-loop back-off: first delay, cap, and the run that resets it.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub backoff_reset: Duration,
+    pub stats_interval: Duration,
+    /// The node Lease's duration; it is renewed every quarter of it.
+    pub lease_duration: Duration,
+    /// Keep a connection to every master for the streams they open (logs,
+    /// exec, stats). Off only where nobody will ask (the scale benchmark).
+    pub links: bool,
+}
+
+/// A running agent.
+pub struct Agent {
+    pub node: String,
+    /// What the node holds, as the masters sent it.
+    pub desired: Arc<Desired>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Wait (up to `within`) for every task to end after its stop token.
+    pub async fn join(self, within: Duration) {
+        let _ = tokio::time::timeout(within, futures::future::join_all(self.tasks)).await;
+    }
+}
+
+/// Start an agent on `rt`; it runs until `stop`.
+pub async fn start<R: Runtime>(cfg: Config, rt: R, stop: CancellationToken) -> Result<Agent> {
+    let identity = identity::Identity::load(&cfg.data_dir)?;
+    let node = identity.cluster.node_name.clone();
+    let info = rt
+        .info()
+        .await
+        .context("asking the container runtime about itself")?;
+    let mut labels = BTreeMap::from([
+        ("kubernetes.io/hostname".to_string(), node.clone()),
+        ("kubernetes.io/os".to_string(), "linux".to_string()),
+        (
+            "kubernetes.io/arch".to_string(),
+            match std::env::consts::ARCH {
+                "x86_64" => "amd64".into(),
+                a => a.to_string(),
+            },
+        ),
+    ]);
+    labels.extend(cfg.labels);
+    let desired = Arc::new(Desired::default());
+    let reports = Arc::new(reports::Reports::default());
+    let latest = Arc::new(stats::Latest::default());
+    let session = Arc::new(session::Session {
+        data_dir: cfg.data_dir.clone(),
+        identity: Arc::new(RwLock::new(identity)),
+        desired: desired.clone(),
+        reports: reports.clone(),
+        stats: latest.clone(),
+        endpoint: session::connect::endpoint()?,
+    });
+    let ctx = Arc::new(pods::Context {
+        node: node.clone(),
+        data_dir: cfg.data_dir.clone(),
+        sandbox_image: cfg.sandbox_image,
+        host_ip: cfg.host_ip.clone(),
+        cpus: info.cpus,
+        memory: info.memory_bytes,
+        backoff_base: cfg.backoff_base,
+        backoff_max: cfg.backoff_max,
+        backoff_reset: cfg.backoff_reset,
+        lookup: desired.clone(),
+        reports: reports.clone(),
+    });
+    let facts = Arc::new(node_status::NodeFacts {
+        name: node.clone(),
+        address: cfg.host_ip,
+        labels,
+        max_pods: cfg.max_pods,
+        lease_duration: cfg.lease_duration,
+    });
+    let mut tasks = vec![
+        tokio::spawn(session.clone().run(stop.clone())),
+        tokio::spawn(session::renew::run(session.clone(), stop.clone())),
+        tokio::spawn(node_status::run(
+            rt.clone(),
+            facts,
+            reports.clone(),
+            desired.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(pods::run(rt.clone(), ctx, desired.clone(), stop.clone())),
+        tokio::spawn(stats::run(
+            rt.clone(),
+            node.clone(),
+            cfg.stats_interval,
+            latest,
+            stop.clone(),
+        )),
+    ];
+    if cfg.links {
+        tasks.push(tokio::spawn(session::links::run(session, rt, stop)));
+    }
+    Ok(Agent {
+        node,
+        desired,
+        tasks,
+    })
+}

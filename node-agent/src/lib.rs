@@ -1,0 +1,29 @@
+//! The Skiff node agent, as a library: the `node-agent` binary runs one
+//! on Docker; the scale benchmark runs many in one process on the fake
+//! runtime.
+//!
+//! `node-agent join` gets the node a certificate from the cluster with a
+//! bootstrap token ([`join`], [`identity`]); `node-agent run` then keeps a
+//! QUIC session with the masters ([`session`]) that brings the node's
+//! desired state ([`desired`]) and takes its reports back ([`reports`],
+//! [`node_status`]), and runs the node's pods ([`pods`]) on a container
+//! runtime ([`runtime`]: Docker, or a fake for scale tests). `/metrics`
+//! serves the agent's Prometheus metrics ([`metrics_http`]); [`stats`]
+//! samples CPU and memory use for `metrics.k8s.io`; [`streams`] serves
+//! what masters ask of the node. [`agent`] starts it all.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod agent;
+pub mod desired;
+pub mod identity;
+pub mod join;
+pub mod metrics_http;
+pub mod node_status;
+pub mod pods;
+pub mod reports;
+pub mod runtime;
+pub mod session;
+pub mod stats;
+pub mod streams;
