@@ -69,6 +69,9 @@ enum Cmd {
         count: usize,
         #[arg(long, default_value = "busybox:local")]
         image: String,
+        /// The sandbox image the agent runs (for the sandbox + app floor).
+        #[arg(long, default_value = "skiff-pause:local")]
+        sandbox_image: String,
         /// The node agent's pid, to report its resident memory.
         #[arg(long)]
         agent_pid: Option<u32>,
@@ -215,6 +218,7 @@ async fn main() -> anyhow::Result<()> {
             servers,
             count,
             image,
+            sandbox_image,
             agent_pid,
         } => {
             pods::run(pods::Options {
@@ -222,6 +226,7 @@ async fn main() -> anyhow::Result<()> {
                 server: servers.split(',').next().unwrap_or_default().to_string(),
                 count,
                 image,
+                sandbox_image,
                 agent_pid,
             })
             .await?
