@@ -9,7 +9,9 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::agents::{create_token, docker_containers, require_images, SETTLE};
+use common::agents::{
+    create_token, docker_containers, node_ready, one_at_a_time, require_images, SETTLE,
+};
 use common::{eventually, kubectl, kubectl_stdin, Cluster};
 use serde_json::Value;
 
@@ -123,6 +125,7 @@ spec:
 /// another master, and a graceful delete with its preStop hook.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_join_run_pods_and_report() {
+    let _serial = one_at_a_time().await;
     require_images();
     let cluster = Cluster::start(3, &[]).await;
     let kc = cluster.kubeconfig(0);
@@ -181,18 +184,7 @@ async fn agents_join_run_pods_and_report() {
     n1.run(&[]);
     let node = n1.name.clone();
     until("the node Ready", || {
-        let out = kubectl(
-            &kc,
-            &[
-                "get",
-                "node",
-                &node,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
-            ],
-        )
-        .1;
-        (out == "True").then_some(())
+        (node_ready(&kc, &node) == "True").then_some(())
     })
     .await;
     ok(kubectl(
@@ -323,6 +315,14 @@ async fn agents_join_run_pods_and_report() {
         ],
     ));
     assert_eq!(out.trim(), format!("from {web_pod}"));
+    // And through the master the session is on (which may hold the
+    // session's connection rather than a link).
+    let on_i: usize = on[1..].parse::<usize>().unwrap() - 1;
+    let out = ok(kubectl(
+        &cluster.kubeconfig(on_i),
+        &["exec", &web_pod, "--", "echo", "via-the-session-master"],
+    ));
+    assert_eq!(out.trim(), "via-the-session-master");
     let (good_exec, _, err) = kubectl(&kc_other, &["exec", &web_pod, "--", "sh", "-c", "exit 7"]);
     assert!(!good_exec && err.contains("exit code 7"), "{err}");
     let out = ok(kubectl(&kc_other, &["logs", "crash", "--previous"]));
@@ -389,6 +389,11 @@ async fn agents_join_run_pods_and_report() {
         "",
         "nothing listens on 8089"
     );
+    // kubectl reports the error (and, 1.32, ends the forward); give it time.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && forward.try_wait().unwrap().is_none() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let _ = forward.kill();
     let out = forward.wait_with_output().unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
@@ -465,6 +470,7 @@ spec:
 /// is killed; a node silent past its grace goes NotReady and loses its pods.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_survive_failures_and_nodes_see_only_their_own() {
+    let _serial = one_at_a_time().await;
     require_images();
     let mut cluster = Cluster::start(
         3,
@@ -486,18 +492,7 @@ async fn agents_survive_failures_and_nodes_see_only_their_own() {
     let (a, b) = (n1.name.clone(), n2.name.clone());
     for n in [&a, &b] {
         until("both nodes Ready", || {
-            let out = kubectl(
-                &kc,
-                &[
-                    "get",
-                    "node",
-                    n,
-                    "-o",
-                    "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
-                ],
-            )
-            .1;
-            (out == "True").then_some(())
+            (node_ready(&kc, n) == "True").then_some(())
         })
         .await;
     }
@@ -646,17 +641,7 @@ async fn agents_survive_failures_and_nodes_see_only_their_own() {
     ));
     n2.kill();
     until("node B NotReady", || {
-        let out = kubectl(
-            &kc,
-            &[
-                "get",
-                "node",
-                &b,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
-            ],
-        )
-        .1;
+        let out = node_ready(&kc, &b);
         (out == "Unknown" || out == "False").then_some(())
     })
     .await;
@@ -713,6 +698,7 @@ fn top_cpu(out: &str) -> Vec<(String, u64)> {
 /// with `kubectl autoscale`, autoscaling/v1) follows real CPU use.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn top_and_the_autoscaler_see_real_cpu_use() {
+    let _serial = one_at_a_time().await;
     require_images();
     let cluster = Cluster::start(3, &["--horizontal-pod-autoscaler-sync-period-secs", "2"]).await;
     let kc = cluster.kubeconfig(0);
@@ -722,19 +708,28 @@ async fn top_and_the_autoscaler_see_real_cpu_use() {
     let node = n1.name.clone();
     ok(kubectl_stdin(&kc, &["apply", "-f", "-"], Some(BURNER)));
 
-    // A busy loop capped at 200m shows about that; the node shows its use.
-    let pods = until("kubectl top pod to show the burner", || {
-        let (good, out, _) = kubectl(&kc, &["top", "pod", "--no-headers"]);
+    // A busy loop capped at 200m shows real use up to that (less when the
+    // machine is busy: its request, 100m, is all it is owed); the node
+    // shows its use.
+    let deadline = Instant::now() + SETTLE;
+    let pods = loop {
+        let (good, out, err) = kubectl(&kc, &["top", "pod", "--no-headers"]);
         let rows = top_cpu(&out);
-        (good && rows.len() == 1 && (120..=260).contains(&rows[0].1)).then_some(out)
-    })
-    .await;
+        if good && rows.len() == 1 && (60..=260).contains(&rows[0].1) {
+            break out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kubectl top pod never showed the burner: {out}{err}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     assert!(pods.starts_with("burn-"), "{pods}");
     let (good, out, err) = kubectl(&kc, &["top", "node", "--no-headers"]);
     assert!(good, "{err}");
     let nodes = top_cpu(&out);
     assert!(
-        nodes.iter().any(|(n, cpu)| *n == node && *cpu >= 120),
+        nodes.iter().any(|(n, cpu)| *n == node && *cpu >= 60),
         "top node: {out}"
     );
     // Only what exists: a pod that is not there is 404.

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::desired::Desired;
 use crate::runtime::Runtime;
-use crate::{identity, node_status, pods, reports, session, stats};
+use crate::{identity, node_status, pods, reports, session, stats, streams};
 
 /// How an agent runs.
 pub struct Config {
@@ -76,12 +76,24 @@ pub async fn start<R: Runtime>(cfg: Config, rt: R, stop: CancellationToken) -> R
     let desired = Arc::new(Desired::default());
     let reports = Arc::new(reports::Reports::default());
     let latest = Arc::new(stats::Latest::default());
+    let streams: session::StreamServer = {
+        let (rt, node, latest) = (rt.clone(), node.clone(), latest.clone());
+        Arc::new(move |send, recv| {
+            tokio::spawn(streams::serve(
+                rt.clone(),
+                node.clone(),
+                latest.clone(),
+                send,
+                recv,
+            ));
+        })
+    };
     let session = Arc::new(session::Session {
         data_dir: cfg.data_dir.clone(),
         identity: Arc::new(RwLock::new(identity)),
         desired: desired.clone(),
         reports: reports.clone(),
-        stats: latest.clone(),
+        streams,
         endpoint: session::connect::endpoint()?,
     });
     let ctx = Arc::new(pods::Context {
@@ -124,7 +136,7 @@ pub async fn start<R: Runtime>(cfg: Config, rt: R, stop: CancellationToken) -> R
         )),
     ];
     if cfg.links {
-        tasks.push(tokio::spawn(session::links::run(session, rt, stop)));
+        tasks.push(tokio::spawn(session::links::run(session, stop)));
     }
     Ok(Agent {
         node,

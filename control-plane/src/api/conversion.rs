@@ -14,7 +14,7 @@ use super::handlers::{json_response, Query};
 use super::path::ObjectPath;
 use super::resources::{self, Resource};
 use super::status::{ApiError, ApiResult};
-use super::{decode_body, patch, Api, PatchType};
+use super::{decode_body, patch, Api};
 
 /// How one served version maps onto the stored one.
 #[derive(Clone, Copy)]
@@ -57,12 +57,7 @@ pub async fn serve(
             api.watch_as(stored, ns, q, table, Some(view.down)).await
         }
         ("PATCH", Some(name)) => {
-            let ct = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            let kind =
-                PatchType::from_content_type(ct).ok_or_else(|| ApiError::unsupported_media(ct))?;
+            let kind = super::patch_type(headers)?;
             let mut last = None;
             for _ in 0..PATCH_ATTEMPTS {
                 let current = api.get(stored, ns, name).await?;

@@ -410,6 +410,15 @@ async fn route(
     }
 }
 
+/// The patch a PATCH request's content type names (415 for any other).
+fn patch_type(headers: &HeaderMap) -> ApiResult<PatchType> {
+    let ct = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    PatchType::from_content_type(ct).ok_or_else(|| ApiError::unsupported_media(ct))
+}
+
 /// Whether the client asked for a Table, and with what of each object.
 fn table_wanted(headers: &HeaderMap, q: &Query) -> Option<table::Include> {
     headers
@@ -433,13 +442,7 @@ async fn object(
     }
     let ns = if r.namespaced { o.namespace } else { None };
     let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
-    let patch_type = || {
-        let ct = headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        PatchType::from_content_type(ct).ok_or_else(|| ApiError::unsupported_media(ct))
-    };
+    let patch_type = || patch_type(headers);
     let as_table = table_wanted(headers, q);
     let now = || table::Now(chrono::Utc::now());
     match (method.as_str(), o.name, o.sub) {

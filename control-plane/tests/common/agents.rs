@@ -242,3 +242,27 @@ pub fn docker_containers(label: &str) -> Vec<(String, serde_json::Value)> {
 }
 
 pub const SETTLE: Duration = Duration::from_secs(60);
+
+/// The node's Ready condition status ("True", "False", "Unknown"), or ""
+/// if kubectl cannot tell.
+pub fn node_ready(kc: &Path, node: &str) -> String {
+    super::kubectl(
+        kc,
+        &[
+            "get",
+            "node",
+            node,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
+        ],
+    )
+    .1
+}
+
+/// Held by each test that runs agents: one at a time, since each runs
+/// three masters, agents and containers on two cores, and tests that
+/// measure real CPU use need the machine not to be saturated by another.
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}

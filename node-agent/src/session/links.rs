@@ -9,21 +9,19 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{connect, Session, CONNECT_TIMEOUT};
-use crate::runtime::Runtime;
-use crate::streams;
 
 const LINK_RETRY: Duration = Duration::from_secs(1);
 const RESCAN: Duration = Duration::from_secs(10);
 
 /// Keep a link to each known master until `stop`.
-pub async fn run<R: Runtime>(session: Arc<Session>, rt: R, stop: CancellationToken) {
+pub async fn run(session: Arc<Session>, stop: CancellationToken) {
     let mut links: HashMap<String, CancellationToken> = HashMap::new();
     loop {
         let masters = session.identity().cluster.masters;
         for m in &masters {
             if !links.contains_key(m) {
                 let token = stop.child_token();
-                tokio::spawn(link(session.clone(), rt.clone(), m.clone(), token.clone()));
+                tokio::spawn(link(session.clone(), m.clone(), token.clone()));
                 links.insert(m.clone(), token);
             }
         }
@@ -41,20 +39,14 @@ pub async fn run<R: Runtime>(session: Arc<Session>, rt: R, stop: CancellationTok
     }
 }
 
-async fn link<R: Runtime>(session: Arc<Session>, rt: R, master: String, stop: CancellationToken) {
+async fn link(session: Arc<Session>, master: String, stop: CancellationToken) {
     loop {
         let attempt = async {
             let tls = session.identity().client_tls()?;
             let conn = connect::connect(&session.endpoint, &master, tls, CONNECT_TIMEOUT).await?;
             tracing::debug!(%master, "stream link up");
             while let Ok((send, recv)) = conn.accept_bi().await {
-                tokio::spawn(streams::serve(
-                    rt.clone(),
-                    session.node_name(),
-                    session.stats.clone(),
-                    send,
-                    recv,
-                ));
+                (session.streams)(send, recv);
             }
             Ok::<_, anyhow::Error>(())
         };

@@ -33,13 +33,18 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// What serves a stream a master opens on any of the agent's connections
+/// (logs, exec, attach, port-forward, stats: [`crate::streams`]).
+pub type StreamServer = Arc<dyn Fn(quinn::SendStream, quinn::RecvStream) + Send + Sync>;
+
 pub struct Session {
     pub data_dir: PathBuf,
     pub identity: Arc<RwLock<Identity>>,
     pub desired: Arc<Desired>,
     pub reports: Arc<Reports>,
-    /// The latest stats sample, which masters ask for.
-    pub stats: Arc<crate::stats::Latest>,
+    /// Streams masters open, on the session's connection as on the links
+    /// (a master holds whichever of a node's connections came last).
+    pub streams: StreamServer,
     pub endpoint: quinn::Endpoint,
 }
 
@@ -82,7 +87,16 @@ impl Session {
                 tracing::info!(%master, "connected");
                 metrics::counter!("skiff_agent_session_connects_total").increment(1);
                 backoff = BACKOFF_MIN;
+                let accepting = {
+                    let (conn, streams) = (conn.clone(), self.streams.clone());
+                    tokio::spawn(async move {
+                        while let Ok((send, recv)) = conn.accept_bi().await {
+                            streams(send, recv);
+                        }
+                    })
+                };
                 let r = self.serve(&conn).await;
+                accepting.abort();
                 conn.close(0u32.into(), b"session ended");
                 r.with_context(|| format!("session with {master}"))
             };
