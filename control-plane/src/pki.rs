@@ -160,7 +160,11 @@ impl Ca {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::minutes(5);
+        // Backdated for clocks a little behind, but by at most a tenth of
+        // the validity: agents renew at two thirds of the whole span, so a
+        // backdate near the validity would have them renew at once.
+        let backdate = (validity / 10).min(Duration::from_secs(300));
+        params.not_before = now - backdate;
         params.not_after = now + validity;
         csr.params = params;
         Ok(csr.signed_by(&self.cert, &self.key)?.pem())

@@ -479,6 +479,10 @@ async fn agents_survive_failures_and_nodes_see_only_their_own() {
             "6",
             "--default-eviction-timeout-secs",
             "2",
+            // Node certificates renewed (at two thirds of their life) while
+            // the test runs.
+            "--node-cert-validity",
+            "30s",
         ],
     )
     .await;
@@ -486,6 +490,7 @@ async fn agents_survive_failures_and_nodes_see_only_their_own() {
     let join = create_token(&cluster, &[]);
     let mut n1 = cluster.join("n1", &join).unwrap();
     let mut n2 = cluster.join("n2", &join).unwrap();
+    let first_cert = std::fs::read_to_string(n1.dir.join("node.crt")).unwrap();
     // Leases renewed every second, well within the 6 s grace.
     n1.run(&["--node-lease-duration", "4s"]);
     n2.run(&["--node-lease-duration", "4s"]);
@@ -592,6 +597,13 @@ async fn agents_survive_failures_and_nodes_see_only_their_own() {
     .await;
     let moved = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: after-move}}\nspec:\n  nodeName: {a}\n  containers: [{{name: app, image: busybox:local, command: [sleep, \"3600\"]}}]\n");
     ok(kubectl_stdin(&kc, &["apply", "-f", "-"], Some(&moved)));
+    // By now (over 20 s on) the certificate has been renewed in place,
+    // and the moves above were made with it.
+    until("the node certificate renewed", || {
+        let now = std::fs::read_to_string(n1.dir.join("node.crt")).ok()?;
+        (now != first_cert).then_some(())
+    })
+    .await;
     until("a pod created after the move Running", || {
         (pod(&kc, "after-move")["status"]["phase"] == "Running").then_some(())
     })
