@@ -744,6 +744,11 @@ async fn top_and_the_autoscaler_see_real_cpu_use() {
         nodes.iter().any(|(n, cpu)| *n == node && *cpu >= 60),
         "top node: {out}"
     );
+    // One pod by name.
+    let burner = pods.split_whitespace().next().unwrap().to_string();
+    let one = ok(kubectl(&kc, &["top", "pod", &burner, "--no-headers"]));
+    assert_eq!(top_cpu(&one).len(), 1, "{one}");
+    assert!(one.starts_with(&burner), "{one}");
     // Only what exists: a pod that is not there is 404.
     let (good, _, err) = kubectl(&kc, &["top", "pod", "nothing-here"]);
     assert!(!good && err.contains("not found"), "{err}");

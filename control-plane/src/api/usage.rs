@@ -224,6 +224,12 @@ impl Api {
 
 /// Answer a GET under `metrics.k8s.io/v1beta1`.
 pub async fn serve(api: &Api, path: UsagePath<'_>, q: &Query) -> ApiResult<Value> {
+    // One object named: only it is read, and only its node asked.
+    let mut q = q.clone();
+    if let Some(name) = path.name {
+        q.insert("fieldSelector".into(), format!("metadata.name={name}"));
+    }
+    let q = &q;
     let (items, kind, plural) = match path.kind {
         Kind::Nodes => (api.node_usage(q).await?, "NodeMetrics", "nodes"),
         Kind::Pods => (
