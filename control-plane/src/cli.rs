@@ -164,6 +164,13 @@ struct RunArgs {
     /// Addresses for Services' cluster IPs (IPv4 CIDR).
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cluster_ip_range: String,
+    /// Addresses for pods, cut into one block per node (its podCIDR);
+    /// "none": nodes get no podCIDR.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: String,
+    /// The prefix length of each node's block of --cluster-cidr.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
     /// Ports for NodePort Services.
     #[arg(long, default_value = "30000-32767")]
     service_node_port_range: String,
@@ -378,6 +385,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         &args.service_node_port_range,
     )
     .map_err(|e| anyhow::anyhow!("service ranges: {e}"))?;
+    let node_cidrs = match args.cluster_cidr.as_str() {
+        "none" => None,
+        c => Some(
+            c.parse()
+                .and_then(|c| {
+                    crate::controllers::node_ipam::NodeCidrs::new(c, args.node_cidr_mask_size)
+                })
+                .map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?,
+        ),
+    };
     let kube = match &args.pki_dir {
         Some(dir) => {
             let ca = crate::pki::Ca::load(dir).with_context(|| {
@@ -461,6 +478,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.horizontal_pod_autoscaler_sync_period_secs.max(1),
         ),
         clock_offset: chrono::Duration::seconds(args.controller_clock_offset_secs),
+        node_cidrs,
     };
     let k8s = kube.map(|(listener, tls, tokens, agents, ca)| {
         let api = crate::api::Api::new(

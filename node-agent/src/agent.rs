@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::desired::Desired;
 use crate::runtime::Runtime;
-use crate::{identity, node_status, pods, reports, session, stats, streams};
+use crate::{dns, identity, network, node_status, pods, proxy, reports, session, stats, streams};
 
 /// How an agent runs.
 pub struct Config {
@@ -36,6 +36,21 @@ pub struct Config {
     /// Keep a connection to every master for the streams they open (logs,
     /// exec, stats). Off only where nobody will ask (the scale benchmark).
     pub links: bool,
+    /// The pod network and the service proxy (None: pods use the engine's
+    /// default network; no routes, no proxy, no cluster DNS).
+    pub network: Option<NetworkConfig>,
+}
+
+/// The node's part in the cluster network.
+pub struct NetworkConfig {
+    pub pods: network::Settings,
+    pub proxy: proxy::Settings,
+    /// The cluster's DNS domain (cluster.local).
+    pub cluster_domain: String,
+    /// Cluster DNS, served on the pod bridge's address.
+    pub dns: dns::Settings,
+    /// The port it is served on (53).
+    pub dns_port: u16,
 }
 
 /// A running agent.
@@ -96,6 +111,10 @@ pub async fn start<R: Runtime>(cfg: Config, rt: R, stop: CancellationToken) -> R
         streams,
         endpoint: session::connect::endpoint()?,
     });
+    let pod_network = cfg
+        .network
+        .as_ref()
+        .map(|_| Arc::new(network::PodNetwork::default()));
     let ctx = Arc::new(pods::Context {
         node: node.clone(),
         data_dir: cfg.data_dir.clone(),
@@ -108,6 +127,12 @@ pub async fn start<R: Runtime>(cfg: Config, rt: R, stop: CancellationToken) -> R
         backoff_reset: cfg.backoff_reset,
         lookup: desired.clone(),
         reports: reports.clone(),
+        network: pod_network.clone(),
+        cluster_domain: cfg
+            .network
+            .as_ref()
+            .map(|n| n.cluster_domain.clone())
+            .unwrap_or_else(|| "cluster.local".into()),
     });
     let facts = Arc::new(node_status::NodeFacts {
         name: node.clone(),
@@ -135,6 +160,28 @@ pub async fn start<R: Runtime>(cfg: Config, rt: R, stop: CancellationToken) -> R
             stop.clone(),
         )),
     ];
+    if let (Some(net), Some(pod_network)) = (cfg.network, pod_network) {
+        tasks.push(tokio::spawn(network::run(
+            rt.clone(),
+            node.clone(),
+            net.pods,
+            desired.clone(),
+            pod_network.clone(),
+            stop.clone(),
+        )));
+        tasks.push(tokio::spawn(proxy::run(
+            node.clone(),
+            desired.clone(),
+            net.proxy,
+            stop.clone(),
+        )));
+        tasks.push(tokio::spawn(dns::run(
+            dns::Server::new(net.dns, desired.clone()),
+            pod_network.clone(),
+            net.dns_port,
+            stop.clone(),
+        )));
+    }
     if cfg.links {
         tasks.push(tokio::spawn(session::links::run(session, stop)));
     }

@@ -20,6 +20,8 @@ struct Held {
     /// the node holds is unknown, and no pod may be removed for not being
     /// wanted.
     synced: bool,
+    /// Per kind, how many times its objects changed.
+    generations: BTreeMap<String, u64>,
 }
 
 /// A delta that does not follow the revision held.
@@ -71,7 +73,11 @@ impl Desired {
     pub fn replace(&self, s: Snapshot) {
         let mut held = self.lock();
         held.objects.clear();
+        for g in held.generations.values_mut() {
+            *g += 1;
+        }
         for o in s.objects {
+            *held.generations.entry(o.kind.clone()).or_default() += 1;
             match serde_json::from_slice::<Value>(&o.json) {
                 Ok(v) => {
                     held.objects.insert(key_of(&o.kind, &v), Arc::new(v));
@@ -95,6 +101,7 @@ impl Desired {
             });
         }
         for o in d.upserts {
+            *held.generations.entry(o.kind.clone()).or_default() += 1;
             match serde_json::from_slice::<Value>(&o.json) {
                 Ok(v) => {
                     held.objects.insert(key_of(&o.kind, &v), Arc::new(v));
@@ -103,6 +110,7 @@ impl Desired {
             }
         }
         for r in d.deletes {
+            *held.generations.entry(r.kind.clone()).or_default() += 1;
             held.objects.remove(&(r.kind, r.namespace, r.name));
         }
         held.revision = d.revision;
@@ -141,6 +149,22 @@ impl Desired {
                     .unwrap_or("")
                     .to_string(),
             })
+            .collect()
+    }
+
+    /// A number that changes whenever an object of `kind` does.
+    pub fn generation(&self, kind: &str) -> u64 {
+        self.lock().generations.get(kind).copied().unwrap_or(0)
+    }
+
+    /// Every object of `kind` the node holds.
+    pub fn list(&self, kind: &str) -> Vec<Arc<Value>> {
+        let from = (kind.to_string(), String::new(), String::new());
+        self.lock()
+            .objects
+            .range(from..)
+            .take_while(|((k, _, _), _)| k == kind)
+            .map(|(_, o)| o.clone())
             .collect()
     }
 

@@ -10,18 +10,23 @@
 //! runtime ([`runtime`]: Docker, or a fake for scale tests). `/metrics`
 //! serves the agent's Prometheus metrics ([`metrics_http`]); [`stats`]
 //! samples CPU and memory use for `metrics.k8s.io`; [`streams`] serves
-//! what masters ask of the node. [`agent`] starts it all.
+//! what masters ask of the node. [`network`] gives pods their addresses
+//! and routes to other nodes' pods; [`proxy`] programs Services in
+//! nftables; [`dns`] serves cluster DNS. [`agent`] starts it all.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 pub mod agent;
 pub mod desired;
+pub mod dns;
 pub mod identity;
 pub mod join;
 pub mod metrics_http;
+pub mod network;
 pub mod node_status;
 pub mod pods;
+pub mod proxy;
 pub mod reports;
 pub mod runtime;
 pub mod session;

@@ -88,6 +88,43 @@ struct RunArgs {
     /// well within the masters' --node-monitor-grace-period-secs.
     #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
     node_lease_duration: Duration,
+    /// "routed": pods take addresses from the node's podCIDR on a bridge
+    /// of their own, with routes to other nodes' pods, Services in
+    /// nftables and cluster DNS (the agent must own the host's network:
+    /// one agent per host). "none": pods use the engine's default
+    /// network, with none of that (several agents sharing one host).
+    #[arg(long, value_enum, default_value = "routed")]
+    network: NetworkMode,
+    /// Every pod's address (the masters' --cluster-cidr): traffic from
+    /// pods to anywhere outside it is masqueraded.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: String,
+    /// The bridge device pods attach to (and the engine's network over it).
+    #[arg(long, default_value = "skiff0")]
+    pod_bridge: String,
+    /// The nftables table the proxy owns (ip family).
+    #[arg(long, default_value = "skiff-proxy")]
+    proxy_table: String,
+    /// The least time between two proxy syncs (changes between are
+    /// programmed together).
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    proxy_min_sync_period: Duration,
+    /// How often the proxy checks its table is still as it left it.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    proxy_check_period: Duration,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Where cluster DNS sends names outside the cluster domain (default:
+    /// the nameservers of /etc/resolv.conf).
+    #[arg(long, value_delimiter = ',')]
+    dns_upstream: Vec<SocketAddr>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum NetworkMode {
+    Routed,
+    None,
 }
 
 fn host_name() -> String {
@@ -143,6 +180,30 @@ async fn run(args: RunArgs) -> Result<()> {
         stats_interval: args.stats_interval,
         lease_duration: args.node_lease_duration,
         links: true,
+        network: (args.network == NetworkMode::Routed).then(|| agent::NetworkConfig {
+            pods: node_agent::network::Settings {
+                network: "skiff-pods".into(),
+                bridge: args.pod_bridge,
+            },
+            proxy: node_agent::proxy::Settings {
+                nft: node_agent::proxy::nft::Settings {
+                    table: args.proxy_table,
+                    cluster_cidr: args.cluster_cidr,
+                },
+                min_sync: args.proxy_min_sync_period,
+                check_every: args.proxy_check_period,
+            },
+            dns: node_agent::dns::Settings {
+                domain: args.cluster_domain.clone(),
+                upstream: if args.dns_upstream.is_empty() {
+                    node_agent::dns::system_upstream()
+                } else {
+                    args.dns_upstream
+                },
+            },
+            dns_port: 53,
+            cluster_domain: args.cluster_domain,
+        }),
     };
     let stop = CancellationToken::new();
     let agent = agent::start(cfg, rt, stop.clone()).await?;

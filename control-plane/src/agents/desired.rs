@@ -31,15 +31,26 @@ pub enum Kind {
     ServiceAccount,
     /// The node's own Node (its spec, and its status as the masters see it).
     Node,
+    /// Every Service (the node's proxy and DNS serve them all).
+    Service,
+    /// Every EndpointSlice.
+    EndpointSlice,
+    /// Every node's name, podCIDR and addresses (its routes to other
+    /// nodes' pods): a Node cut down to what does not change with its
+    /// heartbeat, versioned by its content.
+    PeerNode,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Pod,
         Kind::ConfigMap,
         Kind::Secret,
         Kind::ServiceAccount,
         Kind::Node,
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::PeerNode,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,31 +60,63 @@ impl Kind {
             Kind::Secret => "Secret",
             Kind::ServiceAccount => "ServiceAccount",
             Kind::Node => "Node",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::PeerNode => "PeerNode",
         }
     }
 
-    fn plural(self) -> &'static str {
-        match self {
-            Kind::Pod => "pods",
-            Kind::ConfigMap => "configmaps",
-            Kind::Secret => "secrets",
-            Kind::ServiceAccount => "serviceaccounts",
-            Kind::Node => "nodes",
-        }
+    /// The resource it is watched as (None: derived from another kind).
+    pub fn resource(self) -> Option<&'static Resource> {
+        let (group, version, plural) = match self {
+            Kind::Pod => ("", "v1", "pods"),
+            Kind::ConfigMap => ("", "v1", "configmaps"),
+            Kind::Secret => ("", "v1", "secrets"),
+            Kind::ServiceAccount => ("", "v1", "serviceaccounts"),
+            Kind::Node => ("", "v1", "nodes"),
+            Kind::Service => ("", "v1", "services"),
+            Kind::EndpointSlice => ("discovery.k8s.io", "v1", "endpointslices"),
+            Kind::PeerNode => return None,
+        };
+        Some(
+            crate::api::find_resource(group, version, plural)
+                .unwrap_or_else(|| panic!("{plural} are served")),
+        )
     }
 
-    pub fn resource(self) -> &'static Resource {
-        crate::api::find_resource("", "v1", self.plural())
-            .unwrap_or_else(|| panic!("{} are served", self.plural()))
+    /// Sent to every node alike, as it changes (not per node).
+    pub fn is_broadcast(self) -> bool {
+        matches!(self, Kind::Service | Kind::EndpointSlice | Kind::PeerNode)
     }
 
     fn of(r: &Resource) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.plural() == r.plural)
+        Kind::ALL.into_iter().find(|k| {
+            k.resource()
+                .is_some_and(|kr| kr.group == r.group && kr.plural == r.plural)
+        })
     }
 
     pub fn parse(s: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.name() == s)
     }
+}
+
+/// A Node as other nodes see it: name, podCIDRs and addresses, with a
+/// resourceVersion that changes only when they do.
+fn peer_view(node: &Value) -> Value {
+    let mut v = serde_json::json!({
+        "metadata": {"name": node["metadata"]["name"]},
+        "spec": {
+            "podCIDR": node["spec"]["podCIDR"],
+            "podCIDRs": node["spec"]["podCIDRs"],
+        },
+        "status": {"addresses": node["status"]["addresses"]},
+    });
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.to_string().hash(&mut h);
+    v["metadata"]["resourceVersion"] = Value::String(format!("p{:016x}", h.finish()));
+    v
 }
 
 /// An object's identity: kind, namespace, name.
@@ -155,6 +198,8 @@ struct Session {
 #[derive(Default)]
 struct Inner {
     objects: HashMap<Key, Arc<Value>>,
+    /// The keys of the objects every node gets.
+    broadcast: BTreeSet<Key>,
     pods_by_node: HashMap<String, BTreeSet<Key>>,
     revision: i64,
     sessions: HashMap<String, Session>,
@@ -162,8 +207,19 @@ struct Inner {
 }
 
 impl Inner {
+    /// Everything `node` should hold: its own objects and the broadcast ones.
+    fn desired_all(&self, node: &str) -> BTreeMap<Key, Arc<Value>> {
+        let mut out = self.desired(node);
+        for k in &self.broadcast {
+            if let Some(o) = self.objects.get(k) {
+                out.insert(k.clone(), o.clone());
+            }
+        }
+        out
+    }
+
     /// The node's own Node, its pods and what they reference, as it should
-    /// hold them.
+    /// hold them (the broadcast kinds apart).
     fn desired(&self, node: &str) -> BTreeMap<Key, Arc<Value>> {
         let mut out = BTreeMap::new();
         let own = (Kind::Node, String::new(), node.to_string());
@@ -194,6 +250,9 @@ impl Inner {
                     .insert(key.clone());
             }
         }
+        if key.0.is_broadcast() {
+            self.broadcast.insert(key.clone());
+        }
         self.objects.insert(key, Arc::new(object));
     }
 
@@ -201,6 +260,7 @@ impl Inner {
         if key.0 == Kind::Pod {
             self.unindex_pod(key);
         }
+        self.broadcast.remove(key);
         self.objects.remove(key);
     }
 
@@ -221,17 +281,31 @@ impl Inner {
 
     /// The delta that brings `node`'s session to its desired state at
     /// `revision`, or None if it holds that already. Records it as sent.
-    fn delta_for(&mut self, node: &str, revision: i64) -> Option<Delta> {
-        let desired = self.desired(node);
+    fn delta_for(
+        &mut self,
+        node: &str,
+        revision: i64,
+        touched: bool,
+        broadcast: &(Vec<Object>, Vec<ObjectRef>),
+    ) -> Option<Delta> {
+        let (mut upserts, mut deletes) = (Vec::new(), Vec::new());
+        if touched {
+            let desired = self.desired(node);
+            let session = self.sessions.get_mut(node)?;
+            (upserts, deletes) = diff(&session.sent, &desired);
+            if !upserts.is_empty() || !deletes.is_empty() {
+                session.sent = desired
+                    .iter()
+                    .map(|(k, o)| (k.clone(), rv_of(o).to_string()))
+                    .collect();
+            }
+        }
+        upserts.extend(broadcast.0.iter().cloned());
+        deletes.extend(broadcast.1.iter().cloned());
         let session = self.sessions.get_mut(node)?;
-        let (upserts, deletes) = diff(&session.sent, &desired);
         if upserts.is_empty() && deletes.is_empty() {
             return None;
         }
-        session.sent = desired
-            .iter()
-            .map(|(k, o)| (k.clone(), rv_of(o).to_string()))
-            .collect();
         let delta = Delta {
             revision,
             follows: session.last,
@@ -346,7 +420,10 @@ impl Desired {
 
     async fn follow(&self, api: &Api) -> String {
         let mut events = api.watch_events(WatchScope {
-            resources: Kind::ALL.iter().map(|k| (k.resource(), None)).collect(),
+            resources: Kind::ALL
+                .iter()
+                .filter_map(|k| Some((k.resource()?, None)))
+                .collect(),
             filter: Filter::everything(),
             after: 0,
             progress_every: None,
@@ -373,8 +450,15 @@ impl Desired {
     fn apply(&self, revision: i64, changes: Vec<Change>, initial: bool) {
         let mut inner = self.lock();
         let mut touched: BTreeSet<String> = BTreeSet::new();
+        // Each broadcast object changed here, and its version before.
+        let mut before: BTreeMap<Key, String> = BTreeMap::new();
         if initial {
+            for k in &inner.broadcast {
+                let rv = inner.objects.get(k).map(|o| rv_of(o).to_string());
+                before.insert(k.clone(), rv.unwrap_or_default());
+            }
             inner.objects.clear();
+            inner.broadcast.clear();
             inner.pods_by_node.clear();
             touched.extend(inner.sessions.keys().cloned());
         }
@@ -383,8 +467,11 @@ impl Desired {
                 continue;
             };
             let key = key_of(kind, &c.object);
+            let mut derived = None;
             if kind == Kind::Node {
                 touched.insert(key.2.clone());
+                let peer = (Kind::PeerNode, String::new(), key.2.clone());
+                derived = Some((peer, peer_view(&c.object)));
             } else if kind == Kind::Pod {
                 if let Some(old) = inner.objects.get(&key).and_then(|o| node_of(o)) {
                     touched.insert(old.to_string());
@@ -392,7 +479,7 @@ impl Desired {
                 if let Some(new) = node_of(&c.object) {
                     touched.insert(new.to_string());
                 }
-            } else if !initial {
+            } else if !initial && !kind.is_broadcast() {
                 // Nodes holding it, or whose pods want it.
                 for (node, s) in &inner.sessions {
                     if s.sent.contains_key(&key) {
@@ -412,14 +499,36 @@ impl Desired {
                     }
                 }
             }
-            match c.kind {
-                EventType::Deleted => inner.remove(&key),
-                EventType::Added | EventType::Modified => inner.put(key, c.object),
+            let mut updates = vec![(key, c.object)];
+            updates.extend(derived);
+            for (key, object) in updates {
+                if key.0.is_broadcast() && !before.contains_key(&key) {
+                    let rv = inner.objects.get(&key).map(|o| rv_of(o).to_string());
+                    before.insert(key.clone(), rv.unwrap_or_default());
+                }
+                match c.kind {
+                    EventType::Deleted => inner.remove(&key),
+                    EventType::Added | EventType::Modified => inner.put(key, object),
+                }
             }
         }
         inner.revision = revision;
-        for node in touched {
-            if let Some(delta) = inner.delta_for(&node, revision) {
+        let mut broadcast = (Vec::new(), Vec::new());
+        for (key, was) in before {
+            match inner.objects.get(&key) {
+                Some(o) if rv_of(o) != was => broadcast.0.push(object_frame(&key, o)),
+                None if !was.is_empty() => broadcast.1.push(object_ref(&key)),
+                _ => {}
+            }
+        }
+        let nodes: Vec<String> = if broadcast.0.is_empty() && broadcast.1.is_empty() {
+            touched.iter().cloned().collect()
+        } else {
+            inner.sessions.keys().cloned().collect()
+        };
+        for node in nodes {
+            let own = touched.contains(&node);
+            if let Some(delta) = inner.delta_for(&node, revision, own, &broadcast) {
                 metrics::counter!("skiff_agent_deltas_total").increment(1);
                 inner.send(&node, to_agent::Message::Delta(delta));
             }
@@ -446,7 +555,7 @@ impl Desired {
         inner.next_id += 1;
         let id = inner.next_id;
         let revision = inner.revision;
-        let desired = inner.desired(node);
+        let desired = inner.desired_all(node);
         let resume = last_revision > 0 && caught_up && last_revision <= revision;
         let first = if resume {
             let held: HashMap<Key, String> = held
@@ -479,6 +588,7 @@ impl Desired {
                 tx,
                 sent: desired
                     .iter()
+                    .filter(|(k, _)| !k.0.is_broadcast())
                     .map(|(k, o)| (k.clone(), rv_of(o).to_string()))
                     .collect(),
                 last: revision,

@@ -222,6 +222,13 @@ pub async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action> {
                 terminating: Some(pod.metadata.deletion_timestamp.is_some()),
             }),
             node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            // A pod naming this Service as its subdomain is known by its
+            // hostname in DNS (<hostname>.<service>.<ns>.svc).
+            hostname: pod
+                .spec
+                .as_ref()
+                .filter(|s| s.subdomain.as_deref() == Some(name))
+                .and_then(|s| s.hostname.clone()),
             target_ref: Some(pod_ref(pod)),
             ..Default::default()
         })

@@ -18,6 +18,7 @@ pub mod garbage_collector;
 pub mod hpa;
 pub mod job;
 pub mod namespace;
+pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod ownership;
 pub mod pods;
@@ -100,6 +101,9 @@ pub struct Settings {
     pub hpa_sync_period: Duration,
     /// Added to the wall clock, for tests.
     pub clock_offset: chrono::Duration,
+    /// The blocks of the cluster CIDR nodes get as their podCIDR (None:
+    /// podCIDRs are not allocated).
+    pub node_cidrs: Option<node_ipam::NodeCidrs>,
 }
 
 impl Default for Settings {
@@ -109,6 +113,7 @@ impl Default for Settings {
             default_eviction_timeout: Duration::from_secs(300),
             hpa_sync_period: Duration::from_secs(15),
             clock_offset: chrono::Duration::zero(),
+            node_cidrs: None,
         }
     }
 }
@@ -140,6 +145,8 @@ pub struct Ctx {
     pub metadata: Vec<Informer<PartialObjectMetadata>>,
     /// When the leader last heard from each node.
     pub heartbeats: Arc<node_lifecycle::Heartbeats>,
+    /// PodCIDRs written but not yet seen in the cache.
+    pub node_ipam: node_ipam::Pending,
     /// The garbage collector's indexes (set when it registers).
     pub collector: std::sync::OnceLock<Arc<garbage_collector::Collector>>,
 }
@@ -172,6 +179,7 @@ impl Ctx {
             endpoint_slices: Informer::new(),
             metadata: Vec::new(),
             heartbeats: Arc::default(),
+            node_ipam: Default::default(),
             collector: std::sync::OnceLock::new(),
         };
         let typed: Vec<&Resource> = ctx.informers().iter().map(|i| i.resource()).collect();
@@ -254,6 +262,7 @@ pub async fn start(api: Api, fence: Fence, settings: Settings, cancel: Cancellat
         (namespace::register(&ctx), spawner(namespace::reconcile, 1)),
         (endpoints::register(&ctx), spawner(endpoints::reconcile, 2)),
         (hpa::register(&ctx), spawner(hpa::reconcile, 1)),
+        (node_ipam::register(&ctx), spawner(node_ipam::reconcile, 1)),
         (
             node_lifecycle::register(&ctx),
             spawner(node_lifecycle::reconcile, 2),

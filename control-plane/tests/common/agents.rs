@@ -76,6 +76,9 @@ pub struct Agent {
     child: Option<Child>,
     log: PathBuf,
     extra: Vec<String>,
+    /// The node host it runs in (None: this host, sharing its network
+    /// and engine with other agents).
+    host: Option<(String, String, String)>,
 }
 
 impl Cluster {
@@ -113,6 +116,39 @@ impl Cluster {
             dir,
             child: None,
             extra: Vec::new(),
+            host: None,
+        })
+    }
+
+    /// Join node `short` from inside `host` (its own namespace and
+    /// engine); its agent runs there, on the routed pod network.
+    pub fn join_in(
+        &self,
+        short: &str,
+        join: &JoinCommand,
+        host: &super::hosts::NodeHost,
+    ) -> Result<Agent, String> {
+        let name = self.node_name(short);
+        let dir = self.dir.path().join(format!("agent-{short}"));
+        let out = host
+            .command(&agent_bin())
+            .args(["join", "--server", &join.server, "--token", &join.token])
+            .args(["--discovery-token-ca-cert-hash", &join.ca_hash])
+            .args(["--node-name", &name, "--data-dir"])
+            .arg(&dir)
+            .output()
+            .expect("node-agent join");
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(Agent {
+            metrics: format!("{}:10255", host.ip),
+            log: self.dir.path().join(format!("agent-{short}.log")),
+            name,
+            dir,
+            child: None,
+            extra: Vec::new(),
+            host: Some((host.name.clone(), host.ip.clone(), host.docker_host.clone())),
         })
     }
 }
@@ -128,10 +164,23 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .expect("agent log");
-        let child = Command::new(agent_bin())
-            .args(["run", "--data-dir"])
+        let mut cmd = match &self.host {
+            Some((name, ip, docker)) => {
+                let mut c = super::hosts::in_host(name, &agent_bin());
+                c.args(["run", "--node-ip", ip, "--docker-host", docker]);
+                c
+            }
+            None => {
+                let mut c = Command::new(agent_bin());
+                // These nodes share this host's network and engine.
+                c.args(["run", "--node-ip", "127.0.0.1", "--network", "none"]);
+                c
+            }
+        };
+        let child = cmd
+            .arg("--data-dir")
             .arg(&self.dir)
-            .args(["--listen-metrics", &self.metrics, "--node-ip", "127.0.0.1"])
+            .args(["--listen-metrics", &self.metrics])
             .args(["--backoff-base", "1s", "--backoff-max", "4s"])
             .args(&self.extra)
             .env("RUST_LOG", "info,node_agent=debug")

@@ -7,6 +7,7 @@
 
 pub mod agents;
 pub mod fake_nodes;
+pub mod hosts;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -43,6 +44,21 @@ impl Cluster {
 
     /// Start `n` masters with `extra` flags and `env` in their environment.
     pub async fn start_with_env(n: usize, extra: &[&str], env: &[(&str, &str)]) -> Cluster {
+        Cluster::start_full(n, extra, env, None).await
+    }
+
+    /// Start `n` masters, master i listening for agents on `agent_ips[i]`
+    /// (an address node hosts in their own namespaces can reach).
+    pub async fn start_with_agents_on(n: usize, extra: &[&str], agent_ips: &[String]) -> Cluster {
+        Cluster::start_full(n, extra, &[], Some(agent_ips)).await
+    }
+
+    async fn start_full(
+        n: usize,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        agent_ips: Option<&[String]>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = dir.path().join("pki");
         let init = Command::new(env!("CARGO_BIN_EXE_control-plane"))
@@ -83,7 +99,10 @@ impl Cluster {
                     "--listen-api".into(),
                     format!("{ip}:6443"),
                     "--listen-agents".into(),
-                    format!("{ip}:6444"),
+                    format!(
+                        "{}:6444",
+                        agent_ips.map(|a| a[i - 1].as_str()).unwrap_or(&ip)
+                    ),
                     "--pki-dir".into(),
                     pki.display().to_string(),
                 ];

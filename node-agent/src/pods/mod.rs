@@ -48,6 +48,11 @@ pub struct Context {
     pub backoff_reset: Duration,
     pub lookup: Arc<dyn spec::Lookup + Send + Sync>,
     pub reports: Arc<Reports>,
+    /// The node's pod network (None: pods use the engine's default
+    /// network, and there is no cluster DNS).
+    pub network: Option<Arc<crate::network::PodNetwork>>,
+    /// The cluster's DNS domain (cluster.local).
+    pub cluster_domain: String,
 }
 
 pub async fn run<R: Runtime>(

@@ -122,12 +122,13 @@ pub fn sandbox_config(pod: &Pod, node: &str, image: &str, attempt: u32) -> Sandb
                 .map(move |h| format!("{h}:{}", a.ip))
         })
         .collect();
-    let (dns, dns_search) = match (spec.dns_policy.as_deref(), &spec.dns_config) {
+    let (dns, dns_search, dns_options) = match (spec.dns_policy.as_deref(), &spec.dns_config) {
         (Some("None"), Some(c)) => (
             c.nameservers.clone().unwrap_or_default(),
             c.searches.clone().unwrap_or_default(),
+            dns_options(c),
         ),
-        _ => (Vec::new(), Vec::new()),
+        _ => (Vec::new(), Vec::new(), Vec::new()),
     };
     SandboxConfig {
         name: container_name(pod, SANDBOX, attempt),
@@ -136,10 +137,82 @@ pub fn sandbox_config(pod: &Pod, node: &str, image: &str, attempt: u32) -> Sandb
         labels,
         host_ports,
         host_network: spec.host_network.unwrap_or(false),
+        network: None,
         dns,
         dns_search,
+        dns_options,
         extra_hosts,
     }
+}
+
+fn dns_options(c: &k8s_openapi::api::core::v1::PodDNSConfig) -> Vec<String> {
+    c.options
+        .iter()
+        .flatten()
+        .map(|o| match &o.value {
+            Some(v) => format!("{}:{v}", o.name.as_deref().unwrap_or("")),
+            None => o.name.clone().unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// The resolver settings of a pod on the pod network, whose node serves
+/// cluster DNS at `server`: ClusterFirst (the default) gets the cluster's
+/// server and search path, with dnsConfig merged in; Default keeps the
+/// node's resolver; None is left to dnsConfig alone.
+pub fn cluster_dns(pod: &Pod, server: &str, domain: &str, cfg: &mut SandboxConfig) {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
+    let host_network = spec.host_network.unwrap_or(false);
+    let cluster_first = match policy {
+        "ClusterFirst" => !host_network,
+        "ClusterFirstWithHostNet" => true,
+        _ => false,
+    };
+    if !cluster_first {
+        return;
+    }
+    let ns = namespace(pod);
+    cfg.dns = vec![server.to_string()];
+    cfg.dns_search = vec![
+        format!("{ns}.svc.{domain}"),
+        format!("svc.{domain}"),
+        domain.to_string(),
+    ];
+    cfg.dns_options = vec!["ndots:5".to_string()];
+    if let Some(c) = &spec.dns_config {
+        for n in c.nameservers.iter().flatten() {
+            if !cfg.dns.contains(n) {
+                cfg.dns.push(n.clone());
+            }
+        }
+        cfg.dns_search.extend(c.searches.iter().flatten().cloned());
+        let extra = dns_options(c);
+        cfg.dns_options.retain(|o| {
+            !extra
+                .iter()
+                .any(|e| e.split(':').next() == o.split(':').next())
+        });
+        cfg.dns_options.extend(extra);
+    }
+}
+
+/// The resolv.conf a sandbox's settings say, if they say anything.
+pub fn resolv_conf(cfg: &SandboxConfig) -> Option<String> {
+    if cfg.dns.is_empty() && cfg.dns_search.is_empty() && cfg.dns_options.is_empty() {
+        return None;
+    }
+    let mut out = String::new();
+    for n in &cfg.dns {
+        out.push_str(&format!("nameserver {n}\n"));
+    }
+    if !cfg.dns_search.is_empty() {
+        out.push_str(&format!("search {}\n", cfg.dns_search.join(" ")));
+    }
+    if !cfg.dns_options.is_empty() {
+        out.push_str(&format!("options {}\n", cfg.dns_options.join(" ")));
+    }
+    Some(out)
 }
 
 fn decode_secret(v: &Value) -> Option<String> {

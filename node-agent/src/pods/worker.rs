@@ -28,6 +28,8 @@ use crate::runtime::{ContainerInfo, Mount, Runtime, RuntimeError, State, SANDBOX
 
 /// How often a worker looks again with nothing else to wake it.
 const RESYNC: Duration = Duration::from_secs(10);
+/// How long a new sandbox waits for the node's pod network.
+const NETWORK_WAIT: Duration = Duration::from_secs(5);
 /// The most of a termination message kept (as the kubelet).
 const MAX_MESSAGE: usize = 4096;
 
@@ -349,7 +351,33 @@ impl<R: Runtime> Worker<R> {
                 let _ = self.rt.remove(&c.id).await;
             }
         }
-        let cfg = spec::sandbox_config(&self.pod, &self.ctx.node, &self.ctx.sandbox_image, attempt);
+        let mut cfg =
+            spec::sandbox_config(&self.pod, &self.ctx.node, &self.ctx.sandbox_image, attempt);
+        if let Some(net) = &self.ctx.network {
+            let attached = net
+                .attachment(NETWORK_WAIT)
+                .await
+                .ok_or(RuntimeError::NetworkNotReady)?;
+            if !cfg.host_network {
+                cfg.network = Some(attached.network.clone());
+            }
+            let server = attached.gateway.to_string();
+            spec::cluster_dns(&self.pod, &server, &self.ctx.cluster_domain, &mut cfg);
+            // On the pod network the engine would point resolv.conf at a
+            // resolver of its own, which needs the engine's iptables: every
+            // container gets the pod's file instead.
+            if !cfg.host_network || !cfg.dns.is_empty() {
+                let text = spec::resolv_conf(&cfg).unwrap_or_else(|| {
+                    std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
+                });
+                let path = self.resolv_conf();
+                if let Some(dir) = path.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                std::fs::write(&path, text)
+                    .map_err(|e| RuntimeError::Engine(format!("writing resolv.conf: {e}")))?;
+            }
+        }
         if !self.rt.image_present(&cfg.image).await? {
             return Err(RuntimeError::ImageNotPresent(cfg.image));
         }
@@ -366,6 +394,10 @@ impl<R: Runtime> Worker<R> {
             info.ip
         };
         Ok((id, ip))
+    }
+
+    fn resolv_conf(&self) -> PathBuf {
+        volumes::pod_dir(&self.ctx.data_dir, &self.uid).join("resolv.conf")
     }
 
     fn termination_log(&self, c: &Container, attempt: u32) -> PathBuf {
@@ -456,6 +488,14 @@ impl<R: Runtime> Worker<R> {
                 .unwrap_or_else(|| "/dev/termination-log".into()),
             read_only: false,
         });
+        let resolv = self.resolv_conf();
+        if self.ctx.network.is_some() && resolv.exists() {
+            mounts.push(Mount {
+                host_path: resolv.to_string_lossy().into_owned(),
+                container_path: "/etc/resolv.conf".into(),
+                read_only: false,
+            });
+        }
         let cfg = match spec::container_config(
             &self.pod,
             c,

@@ -184,6 +184,73 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    async fn ensure_network(&self, spec: &NetworkSpec) -> Result<()> {
+        use bollard::models::{Ipam, IpamConfig};
+        use bollard::network::{CreateNetworkOptions, InspectNetworkOptions};
+        let _t = call_timer("network");
+        let found = self
+            .docker
+            .inspect_network(&spec.name, None::<InspectNetworkOptions<String>>)
+            .await;
+        match found {
+            Ok(n) => {
+                let subnets: Vec<String> = n
+                    .ipam
+                    .and_then(|i| i.config)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c.subnet)
+                    .collect();
+                let bridge = n
+                    .options
+                    .as_ref()
+                    .and_then(|o| o.get("com.docker.network.bridge.name"));
+                if subnets == [spec.subnet.clone()] && bridge == Some(&spec.bridge) {
+                    return Ok(());
+                }
+                tracing::info!(network = %spec.name, ?subnets, "replacing the pod network (its subnet changed)");
+                self.docker
+                    .remove_network(&spec.name)
+                    .await
+                    .map_err(engine)?;
+            }
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => return Err(engine(e)),
+        }
+        let options = HashMap::from([
+            (
+                "com.docker.network.bridge.name".to_string(),
+                spec.bridge.clone(),
+            ),
+            // The agent's own nftables masquerade what leaves the cluster.
+            (
+                "com.docker.network.bridge.enable_ip_masquerade".to_string(),
+                "false".to_string(),
+            ),
+        ]);
+        self.docker
+            .create_network(CreateNetworkOptions {
+                name: spec.name.clone(),
+                check_duplicate: true,
+                driver: "bridge".to_string(),
+                ipam: Ipam {
+                    config: Some(vec![IpamConfig {
+                        subnet: Some(spec.subnet.clone()),
+                        gateway: Some(spec.gateway.clone()),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                },
+                options,
+                ..Default::default()
+            })
+            .await
+            .map_err(engine)?;
+        Ok(())
+    }
+
     async fn create_sandbox(&self, cfg: &SandboxConfig) -> Result<String> {
         let mut port_bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
         let mut exposed: HashMap<String, HashMap<(), ()>> = HashMap::new();
@@ -205,11 +272,16 @@ impl Runtime for DockerRuntime {
             labels: Some(cfg.labels.clone()),
             exposed_ports: (!exposed.is_empty()).then_some(exposed),
             host_config: Some(HostConfig {
-                network_mode: cfg.host_network.then(|| "host".to_string()),
+                network_mode: if cfg.host_network {
+                    Some("host".to_string())
+                } else {
+                    cfg.network.clone()
+                },
                 ipc_mode: Some("shareable".into()),
                 port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
                 dns: (!cfg.dns.is_empty()).then(|| cfg.dns.clone()),
                 dns_search: (!cfg.dns_search.is_empty()).then(|| cfg.dns_search.clone()),
+                dns_options: (!cfg.dns_options.is_empty()).then(|| cfg.dns_options.clone()),
                 extra_hosts: (!cfg.extra_hosts.is_empty()).then(|| cfg.extra_hosts.clone()),
                 ..Default::default()
             }),

@@ -105,6 +105,10 @@ impl Runtime for FakeRuntime {
         Ok(true)
     }
 
+    async fn ensure_network(&self, _spec: &NetworkSpec) -> Result<()> {
+        Ok(())
+    }
+
     async fn create_sandbox(&self, cfg: &SandboxConfig) -> Result<String> {
         let n = self.inner.next.load(Ordering::Relaxed);
         let ip = Ipv4Addr::from(0x0a80_0000 | (n as u32 & 0x007f_ffff));

@@ -37,6 +37,8 @@ pub enum RuntimeError {
     NotFound(String),
     #[error("{0}")]
     Engine(String),
+    #[error("the node's pod network is not ready (it has no podCIDR yet)")]
+    NetworkNotReady,
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
@@ -67,7 +69,10 @@ pub struct SandboxConfig {
     pub labels: HashMap<String, String>,
     pub host_ports: Vec<HostPort>,
     pub host_network: bool,
+    /// The runtime network to join (None: the engine's default).
+    pub network: Option<String>,
     pub dns: Vec<String>,
+    pub dns_options: Vec<String>,
     pub dns_search: Vec<String>,
     pub extra_hosts: Vec<String>,
 }
@@ -179,6 +184,16 @@ pub struct Usage {
     pub memory_working_set: u64,
 }
 
+/// A bridge network for the node's pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSpec {
+    pub name: String,
+    pub subnet: String,
+    pub gateway: String,
+    /// The bridge device's name.
+    pub bridge: String,
+}
+
 /// Node facts from the runtime.
 #[derive(Debug, Clone, Default)]
 pub struct Info {
@@ -192,6 +207,9 @@ pub struct Info {
 pub trait Runtime: Clone + Send + Sync + 'static {
     fn info(&self) -> impl Future<Output = Result<Info>> + Send;
     fn image_present(&self, image: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// Make the pods' network as `spec` says (replacing one of the same
+    /// name with another subnet).
+    fn ensure_network(&self, spec: &NetworkSpec) -> impl Future<Output = Result<()>> + Send;
     fn create_sandbox(&self, cfg: &SandboxConfig) -> impl Future<Output = Result<String>> + Send;
     fn create_container(
         &self,

@@ -152,6 +152,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             stats_interval: Duration::from_secs(10),
             lease_duration: Duration::from_secs(40),
             links: opts.links,
+            network: None,
         };
         agents.push(agent::start(cfg, FakeRuntime::default(), stop.child_token()).await?);
     }

@@ -1,0 +1,470 @@
+//! Service networking on two nodes, each a host of its own (its own
+//! network namespace, address and Docker engine, made by
+//! deploy/node-host): pods get addresses from their node's podCIDR and
+//! reach each other across nodes by IP with their source address kept;
+//! Services work by name and by virtual IP through each agent's nftables
+//! table; NodePorts answer on every node's address from outside; cluster
+//! DNS answers for headless Services, StatefulSet pods, ExternalNames and
+//! named ports. All with the real kubectl, Docker and nftables.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::agents::{create_token, node_ready, one_at_a_time, require_images, SETTLE};
+use common::hosts::{Lan, NodeHost};
+use common::{eventually, kubectl, kubectl_stdin, Cluster};
+use serde_json::Value;
+
+fn ok((good, out, err): (bool, String, String)) -> String {
+    assert!(good, "kubectl failed: {err}\n{out}");
+    out
+}
+
+async fn until<F: FnMut() -> Option<T>, T>(what: &str, mut f: F) -> T {
+    eventually(what, SETTLE, || std::future::ready(f())).await
+}
+
+/// Each backend answers / with its own hostname, /cgi-bin/ip with the
+/// address the request came from, and is ready while /w/ready exists.
+const APPS: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: httpd
+        image: busybox:local
+        imagePullPolicy: Never
+        command:
+        - sh
+        - -c
+        - |
+          mkdir -p /w/cgi-bin
+          hostname > /w/index.html
+          printf '#!/bin/sh\necho Content-Type: text/plain\necho\necho $REMOTE_ADDR\n' > /w/cgi-bin/ip
+          chmod +x /w/cgi-bin/ip
+          touch /w/ready
+          exec httpd -f -p 8080 -h /w
+        readinessProbe:
+          exec: {command: [test, -f, /w/ready]}
+          periodSeconds: 1
+          failureThreshold: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-np}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty}
+spec:
+  selector: {app: nobody}
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  clusterIP: None
+  selector: {app: web}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext}
+spec:
+  type: ExternalName
+  externalName: web.default.svc.cluster.local
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sts}
+spec:
+  clusterIP: None
+  selector: {app: sts}
+  ports: [{port: 80}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: sts}
+spec:
+  serviceName: sts
+  replicas: 1
+  selector: {matchLabels: {app: sts}}
+  template:
+    metadata: {labels: {app: sts}}
+    spec:
+      containers:
+      - {name: c, image: busybox:local, imagePullPolicy: Never, command: [sleep, "3600"]}
+"#;
+
+fn client(node: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: c, image: busybox:local, imagePullPolicy: Never, command: [sleep, "3600"]}}
+"#
+    )
+}
+
+struct Env {
+    kc: std::path::PathBuf,
+}
+
+impl Env {
+    /// Run `script` in the client pod: its stdout, or Err(stderr).
+    fn sh(&self, script: &str) -> Result<String, String> {
+        let (good, out, err) = kubectl(&self.kc, &["exec", "client", "--", "sh", "-c", script]);
+        if good {
+            Ok(out)
+        } else {
+            Err(format!("{err}{out}"))
+        }
+    }
+
+    /// `n` fetches of `url` from the client: the answers, in order.
+    fn fetch(&self, url: &str, n: usize) -> Vec<String> {
+        let script =
+            format!("for i in $(seq {n}); do timeout 3 wget -qO- {url} || echo FAILED; done");
+        self.sh(&script)
+            .unwrap_or_else(|e| e)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn pods(&self, selector: &str) -> Vec<Value> {
+        let out = ok(kubectl(
+            &self.kc,
+            &["get", "pods", "-l", selector, "-o", "json"],
+        ));
+        let list: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        list["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn ready_pods(&self, selector: &str) -> Vec<Value> {
+        self.pods(selector)
+            .into_iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .filter(|p| {
+                p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+            .collect()
+    }
+
+    /// Ready endpoint addresses of Service `svc`'s slice.
+    fn ready_endpoints(&self, svc: &str) -> BTreeSet<String> {
+        let (_, out, _) = kubectl(
+            &self.kc,
+            &[
+                "get",
+                "endpointslices",
+                "-l",
+                &format!("kubernetes.io/service-name={svc}"),
+                "-o",
+                "json",
+            ],
+        );
+        let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["conditions"]["ready"] == true)
+            .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .collect()
+    }
+
+    fn field(&self, args: &[&str]) -> String {
+        ok(kubectl(&self.kc, args)).trim().to_string()
+    }
+}
+
+fn names(pods: &[Value]) -> BTreeSet<String> {
+    pods.iter()
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_reach_each_other_and_services_across_nodes() {
+    let _one = one_at_a_time().await;
+    require_images();
+    let lan = Lan::up("n", 3);
+    let cluster = Cluster::start_with_agents_on(3, &[], &lan.master_ips(3)).await;
+    let kc = cluster.kubeconfig(0);
+    let server = format!("{}:6444", lan.master_ips(3)[0]);
+    let join = create_token(&cluster, &["--agent-server", &server]);
+    let host_a = NodeHost::up(&lan, "n", 1, cluster.dir.path());
+    let host_b = NodeHost::up(&lan, "n", 2, cluster.dir.path());
+    let mut a = cluster.join_in("a", &join, &host_a).expect("node a joins");
+    let mut b = cluster.join_in("b", &join, &host_b).expect("node b joins");
+    a.run(&["--proxy-check-period", "1s"]);
+    b.run(&["--proxy-check-period", "1s"]);
+    let env = Env { kc: kc.clone() };
+    let result = std::panic::AssertUnwindSafe(scenario(&env, &a.name, &b.name, &host_a, &host_b));
+    let outcome = futures::FutureExt::catch_unwind(result).await;
+    if let Err(panic) = outcome {
+        for agent in [&a, &b] {
+            let log = agent.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("---- last lines of {}'s log", agent.name);
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        for h in [&host_a, &host_b] {
+            eprintln!("---- {}'s nftables", h.name);
+            eprintln!(
+                "{}",
+                h.exec(&["nft", "list", "table", "ip", "skiff-proxy"]).1
+            );
+        }
+        std::panic::resume_unwind(panic);
+    }
+    a.kill();
+    b.kill();
+}
+
+async fn scenario(env: &Env, a: &str, b: &str, host_a: &NodeHost, host_b: &NodeHost) {
+    let kc = &env.kc;
+    for node in [a, b] {
+        until(&format!("{node} Ready"), || {
+            (node_ready(kc, node) == "True").then_some(())
+        })
+        .await;
+    }
+    // Each node has a podCIDR of its own.
+    let cidr = |n: &str| env.field(&["get", "node", n, "-o", "jsonpath={.spec.podCIDR}"]);
+    let (cidr_a, cidr_b) = until("both podCIDRs", || {
+        let (x, y) = (cidr(a), cidr(b));
+        (!x.is_empty() && !y.is_empty()).then_some((x, y))
+    })
+    .await;
+    assert_ne!(cidr_a, cidr_b);
+    assert!(
+        cidr_a.starts_with("10.244.") && cidr_a.ends_with("/24"),
+        "{cidr_a}"
+    );
+
+    ok(kubectl_stdin(kc, &["apply", "-f", "-"], Some(APPS)));
+    ok(kubectl_stdin(kc, &["apply", "-f", "-"], Some(&client(b))));
+    let backends = until("3 web pods ready", || {
+        let ready = env.ready_pods("app=web");
+        (ready.len() == 3).then_some(ready)
+    })
+    .await;
+    until("the client running", || env.sh("true").ok()).await;
+    let client_ip = env.field(&["get", "pod", "client", "-o", "jsonpath={.status.podIP}"]);
+    let prefix_b = cidr_b.trim_end_matches(".0/24");
+    assert!(
+        client_ip.starts_with(&format!("{prefix_b}.")),
+        "the client's address {client_ip} is from its node's podCIDR {cidr_b}"
+    );
+    until("the endpoints of web", || {
+        (env.ready_endpoints("web").len() == 3).then_some(())
+    })
+    .await;
+
+    // Pod to pod across nodes, by IP, the source address kept.
+    let across = backends
+        .iter()
+        .find(|p| p["spec"]["nodeName"] == a)
+        .expect("a web pod on node a (3 pods, 2 nodes, spread)");
+    let across_ip = across["status"]["podIP"].as_str().unwrap().to_string();
+    let seen = env.fetch(&format!("http://{across_ip}:8080/cgi-bin/ip"), 1);
+    // httpd listens on IPv6 too and writes IPv4 peers as [::ffff:a.b.c.d].
+    let seen: Vec<&str> = seen
+        .iter()
+        .map(|s| s.trim_start_matches("[::ffff:").trim_end_matches(']'))
+        .collect();
+    assert_eq!(
+        seen,
+        [client_ip.as_str()],
+        "the backend saw the client's own address"
+    );
+
+    // By name and by virtual IP, every backend answers.
+    let want = names(&backends);
+    let vip = env.field(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    for url in [
+        "http://web/",
+        &format!("http://{vip}/"),
+        "http://web.default.svc.cluster.local/",
+    ] {
+        let answers: BTreeSet<String> = env.fetch(url, 30).into_iter().collect();
+        assert_eq!(answers, want, "fetching {url}");
+    }
+
+    // A pod failing readiness gets no traffic.
+    let sick = want.iter().next().unwrap().clone();
+    ok(kubectl(kc, &["exec", &sick, "--", "rm", "/w/ready"]));
+    until("the sick pod out of the endpoints", || {
+        (env.ready_endpoints("web").len() == 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let answers: BTreeSet<String> = env.fetch("http://web/", 20).into_iter().collect();
+    assert!(
+        !answers.contains(&sick),
+        "{sick} is not ready but answered: {answers:?}"
+    );
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    ok(kubectl(kc, &["exec", &sick, "--", "touch", "/w/ready"]));
+    until("the pod back in the endpoints", || {
+        (env.ready_endpoints("web").len() == 3).then_some(())
+    })
+    .await;
+
+    // ClientIP affinity keeps one backend.
+    ok(kubectl(
+        kc,
+        &[
+            "patch",
+            "svc",
+            "web",
+            "-p",
+            r#"{"spec":{"sessionAffinity":"ClientIP"}}"#,
+        ],
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let answers: BTreeSet<String> = env.fetch("http://web/", 15).into_iter().collect();
+    assert_eq!(answers.len(), 1, "affinity: {answers:?}");
+    ok(kubectl(
+        kc,
+        &[
+            "patch",
+            "svc",
+            "web",
+            "-p",
+            r#"{"spec":{"sessionAffinity":"None"}}"#,
+        ],
+    ));
+
+    // A Service with no endpoints refuses at once.
+    let empty = env.field(&["get", "svc", "empty", "-o", "jsonpath={.spec.clusterIP}"]);
+    let started = Instant::now();
+    let refused = env.sh(&format!("nc -w 3 {empty} 80 </dev/null"));
+    let took = started.elapsed();
+    let text = refused.expect_err("nothing can answer for a service without endpoints");
+    assert!(text.contains("refused"), "{text}");
+    assert!(took < Duration::from_secs(2), "refused after {took:?}");
+
+    // NodePort, from outside the nodes, on each node's address.
+    let node_port = env.field(&[
+        "get",
+        "svc",
+        "web-np",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ]);
+    for host in [host_a, host_b] {
+        let mut answers = BTreeSet::new();
+        for _ in 0..20 {
+            let url = format!("http://{}:{node_port}/", host.ip);
+            let body = reqwest::get(&url)
+                .await
+                .unwrap_or_else(|e| panic!("{url}: {e}"))
+                .text()
+                .await
+                .unwrap();
+            answers.insert(body.trim().to_string());
+        }
+        assert!(
+            answers.is_subset(&want) && !answers.is_empty(),
+            "{answers:?}"
+        );
+    }
+
+    // DNS: a headless Service, a StatefulSet pod, an ExternalName, SRV.
+    let lookup = |args: &str| env.sh(&format!("nslookup {args}")).unwrap_or_else(|e| e);
+    let headless = lookup("db.default.svc.cluster.local");
+    for p in &backends {
+        let ip = p["status"]["podIP"].as_str().unwrap();
+        assert!(headless.contains(ip), "db lists {ip}: {headless}");
+    }
+    let sts_ip = until("sts-0 running", || {
+        let ip = env.field(&["get", "pod", "sts-0", "-o", "jsonpath={.status.podIP}"]);
+        (!ip.is_empty()).then_some(ip)
+    })
+    .await;
+    let sts = until("sts-0 in DNS", || {
+        let out = lookup("sts-0.sts.default.svc.cluster.local");
+        out.contains(&sts_ip).then_some(out)
+    })
+    .await;
+    assert!(sts.contains(&sts_ip), "{sts}");
+    let ext = lookup("ext.default.svc.cluster.local");
+    assert!(
+        ext.contains("web.default.svc.cluster.local") && ext.contains(&vip),
+        "ext is a CNAME to web: {ext}"
+    );
+    let srv = lookup("-type=SRV _http._tcp.web.default.svc.cluster.local");
+    assert!(srv.contains("80 web.default.svc.cluster.local"), "{srv}");
+    let missing = lookup("nothing.default.svc.cluster.local");
+    assert!(missing.contains("NXDOMAIN"), "{missing}");
+
+    // Scale to 1: within a second of the endpoints saying so, only the
+    // survivor answers.
+    ok(kubectl(kc, &["scale", "deployment", "web", "--replicas=1"]));
+    until("one endpoint left", || {
+        (env.ready_endpoints("web").len() == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let answers: BTreeSet<String> = env.fetch("http://web/", 10).into_iter().collect();
+    let survivor = names(&env.ready_pods("app=web"));
+    assert_eq!(answers, survivor, "after scaling to 1");
+
+    // Flush the table by hand: it comes back.
+    let (flushed, _, err) = host_a.exec(&["nft", "flush", "table", "ip", "skiff-proxy"]);
+    assert!(flushed, "{err}");
+    let table = |h: &NodeHost| h.exec(&["nft", "list", "table", "ip", "skiff-proxy"]).1;
+    until("node a's table written again", || {
+        let t = table(host_a);
+        (t.contains("jump services") && t.contains("default/web/tcp/http")).then_some(())
+    })
+    .await;
+
+    // Delete the Service: its rules are gone, on both nodes.
+    ok(kubectl(kc, &["delete", "svc", "web"]));
+    for h in [host_a, host_b] {
+        until("web's rules gone", || {
+            let t = table(h);
+            (t.contains("jump services") && !t.contains("default/web/tcp/http")).then_some(())
+        })
+        .await;
+    }
+}

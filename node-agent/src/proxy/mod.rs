@@ -1,0 +1,146 @@
+//! The node's service proxy (kube-proxy's job, in nftables): it follows
+//! the Services and EndpointSlices in the node's desired state and keeps
+//! one nftables table of its own in step with them.
+//!
+//! - [`model`]: Services and EndpointSlices as service ports with their
+//!   ready endpoints;
+//! - [`nft`]: those as an nftables table, written whole or as the
+//!   difference from the last one, one transaction per sync.
+//!
+//! Syncs are at least `min_sync` apart (changes in between are taken
+//! together). The first sync writes the whole table; later ones only what
+//! changed. Every `check_every` the proxy makes sure the table is still
+//! there as it left it; a table someone flushed or deleted is written
+//! whole again. The table is left in place when the agent stops, so
+//! services keep working across an agent restart.
+
+pub mod model;
+pub mod nft;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use crate::desired::Desired;
+
+/// After a failed sync, the next waits this long.
+const FAILED_SYNC_PAUSE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub nft: nft::Settings,
+    pub min_sync: Duration,
+    pub check_every: Duration,
+}
+
+fn typed<K: DeserializeOwned>(desired: &Desired, kind: &str) -> Vec<K> {
+    desired
+        .list(kind)
+        .into_iter()
+        .filter_map(|o| serde_json::from_value(o.as_ref().clone()).ok())
+        .collect()
+}
+
+fn generation(desired: &Desired) -> (u64, u64) {
+    (
+        desired.generation("Service"),
+        desired.generation("EndpointSlice"),
+    )
+}
+
+/// Follow the node's services until `stop`.
+pub async fn run(node: String, desired: Arc<Desired>, settings: Settings, stop: CancellationToken) {
+    let mut changes = desired.subscribe();
+    let mut check = tokio::time::interval(settings.check_every);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // What the kernel holds, as last written (None: write it whole).
+    let mut have: Option<nft::Ruleset> = None;
+    let mut seen = None;
+    // No sync before this (min_sync after one, longer after a failure).
+    let mut not_before = Instant::now();
+    let mut retry: Option<Instant> = None;
+    loop {
+        let retry_at = retry.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = changes.changed() => if r.is_err() { return },
+            _ = check.tick() => {
+                if have.is_some() {
+                    match nft::intact(&settings.nft.table).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(table = %settings.nft.table, "the proxy's table was changed behind its back; writing it whole");
+                            metrics::counter!("skiff_proxy_resyncs_total", "reason" => "drift").increment(1);
+                            have = None;
+                        }
+                        Err(e) => tracing::warn!("checking the proxy's table: {e}"),
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(retry_at.into()) => { retry = None; }
+        }
+        if !desired.synced() {
+            continue;
+        }
+        if have.is_some() && seen == Some(generation(&desired)) {
+            continue;
+        }
+        if not_before > Instant::now() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep_until(not_before.into()) => {}
+            }
+        }
+        let generation = generation(&desired);
+        let started = Instant::now();
+        let services: Vec<Service> = typed(&desired, "Service");
+        let slices: Vec<EndpointSlice> = typed(&desired, "EndpointSlice");
+        let ports = model::build(&services, &slices, &node);
+        let want = nft::ruleset(&settings.nft, &ports);
+        let (kind, script) = match &have {
+            Some(h) => ("partial", nft::incremental(h, &want)),
+            None => ("full", nft::full(&want)),
+        };
+        not_before = Instant::now() + settings.min_sync;
+        if script.is_empty() {
+            seen = Some(generation);
+            continue;
+        }
+        match nft::apply(&script).await {
+            Ok(()) => {
+                let took = started.elapsed();
+                metrics::histogram!("skiff_proxy_sync_duration_seconds", "kind" => kind)
+                    .record(took.as_secs_f64());
+                metrics::gauge!("skiff_proxy_chains").set(want.chains() as f64);
+                metrics::gauge!("skiff_proxy_rules").set(want.rules() as f64);
+                metrics::gauge!("skiff_proxy_elements").set(want.elements() as f64);
+                metrics::gauge!("skiff_proxy_service_ports").set(ports.len() as f64);
+                metrics::gauge!("skiff_proxy_last_sync_timestamp_seconds").set(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs_f64())
+                        .unwrap_or(0.0),
+                );
+                tracing::debug!(
+                    kind,
+                    ports = ports.len(),
+                    ms = took.as_millis() as u64,
+                    "proxy rules synced"
+                );
+                have = Some(want);
+                seen = Some(generation);
+            }
+            Err(e) => {
+                metrics::counter!("skiff_proxy_sync_errors_total").increment(1);
+                tracing::warn!("proxy sync failed ({e}); writing the table whole in a moment");
+                have = None;
+                not_before = Instant::now() + FAILED_SYNC_PAUSE;
+                retry = Some(not_before);
+            }
+        }
+    }
+}
