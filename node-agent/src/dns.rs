@@ -431,28 +431,46 @@ pub async fn run(server: Arc<Server>, net: Arc<PodNetwork>, port: u16, stop: Can
     loop {
         let gateway = attachments.borrow_and_update().as_ref().map(|a| a.gateway);
         let serving = CancellationToken::new();
+        let mut failed = false;
         if let Some(ip) = gateway {
             let addr = SocketAddr::from((ip, port));
-            match (UdpSocket::bind(addr).await, TcpListener::bind(addr).await) {
-                (Ok(udp), Ok(tcp)) => {
-                    tracing::info!(%addr, "cluster DNS serving");
-                    tokio::spawn(serve_udp(server.clone(), udp, serving.clone()));
-                    tokio::spawn(serve_tcp(server.clone(), tcp, serving.clone()));
-                }
-                (u, t) => {
-                    let e = u.err().or(t.err()).map(|e| e.to_string());
-                    tracing::warn!(%addr, "cluster DNS cannot listen: {}", e.unwrap_or_default());
+            match serve(server.clone(), addr, serving.clone()).await {
+                Ok(()) => tracing::info!(%addr, "cluster DNS serving"),
+                Err(e) => {
+                    tracing::warn!(%addr, "cluster DNS cannot listen (trying again): {e}");
+                    failed = true;
                 }
             }
         }
+        let retry = async {
+            if failed {
+                tokio::time::sleep(Duration::from_secs(1)).await
+            } else {
+                std::future::pending().await
+            }
+        };
         tokio::select! {
             _ = stop.cancelled() => { serving.cancel(); return }
+            _ = retry => {}
             r = attachments.changed() => {
                 serving.cancel();
                 if r.is_err() { return }
             }
         }
     }
+}
+
+/// Serve `server` on `addr`, UDP and TCP, until `stop`.
+pub async fn serve(
+    server: Arc<Server>,
+    addr: SocketAddr,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let udp = UdpSocket::bind(addr).await?;
+    let tcp = TcpListener::bind(addr).await?;
+    tokio::spawn(serve_udp(server.clone(), udp, stop.clone()));
+    tokio::spawn(serve_tcp(server, tcp, stop));
+    Ok(())
 }
 
 async fn serve_udp(server: Arc<Server>, sock: UdpSocket, stop: CancellationToken) {

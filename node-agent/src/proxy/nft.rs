@@ -1,8 +1,10 @@
 //! The proxy's nftables table, in the shape of kube-proxy's nftables mode:
 //! a verdict map from (address, protocol, port) to a chain per service
-//! port, which picks an endpoint with `numgen random` and jumps to that
-//! endpoint's chain, which DNATs. Lookup is one map lookup whatever the
-//! number of services.
+//! port, which picks an endpoint with `numgen random` and DNATs to it
+//! (through a chain of the endpoint's own when ClientIP affinity must
+//! remember the client). Lookup is one map lookup whatever the number of
+//! services; a pod reaching itself through its Service is masqueraded by
+//! one rule over a set of endpoint addresses.
 //!
 //! A [`Ruleset`] is the whole table as data. [`full`] writes it from
 //! nothing; [`incremental`] writes only what differs from the ruleset last
@@ -77,17 +79,26 @@ fn endpoint_id(sp_id: &str, e: &Endpoint) -> String {
     format!("{sp_id}__{}/{}", e.ip, e.port)
 }
 
-/// A `numgen` over `targets` (never empty), each a chain to go to.
-fn pick(targets: &[String]) -> String {
-    let mut out = format!("numgen random mod {} vmap {{ ", targets.len());
-    for (i, t) in targets.iter().enumerate() {
-        if i > 0 {
-            out.push_str(", ");
-        }
-        let _ = write!(out, "{i} : goto {t}");
-    }
-    out.push_str(" }");
-    out
+/// Rules that take one of `actions` (never empty; each ends the chain: a
+/// DNAT or a goto) at random, each alike: the k-th of n is taken with
+/// probability 1/(n-k) when those before it were not, so each is taken
+/// 1/n of the time, as kube-proxy's iptables rules do. (An anonymous
+/// `numgen ... vmap` or `dnat ... map` per service does it in one rule, but
+/// nft's time to load anonymous sets grows with the square of their
+/// number: 2,000 take 0.7 s, 10,000 over a minute.)
+fn pick(actions: &[String]) -> Vec<String> {
+    let n = actions.len();
+    actions
+        .iter()
+        .enumerate()
+        .map(|(k, a)| {
+            if k + 1 == n {
+                a.clone()
+            } else {
+                format!("numgen random mod {} 0 {a}", n - k)
+            }
+        })
+        .collect()
 }
 
 /// The whole table for these service ports.
@@ -113,6 +124,8 @@ pub fn ruleset(settings: &Settings, ports: &[ServicePort]) -> Ruleset {
         "no-endpoint-nodeports",
         "{ type inet_proto . inet_service ; }",
     );
+    r.set("cluster-ips", "{ type ipv4_addr ; }");
+    r.set("hairpin", "{ type ipv4_addr . ipv4_addr ; }");
     let jump = |c: &str| vec![format!("jump {c}")];
     r.chain(
         "nat-prerouting",
@@ -129,6 +142,8 @@ pub fn ruleset(settings: &Settings, ports: &[ServicePort]) -> Ruleset {
         Some("type nat hook postrouting priority 100 ; policy accept ;"),
         vec![
             "jump masquerading".into(),
+            // A pod that reached itself through a Service.
+            "ip saddr . ip daddr @hairpin masquerade".into(),
             // Pods reaching outside the cluster leave with the node's address.
             format!("ip saddr {cidr} ip daddr != {cidr} fib daddr type != local masquerade"),
         ],
@@ -180,6 +195,9 @@ pub fn ruleset(settings: &Settings, ports: &[ServicePort]) -> Ruleset {
         "services",
         None,
         vec![
+            // From outside the pod network (the node itself) to a cluster
+            // IP: masquerade, so that the reply comes back this way.
+            format!("ip saddr != {cidr} ip daddr @cluster-ips jump mark-for-masquerade"),
             "ip daddr . meta l4proto . th dport vmap @service-ips".into(),
             "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports"
                 .into(),
@@ -213,37 +231,43 @@ fn service_port(r: &mut Ruleset, cidr: &str, sp: &ServicePort) {
         return;
     }
     let svc_chain = format!("svc-{id}");
-    let mut sep_chains = Vec::new();
-    let mut local_chains = Vec::new();
+    // What sends a connection to each endpoint: a DNAT in the service's
+    // chain, or, with ClientIP affinity, a chain of the endpoint's own that
+    // also remembers the client.
+    let mut actions = Vec::new();
+    let mut local_actions = Vec::new();
     let mut svc_rules = Vec::new();
     if let Some(vip) = sp.cluster_ip {
-        // From outside the pod network (the node itself): masquerade, so
-        // that the reply comes back through this node.
-        svc_rules.push(format!(
-            "ip daddr {vip} ip saddr != {cidr} jump mark-for-masquerade"
-        ));
+        r.element("cluster-ips", vip.to_string(), String::new());
     }
     for e in &sp.endpoints {
-        let eid = endpoint_id(&id, e);
-        let sep = format!("sep-{eid}");
-        let mut rules = vec![format!("ip saddr {} jump mark-for-masquerade", e.ip)];
-        if let Some(timeout) = sp.affinity {
-            let set = format!("aff-{eid}");
-            r.set(
-                &set,
-                &format!("{{ type ipv4_addr ; flags dynamic,timeout ; timeout {timeout}s ; }}"),
-            );
-            svc_rules.push(format!("ip saddr @{set} goto {sep}"));
-            rules.push(format!("update @{set} {{ ip saddr }}"));
-        }
-        rules.push(format!("meta l4proto {proto} dnat to {}:{}", e.ip, e.port));
-        r.chain(&sep, None, rules);
+        // A pod reaching itself through the Service is masqueraded.
+        r.element("hairpin", format!("{} . {}", e.ip, e.ip), String::new());
+        let dnat = format!("meta l4proto {proto} dnat to {}:{}", e.ip, e.port);
+        let action = match sp.affinity {
+            None => dnat,
+            Some(timeout) => {
+                let eid = endpoint_id(&id, e);
+                let (sep, set) = (format!("sep-{eid}"), format!("aff-{eid}"));
+                r.set(
+                    &set,
+                    &format!("{{ type ipv4_addr ; flags dynamic,timeout ; timeout {timeout}s ; }}"),
+                );
+                svc_rules.push(format!("ip saddr @{set} goto {sep}"));
+                r.chain(
+                    &sep,
+                    None,
+                    vec![format!("update @{set} {{ ip saddr }}"), dnat],
+                );
+                format!("goto {sep}")
+            }
+        };
         if e.local {
-            local_chains.push(sep.clone());
+            local_actions.push(action.clone());
         }
-        sep_chains.push(sep);
+        actions.push(action);
     }
-    svc_rules.push(pick(&sep_chains));
+    svc_rules.extend(pick(&actions));
     r.chain(&svc_chain, None, svc_rules);
     if let Some(vip) = sp.cluster_ip {
         r.element(
@@ -264,11 +288,11 @@ fn service_port(r: &mut Ruleset, cidr: &str, sp: &ServicePort) {
             "fib saddr type local jump mark-for-masquerade".into(),
             format!("fib saddr type local goto {svc_chain}"),
         ];
-        rules.push(if local_chains.is_empty() {
-            "drop".into()
+        if local_actions.is_empty() {
+            rules.push("drop".into());
         } else {
-            pick(&local_chains)
-        });
+            rules.extend(pick(&local_actions));
+        }
         rules
     } else {
         vec![
@@ -532,7 +556,7 @@ mod tests {
     }
 
     #[test]
-    fn an_endpoint_change_rewrites_one_chain_and_removes_the_old_endpoint() {
+    fn an_endpoint_change_rewrites_one_chain_and_one_element() {
         let a = ruleset(
             &settings(),
             &[sp("web", &["10.244.1.5", "10.244.2.7"], None)],
@@ -544,13 +568,43 @@ mod tests {
             lines,
             [
                 "flush chain ip t svc-d/web/tcp/p80",
-                "add rule ip t svc-d/web/tcp/p80 ip daddr 10.96.0.20 ip saddr != 10.244.0.0/16 jump mark-for-masquerade",
-                "add rule ip t svc-d/web/tcp/p80 numgen random mod 1 vmap { 0 : goto sep-d/web/tcp/p80__10.244.1.5/8080 }",
-                "flush chain ip t sep-d/web/tcp/p80__10.244.2.7/8080",
-                "delete chain ip t sep-d/web/tcp/p80__10.244.2.7/8080",
+                "add rule ip t svc-d/web/tcp/p80 meta l4proto tcp dnat to 10.244.1.5:8080",
+                "delete element ip t hairpin { 10.244.2.7 . 10.244.2.7 }",
             ]
         );
         assert_eq!(incremental(&b, &b), "");
+        let two = &a.chains["svc-d/web/tcp/p80"].rules;
+        assert_eq!(
+            two,
+            &[
+                "numgen random mod 2 0 meta l4proto tcp dnat to 10.244.1.5:8080",
+                "meta l4proto tcp dnat to 10.244.2.7:8080",
+            ]
+        );
+    }
+
+    #[test]
+    fn affinity_goes_through_a_chain_per_endpoint_that_remembers_the_client() {
+        let mut web = sp("web", &["10.244.1.5", "10.244.2.7"], None);
+        web.affinity = Some(60);
+        let r = ruleset(&settings(), &[web]);
+        let svc = &r.chains["svc-d/web/tcp/p80"].rules;
+        assert_eq!(
+            svc[0],
+            "ip saddr @aff-d/web/tcp/p80__10.244.1.5/8080 goto sep-d/web/tcp/p80__10.244.1.5/8080"
+        );
+        assert_eq!(
+            svc[2],
+            "numgen random mod 2 0 goto sep-d/web/tcp/p80__10.244.1.5/8080"
+        );
+        assert_eq!(
+            r.chains["sep-d/web/tcp/p80__10.244.2.7/8080"].rules,
+            [
+                "update @aff-d/web/tcp/p80__10.244.2.7/8080 { ip saddr }",
+                "meta l4proto tcp dnat to 10.244.2.7:8080"
+            ]
+        );
+        assert!(r.sets["aff-d/web/tcp/p80__10.244.1.5/8080"].contains("timeout 60s"));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! last watcher has seen it is recorded. Masters' resident memory is read
 //! from /proc before and after.
 
+use crate::percentile;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -66,12 +67,6 @@ pub(crate) fn https_client(kubeconfig: &std::path::Path) -> anyhow::Result<reqwe
         .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
         .identity(reqwest::Identity::from_pem(&identity)?)
         .build()?)
-}
-
-fn percentile(sorted: &[Duration], p: usize) -> f64 {
-    sorted
-        .get((sorted.len() * p / 100).min(sorted.len().saturating_sub(1)))
-        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
 }
 
 struct Figures {

@@ -15,15 +15,20 @@
 //! `skiff-bench api` loads the Kubernetes API (see `api.rs`);
 //! `skiff-bench failover` kills and stops the leader under load (see
 //! `failover.rs`); `skiff-bench propagation` runs many agents on the fake
-//! runtime against a cluster (see `propagation.rs`).
+//! runtime against a cluster (see `propagation.rs`); `skiff-bench proxy`
+//! times Service rule programming in nftables beside iptables-restore
+//! (see `proxy.rs`); `skiff-bench dns` loads the cluster DNS server (see
+//! `dns.rs`).
 
 mod api;
+mod dns;
 mod failover;
 mod heartbeats;
 mod masters;
 mod null_kv;
 mod pods;
 mod propagation;
+mod proxy;
 mod scheduler;
 
 use std::time::{Duration, Instant};
@@ -97,6 +102,37 @@ enum Cmd {
         /// Agents keep only their session, no link to every master.
         #[arg(long)]
         no_links: bool,
+    },
+    /// Service rules: the agent's nftables syncs beside iptables-restore of
+    /// kube-proxy's rules, and connection latency through a VIP (needs
+    /// root; runs in a network namespace of its own).
+    Proxy {
+        /// Numbers of Services, comma-separated.
+        #[arg(long, default_value = "1000,10000")]
+        services: String,
+        #[arg(long, default_value_t = 3)]
+        endpoints: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Connections timed for the latency comparison.
+        #[arg(long, default_value_t = 2000)]
+        connections: usize,
+        /// The peer's restore command (iptables-restore here is the
+        /// nf_tables backend; iptables-legacy-restore the older one).
+        #[arg(long, default_value = "iptables-legacy-restore")]
+        iptables_restore: String,
+        /// A peer run taking longer than this is stopped.
+        #[arg(long, default_value = "60s")]
+        peer_cap: String,
+    },
+    /// The agent's cluster DNS server on loopback: queries/s and latency.
+    Dns {
+        #[arg(long, default_value_t = 10_000)]
+        services: usize,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, default_value = "10s")]
+        duration: String,
     },
     /// An etcd KV endpoint that stores nothing: the client's ceiling.
     NullKv {
@@ -175,6 +211,13 @@ enum Cmd {
     },
 }
 
+/// The `p`th percentile of sorted durations, in milliseconds.
+pub fn percentile(sorted: &[Duration], p: usize) -> f64 {
+    sorted
+        .get((sorted.len() * p / 100).min(sorted.len().saturating_sub(1)))
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}
+
 fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num.parse().with_context(|| format!("bad duration {s:?}"))?;
@@ -230,6 +273,43 @@ async fn main() -> anyhow::Result<()> {
                 agent_pid,
             })
             .await?
+        }
+        Cmd::Proxy {
+            services,
+            endpoints,
+            rounds,
+            connections,
+            iptables_restore,
+            peer_cap,
+        } => {
+            let sizes = split(&services)
+                .iter()
+                .map(|s| {
+                    s.parse::<usize>()
+                        .with_context(|| format!("--services: {s}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            proxy::run(&proxy::Options {
+                iptables_restore,
+                peer_cap: parse_duration(&peer_cap)?,
+                sizes,
+                endpoints: endpoints.max(1),
+                rounds: rounds.max(1),
+                connections: connections.max(1),
+            })
+            .await?;
+        }
+        Cmd::Dns {
+            services,
+            clients,
+            duration,
+        } => {
+            dns::run(dns::Options {
+                services: services.max(1),
+                clients: clients.max(1),
+                duration: parse_duration(&duration)?,
+            })
+            .await?;
         }
         Cmd::Propagation {
             kubeconfig,

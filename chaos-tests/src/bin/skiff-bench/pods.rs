@@ -7,6 +7,7 @@
 //! network), and prints both with the ratio. With `--agent-pid`, also the
 //! agent's resident memory while the pods run.
 
+use crate::percentile;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -27,12 +28,6 @@ pub struct Options {
     /// The agent's sandbox image, for the sandbox + app floor.
     pub sandbox_image: String,
     pub agent_pid: Option<u32>,
-}
-
-fn percentile(sorted: &[Duration], p: usize) -> f64 {
-    sorted
-        .get((sorted.len() * p / 100).min(sorted.len().saturating_sub(1)))
-        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {

@@ -6,6 +6,7 @@
 //! and the time from a pod's write through the API to the agent of its
 //! node holding it, p50 and p99.
 
+use crate::percentile;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -36,12 +37,6 @@ pub struct Options {
 
 fn node_name(i: usize) -> String {
     format!("bench-agent-{i}")
-}
-
-fn percentile(sorted: &[Duration], p: usize) -> f64 {
-    sorted
-        .get((sorted.len() * p / 100).min(sorted.len().saturating_sub(1)))
-        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
 }
 
 /// Each master's CPU use (percent of one core) over `span`, and RSS.
