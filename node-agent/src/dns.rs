@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::desired::Desired;
 use crate::network::PodNetwork;
-use crate::proxy::model::SERVICE_NAME_LABEL;
+use crate::proxy::model::service_of;
 
 /// Records' time to live (CoreDNS's kubernetes plugin default).
 const TTL: u32 = 5;
@@ -124,16 +124,10 @@ impl Zone {
             );
         }
         for slice in slices {
-            let Some(svc) = slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            else {
+            let Some((ns, svc)) = service_of(slice) else {
                 continue;
             };
-            let ns = slice.metadata.namespace.clone().unwrap_or_default();
-            let Some(entry) = zone.services.get_mut(&(ns, svc.clone())) else {
+            let Some(entry) = zone.services.get_mut(&(ns.to_string(), svc.to_string())) else {
                 continue;
             };
             for e in &slice.endpoints {

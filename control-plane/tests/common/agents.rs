@@ -88,11 +88,17 @@ impl Cluster {
         format!("{short}-{base}")
     }
 
-    /// Run `node-agent join` for node `short`; Err(stderr) if refused.
-    pub fn join(&self, short: &str, join: &JoinCommand) -> Result<Agent, String> {
+    /// `node-agent join` for node `short` through `cmd` (the agent binary,
+    /// here or in a node host): its name and data dir, or Err(stderr).
+    fn run_join(
+        &self,
+        mut cmd: Command,
+        short: &str,
+        join: &JoinCommand,
+    ) -> Result<(String, PathBuf), String> {
         let name = self.node_name(short);
         let dir = self.dir.path().join(format!("agent-{short}"));
-        let out = Command::new(agent_bin())
+        let out = cmd
             .args(["join", "--server", &join.server, "--token", &join.token])
             .args(["--discovery-token-ca-cert-hash", &join.ca_hash])
             .args(["--node-name", &name, "--data-dir"])
@@ -102,6 +108,12 @@ impl Cluster {
         if !out.status.success() {
             return Err(String::from_utf8_lossy(&out.stderr).into_owned());
         }
+        Ok((name, dir))
+    }
+
+    /// Run `node-agent join` for node `short`; Err(stderr) if refused.
+    pub fn join(&self, short: &str, join: &JoinCommand) -> Result<Agent, String> {
+        let (name, dir) = self.run_join(Command::new(agent_bin()), short, join)?;
         let ip = self.masters[0]
             .ip
             .rsplit_once('.')
@@ -128,19 +140,7 @@ impl Cluster {
         join: &JoinCommand,
         host: &super::hosts::NodeHost,
     ) -> Result<Agent, String> {
-        let name = self.node_name(short);
-        let dir = self.dir.path().join(format!("agent-{short}"));
-        let out = host
-            .command(&agent_bin())
-            .args(["join", "--server", &join.server, "--token", &join.token])
-            .args(["--discovery-token-ca-cert-hash", &join.ca_hash])
-            .args(["--node-name", &name, "--data-dir"])
-            .arg(&dir)
-            .output()
-            .expect("node-agent join");
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
+        let (name, dir) = self.run_join(host.command(&agent_bin()), short, join)?;
         Ok(Agent {
             metrics: format!("{}:10255", host.ip),
             log: self.dir.path().join(format!("agent-{short}.log")),

@@ -88,6 +88,12 @@ impl ServicePort {
     }
 }
 
+/// The namespace and name of the Service an EndpointSlice belongs to.
+pub fn service_of(slice: &EndpointSlice) -> Option<(&str, &str)> {
+    let svc = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some((slice.metadata.namespace.as_deref().unwrap_or(""), svc))
+}
+
 fn service_port_name_of(p: &k8s_openapi::api::core::v1::ServicePort) -> String {
     p.name.clone().unwrap_or_default()
 }
@@ -102,15 +108,9 @@ pub fn build(services: &[Service], slices: &[EndpointSlice], node: &str) -> Vec<
         if s.address_type != "IPv4" {
             continue;
         }
-        let Some(svc) = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        else {
+        let Some((ns, svc)) = service_of(s) else {
             continue;
         };
-        let ns = s.metadata.namespace.clone().unwrap_or_default();
         for p in s.ports.iter().flatten() {
             let (Some(proto), Some(port)) = (
                 Protocol::parse(p.protocol.as_deref()),
@@ -119,8 +119,8 @@ pub fn build(services: &[Service], slices: &[EndpointSlice], node: &str) -> Vec<
                 continue;
             };
             let key = (
-                ns.clone(),
-                svc.clone(),
+                ns.to_string(),
+                svc.to_string(),
                 p.name.clone().unwrap_or_default(),
                 proto,
             );

@@ -345,6 +345,15 @@ fn add_elements<'a>(
     }
 }
 
+/// A definition with values is a map, else a set.
+fn set_keyword(def: &str) -> &'static str {
+    if def.contains(": verdict") {
+        "map"
+    } else {
+        "set"
+    }
+}
+
 fn add_chain(out: &mut String, table: &str, name: &str, c: &Chain) {
     match c.hook {
         Some(h) => {
@@ -371,12 +380,7 @@ pub fn full(want: &Ruleset) -> String {
     let _ = writeln!(out, "delete table ip {t}");
     let _ = writeln!(out, "add table ip {t}");
     for (name, def) in &want.sets {
-        let kw = if def.contains(": verdict") {
-            "map"
-        } else {
-            "set"
-        };
-        let _ = writeln!(out, "add {kw} ip {t} {name} {def}");
+        let _ = writeln!(out, "add {} ip {t} {name} {def}", set_keyword(def));
     }
     for (name, c) in &want.chains {
         add_chain(&mut out, t, name, c);
@@ -401,12 +405,7 @@ pub fn incremental(have: &Ruleset, want: &Ruleset) -> String {
         match have.sets.get(name) {
             Some(d) if d == def => {}
             _ => {
-                let kw = if def.contains(": verdict") {
-                    "map"
-                } else {
-                    "set"
-                };
-                let _ = writeln!(out, "add {kw} ip {t} {name} {def}");
+                let _ = writeln!(out, "add {} ip {t} {name} {def}", set_keyword(def));
             }
         }
     }
@@ -458,12 +457,11 @@ pub fn incremental(have: &Ruleset, want: &Ruleset) -> String {
         let _ = writeln!(out, "delete chain ip {t} {name}");
     }
     for name in have.sets.keys().filter(|n| !want.sets.contains_key(*n)) {
-        let kw = if have.sets[name].contains(": verdict") {
-            "map"
-        } else {
-            "set"
-        };
-        let _ = writeln!(out, "delete {kw} ip {t} {name}");
+        let _ = writeln!(
+            out,
+            "delete {} ip {t} {name}",
+            set_keyword(&have.sets[name])
+        );
     }
     out
 }
