@@ -168,6 +168,15 @@ impl Desired {
             .collect()
     }
 
+    /// Every object of `kind`, decoded as `K` (those that do not decode
+    /// are left out).
+    pub fn typed<K: serde::de::DeserializeOwned>(&self, kind: &str) -> Vec<K> {
+        self.list(kind)
+            .into_iter()
+            .filter_map(|o| serde_json::from_value(o.as_ref().clone()).ok())
+            .collect()
+    }
+
     pub fn pods(&self) -> Vec<Arc<Value>> {
         self.lock()
             .objects

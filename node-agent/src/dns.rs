@@ -304,8 +304,8 @@ impl Server {
         );
         let mut zone = self.zone.lock().unwrap_or_else(|p| p.into_inner());
         if zone.generation != generation || generation == (0, 0) {
-            let services: Vec<Service> = typed(&self.desired, "Service");
-            let slices: Vec<EndpointSlice> = typed(&self.desired, "EndpointSlice");
+            let services: Vec<Service> = self.desired.typed("Service");
+            let slices: Vec<EndpointSlice> = self.desired.typed("EndpointSlice");
             *zone = Arc::new(Zone::build(&services, &slices, generation));
         }
         zone.clone()
@@ -408,14 +408,6 @@ fn record(kind: &str, result: &'static str, started: Instant) {
     metrics::counter!("skiff_dns_queries_total", "type" => kind.to_string(), "result" => result)
         .increment(1);
     metrics::histogram!("skiff_dns_query_duration_seconds").record(started.elapsed().as_secs_f64());
-}
-
-fn typed<K: serde::de::DeserializeOwned>(desired: &Desired, kind: &str) -> Vec<K> {
-    desired
-        .list(kind)
-        .into_iter()
-        .filter_map(|o| serde_json::from_value(o.as_ref().clone()).ok())
-        .collect()
 }
 
 /// Serve on the pod network's gateway, port `port`, once the network is

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 use crate::desired::Desired;
@@ -35,14 +34,6 @@ pub struct Settings {
     pub nft: nft::Settings,
     pub min_sync: Duration,
     pub check_every: Duration,
-}
-
-fn typed<K: DeserializeOwned>(desired: &Desired, kind: &str) -> Vec<K> {
-    desired
-        .list(kind)
-        .into_iter()
-        .filter_map(|o| serde_json::from_value(o.as_ref().clone()).ok())
-        .collect()
 }
 
 fn generation(desired: &Desired) -> (u64, u64) {
@@ -97,8 +88,8 @@ pub async fn run(node: String, desired: Arc<Desired>, settings: Settings, stop: 
         }
         let generation = generation(&desired);
         let started = Instant::now();
-        let services: Vec<Service> = typed(&desired, "Service");
-        let slices: Vec<EndpointSlice> = typed(&desired, "EndpointSlice");
+        let services: Vec<Service> = desired.typed("Service");
+        let slices: Vec<EndpointSlice> = desired.typed("EndpointSlice");
         let ports = model::build(&services, &slices, &node);
         let want = nft::ruleset(&settings.nft, &ports);
         let (kind, script) = match &have {
