@@ -2,7 +2,7 @@
 //! objects they reference, at a store revision. A snapshot replaces it; a
 //! delta applies only on top of the revision it follows.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use proto::agent::{Delta, ObjectRef, Snapshot};
@@ -168,15 +168,6 @@ impl Desired {
             .collect()
     }
 
-    /// Every object of `kind`, decoded as `K` (those that do not decode
-    /// are left out).
-    pub fn typed<K: serde::de::DeserializeOwned>(&self, kind: &str) -> Vec<K> {
-        self.list(kind)
-            .into_iter()
-            .filter_map(|o| serde_json::from_value(o.as_ref().clone()).ok())
-            .collect()
-    }
-
     pub fn pods(&self) -> Vec<Arc<Value>> {
         self.lock()
             .objects
@@ -191,6 +182,49 @@ impl Desired {
             .objects
             .get(&(kind.to_string(), ns.to_string(), name.to_string()))
             .cloned()
+    }
+}
+
+/// The objects of one kind, decoded into their type; an object is
+/// decoded again only when it changed (a changed object is a new `Arc`).
+pub struct Typed<K> {
+    kind: &'static str,
+    /// By the address of the object decoded, which is kept alive here so
+    /// that the address is not reused.
+    decoded: HashMap<usize, (Arc<Value>, Arc<K>)>,
+}
+
+impl<K: serde::de::DeserializeOwned> Typed<K> {
+    pub fn new(kind: &'static str) -> Typed<K> {
+        Typed {
+            kind,
+            decoded: HashMap::new(),
+        }
+    }
+
+    /// Every object of the kind now held (those that do not decode are
+    /// left out).
+    pub fn refresh(&mut self, desired: &Desired) -> Vec<Arc<K>> {
+        let objects = desired.list(self.kind);
+        let mut decoded = HashMap::with_capacity(objects.len());
+        let mut out = Vec::with_capacity(objects.len());
+        for o in objects {
+            let at = Arc::as_ptr(&o) as usize;
+            let k = match self.decoded.remove(&at) {
+                Some((_, k)) => k,
+                None => match serde_json::from_value::<K>(o.as_ref().clone()) {
+                    Ok(k) => Arc::new(k),
+                    Err(e) => {
+                        tracing::debug!(kind = self.kind, "undecodable object: {e}");
+                        continue;
+                    }
+                },
+            };
+            out.push(k.clone());
+            decoded.insert(at, (o, k));
+        }
+        self.decoded = decoded;
+        out
     }
 }
 

@@ -14,6 +14,7 @@
 //! exists but has no record of the type asked (AAAA, say) is an empty
 //! answer. Everything else goes to the node's own resolver.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -28,7 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
-use crate::desired::Desired;
+use crate::desired::{Desired, Typed};
 use crate::network::PodNetwork;
 use crate::proxy::model::service_of;
 
@@ -81,12 +82,17 @@ struct Zone {
 }
 
 impl Zone {
-    fn build(services: &[Service], slices: &[EndpointSlice], generation: (u64, u64)) -> Zone {
+    fn build<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
+        services: &[S],
+        slices: &[E],
+        generation: (u64, u64),
+    ) -> Zone {
         let mut zone = Zone {
             generation,
             ..Default::default()
         };
         for s in services {
+            let s = s.borrow();
             let (Some(ns), Some(name), Some(spec)) =
                 (&s.metadata.namespace, &s.metadata.name, &s.spec)
             else {
@@ -124,6 +130,7 @@ impl Zone {
             );
         }
         for slice in slices {
+            let slice = slice.borrow();
             let Some((ns, svc)) = service_of(slice) else {
                 continue;
             };
@@ -285,7 +292,14 @@ fn resolve(zone: &Zone, domain: &str, name: &Name, kind: RecordType) -> Answer {
 pub struct Server {
     settings: Settings,
     desired: Arc<Desired>,
-    zone: Mutex<Arc<Zone>>,
+    zone: Mutex<Cached>,
+}
+
+/// The zone, and the objects it was built from, decoded.
+struct Cached {
+    zone: Arc<Zone>,
+    services: Typed<Service>,
+    slices: Typed<EndpointSlice>,
 }
 
 impl Server {
@@ -293,7 +307,11 @@ impl Server {
         Arc::new(Server {
             settings,
             desired,
-            zone: Mutex::new(Arc::new(Zone::default())),
+            zone: Mutex::new(Cached {
+                zone: Arc::new(Zone::default()),
+                services: Typed::new("Service"),
+                slices: Typed::new("EndpointSlice"),
+            }),
         })
     }
 
@@ -302,13 +320,13 @@ impl Server {
             self.desired.generation("Service"),
             self.desired.generation("EndpointSlice"),
         );
-        let mut zone = self.zone.lock().unwrap_or_else(|p| p.into_inner());
-        if zone.generation != generation || generation == (0, 0) {
-            let services: Vec<Service> = self.desired.typed("Service");
-            let slices: Vec<EndpointSlice> = self.desired.typed("EndpointSlice");
-            *zone = Arc::new(Zone::build(&services, &slices, generation));
+        let mut cached = self.zone.lock().unwrap_or_else(|p| p.into_inner());
+        if cached.zone.generation != generation || generation == (0, 0) {
+            let services = cached.services.refresh(&self.desired);
+            let slices = cached.slices.refresh(&self.desired);
+            cached.zone = Arc::new(Zone::build(&services, &slices, generation));
         }
-        zone.clone()
+        cached.zone.clone()
     }
 
     /// Answer one query message (bytes in, bytes out).

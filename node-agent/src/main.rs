@@ -98,7 +98,7 @@ struct RunArgs {
     /// Every pod's address (the masters' --cluster-cidr): traffic from
     /// pods to anywhere outside it is masqueraded.
     #[arg(long, default_value = "10.244.0.0/16")]
-    cluster_cidr: String,
+    cluster_cidr: node_agent::proxy::rules::Cidr,
     /// The bridge device pods attach to (and the engine's network over it).
     #[arg(long, default_value = "skiff0")]
     pod_bridge: String,
@@ -186,7 +186,7 @@ async fn run(args: RunArgs) -> Result<()> {
                 bridge: args.pod_bridge,
             },
             proxy: node_agent::proxy::Settings {
-                nft: node_agent::proxy::nft::Settings {
+                table: node_agent::proxy::table::Settings {
                     table: args.proxy_table,
                     cluster_cidr: args.cluster_cidr,
                 },

@@ -4,8 +4,10 @@
 //!
 //! - [`model`]: Services and EndpointSlices as service ports with their
 //!   ready endpoints;
-//! - [`nft`]: those as an nftables table, written whole or as the
-//!   difference from the last one, one transaction per sync.
+//! - [`rules`]: nftables sets, chains and rules as data;
+//! - [`table`]: the service ports as one nftables table, and the
+//!   transaction from what was last written to what is wanted;
+//! - [`netlink`]: a transaction written to the kernel in one batch.
 //!
 //! Syncs are at least `min_sync` apart (changes in between are taken
 //! together). The first sync writes the whole table; later ones only what
@@ -15,7 +17,9 @@
 //! services keep working across an agent restart.
 
 pub mod model;
-pub mod nft;
+pub mod netlink;
+pub mod rules;
+pub mod table;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,14 +28,14 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio_util::sync::CancellationToken;
 
-use crate::desired::Desired;
+use crate::desired::{Desired, Typed};
 
 /// After a failed sync, the next waits this long.
 const FAILED_SYNC_PAUSE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub nft: nft::Settings,
+    pub table: table::Settings,
     pub min_sync: Duration,
     pub check_every: Duration,
 }
@@ -48,8 +52,11 @@ pub async fn run(node: String, desired: Arc<Desired>, settings: Settings, stop: 
     let mut changes = desired.subscribe();
     let mut check = tokio::time::interval(settings.check_every);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // What the kernel holds, as last written (None: write it whole).
-    let mut have: Option<nft::Ruleset> = None;
+    // What the kernel holds, as last written.
+    let mut table = table::Table::new(settings.table.clone());
+    let mut written = false;
+    let mut services = Typed::<Service>::new("Service");
+    let mut slices = Typed::<EndpointSlice>::new("EndpointSlice");
     let mut seen = None;
     // No sync before this (min_sync after one, longer after a failure).
     let mut not_before = Instant::now();
@@ -60,13 +67,14 @@ pub async fn run(node: String, desired: Arc<Desired>, settings: Settings, stop: 
             _ = stop.cancelled() => return,
             r = changes.changed() => if r.is_err() { return },
             _ = check.tick() => {
-                if have.is_some() {
-                    match nft::intact(&settings.nft.table).await {
+                if written {
+                    match intact(&settings.table.table).await {
                         Ok(true) => {}
                         Ok(false) => {
-                            tracing::warn!(table = %settings.nft.table, "the proxy's table was changed behind its back; writing it whole");
+                            tracing::warn!(table = %settings.table.table, "the proxy's table was changed behind its back; writing it whole");
                             metrics::counter!("skiff_proxy_resyncs_total", "reason" => "drift").increment(1);
-                            have = None;
+                            table.reset();
+                            written = false;
                         }
                         Err(e) => tracing::warn!("checking the proxy's table: {e}"),
                     }
@@ -77,7 +85,7 @@ pub async fn run(node: String, desired: Arc<Desired>, settings: Settings, stop: 
         if !desired.synced() {
             continue;
         }
-        if have.is_some() && seen == Some(generation(&desired)) {
+        if written && seen == Some(generation(&desired)) {
             continue;
         }
         if not_before > Instant::now() {
@@ -88,27 +96,26 @@ pub async fn run(node: String, desired: Arc<Desired>, settings: Settings, stop: 
         }
         let generation = generation(&desired);
         let started = Instant::now();
-        let services: Vec<Service> = desired.typed("Service");
-        let slices: Vec<EndpointSlice> = desired.typed("EndpointSlice");
-        let ports = model::build(&services, &slices, &node);
-        let want = nft::ruleset(&settings.nft, &ports);
-        let (kind, script) = match &have {
-            Some(h) => ("partial", nft::incremental(h, &want)),
-            None => ("full", nft::full(&want)),
-        };
+        let ports = model::build(
+            &services.refresh(&desired),
+            &slices.refresh(&desired),
+            &node,
+        );
+        let tx = table.sync(&ports);
+        let kind = if tx.full { "full" } else { "partial" };
         not_before = Instant::now() + settings.min_sync;
-        if script.is_empty() {
+        if tx.is_empty() {
             seen = Some(generation);
             continue;
         }
-        match nft::apply(&script).await {
+        match netlink::apply(tx).await {
             Ok(()) => {
                 let took = started.elapsed();
                 metrics::histogram!("skiff_proxy_sync_duration_seconds", "kind" => kind)
                     .record(took.as_secs_f64());
-                metrics::gauge!("skiff_proxy_chains").set(want.chains() as f64);
-                metrics::gauge!("skiff_proxy_rules").set(want.rules() as f64);
-                metrics::gauge!("skiff_proxy_elements").set(want.elements() as f64);
+                metrics::gauge!("skiff_proxy_chains").set(table.chains() as f64);
+                metrics::gauge!("skiff_proxy_rules").set(table.rules() as f64);
+                metrics::gauge!("skiff_proxy_elements").set(table.elements() as f64);
                 metrics::gauge!("skiff_proxy_service_ports").set(ports.len() as f64);
                 metrics::gauge!("skiff_proxy_last_sync_timestamp_seconds").set(
                     std::time::SystemTime::now()
@@ -122,16 +129,27 @@ pub async fn run(node: String, desired: Arc<Desired>, settings: Settings, stop: 
                     ms = took.as_millis() as u64,
                     "proxy rules synced"
                 );
-                have = Some(want);
+                written = true;
                 seen = Some(generation);
             }
             Err(e) => {
                 metrics::counter!("skiff_proxy_sync_errors_total").increment(1);
                 tracing::warn!("proxy sync failed ({e}); writing the table whole in a moment");
-                have = None;
+                table.reset();
+                written = false;
                 not_before = Instant::now() + FAILED_SYNC_PAUSE;
                 retry = Some(not_before);
             }
         }
     }
+}
+
+/// Whether the table still holds what was written: its base chain still
+/// jumps to the services (a flushed or deleted table does not).
+async fn intact(table: &str) -> Result<bool, netlink::NetlinkError> {
+    let table = table.to_string();
+    tokio::task::spawn_blocking(move || netlink::rule_count(&table, "nat-prerouting"))
+        .await
+        .map_err(|e| netlink::NetlinkError::Io(std::io::Error::other(e)))?
+        .map(|n| n > 0)
 }

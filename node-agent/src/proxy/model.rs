@@ -2,6 +2,7 @@
 //! holds: one [`ServicePort`] per port of each Service that has a virtual
 //! address or a node port, with its ready endpoints.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
@@ -27,6 +28,15 @@ impl Protocol {
             "UDP" => Some(Protocol::Udp),
             "SCTP" => Some(Protocol::Sctp),
             _ => None,
+        }
+    }
+
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
         }
     }
 
@@ -100,11 +110,16 @@ fn service_port_name_of(p: &k8s_openapi::api::core::v1::ServicePort) -> String {
 
 /// Build every ServicePort from the node's Services and EndpointSlices.
 /// `node` is this node's name (for the endpoints that are local).
-pub fn build(services: &[Service], slices: &[EndpointSlice], node: &str) -> Vec<ServicePort> {
+pub fn build<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
+    services: &[S],
+    slices: &[E],
+    node: &str,
+) -> Vec<ServicePort> {
     // (namespace, service, port name, protocol) -> endpoints
     type PortKey = (String, String, String, Protocol);
     let mut endpoints: BTreeMap<PortKey, BTreeSet<Endpoint>> = BTreeMap::new();
     for s in slices {
+        let s = s.borrow();
         if s.address_type != "IPv4" {
             continue;
         }
@@ -147,6 +162,7 @@ pub fn build(services: &[Service], slices: &[EndpointSlice], node: &str) -> Vec<
     }
     let mut out = Vec::new();
     for svc in services {
+        let svc = svc.borrow();
         let Some(spec) = &svc.spec else { continue };
         let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
         if kind == "ExternalName" {

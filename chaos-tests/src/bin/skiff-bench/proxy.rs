@@ -6,7 +6,7 @@
 //!
 //! It runs in a network namespace of its own (it makes one and runs itself
 //! again inside it), so nothing on this host is touched. For each size:
-//! - a full sync: the whole table from nothing (ours: one `nft -f`
+//! - a full sync: the whole table from nothing (ours: one netlink
 //!   transaction; iptables: one `iptables-restore` of the nat table);
 //! - one endpoint change: ours writes only the difference; kube-proxy's
 //!   iptables mode before 1.27 restored every chain of its own on every
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use node_agent::proxy::model::{Endpoint, Protocol, ServicePort};
-use node_agent::proxy::nft;
+use node_agent::proxy::{netlink, table};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::percentile;
@@ -317,9 +317,9 @@ async fn inside(opts: &Options) -> anyhow::Result<()> {
     sh("ip", &["link", "set", "bench0", "up"])?;
     sh("ip", &["link", "set", "bench1", "up"])?;
     sh("ip", &["route", "add", "default", "dev", "bench0"])?;
-    let settings = nft::Settings {
+    let settings = table::Settings {
         table: TABLE.into(),
-        cluster_cidr: CLUSTER_CIDR.into(),
+        cluster_cidr: CLUSTER_CIDR.parse()?,
     };
     println!(
         "Service rule programming: {} endpoints per Service, {} rounds each (in a network namespace of its own)",
@@ -330,27 +330,22 @@ async fn inside(opts: &Options) -> anyhow::Result<()> {
         println!("{n} Services:");
         // Ours: the whole table.
         let mut ours_full = Vec::new();
-        let mut have = None;
+        let mut sample = table::Table::new(settings.clone());
         for _ in 0..opts.rounds {
+            sample.reset();
             let started = Instant::now();
-            let want = nft::ruleset(&settings, &ports);
-            nft::apply(&nft::full(&want)).await?;
+            netlink::apply(sample.sync(&ports)).await?;
             ours_full.push(Some(started.elapsed()));
-            have = Some(want);
         }
         // Ours: one endpoint change.
-        let mut have = have.expect("a round");
         let mut ours_change = Vec::new();
         for r in 0..opts.rounds {
             let i = 1 + (r * 7919) % n;
             change_endpoint(&mut ports, i, r);
             let started = Instant::now();
-            let want = nft::ruleset(&settings, &ports);
-            nft::apply(&nft::incremental(&have, &want)).await?;
+            netlink::apply(sample.sync(&ports)).await?;
             ours_change.push(Some(started.elapsed()));
-            have = want;
         }
-        let sample = have;
         sh("nft", &["delete", "table", "ip", TABLE])?;
         // The peer: the whole nat table, then a change restored whole (as
         // kube-proxy before 1.27) and minimized (1.27 and later).
@@ -394,7 +389,11 @@ async fn inside(opts: &Options) -> anyhow::Result<()> {
         );
         let cap = opts.peer_cap;
         let peer = &opts.iptables_restore;
-        let a = line("skiff full sync (nft, one transaction)", &ours_full, cap);
+        let a = line(
+            "skiff full sync (netlink, one transaction)",
+            &ours_full,
+            cap,
+        );
         let b = line(&format!("{peer} full sync"), &ipt_full, cap);
         let c = line(
             "skiff one endpoint change (only the difference)",
@@ -441,11 +440,11 @@ async fn inside(opts: &Options) -> anyhow::Result<()> {
 
 /// Connection latency through a virtual IP (10,000 other Services in the
 /// table) beside straight to the endpoint.
-async fn latency(opts: &Options, settings: &nft::Settings) -> anyhow::Result<()> {
+async fn latency(opts: &Options, settings: &table::Settings) -> anyhow::Result<()> {
     let n = opts.sizes.iter().copied().max().unwrap_or(1000);
     let ports = services(n, opts.endpoints);
-    let want = nft::ruleset(settings, &ports);
-    nft::apply(&nft::full(&want)).await?;
+    let mut t = table::Table::new(settings.clone());
+    netlink::apply(t.sync(&ports)).await?;
     let listener = tokio::net::TcpListener::bind((SERVER, SERVER_PORT)).await?;
     tokio::spawn(async move {
         while let Ok((mut c, _)) = listener.accept().await {
