@@ -3,9 +3,14 @@
 //! deploy/node-host): pods get addresses from their node's podCIDR and
 //! reach each other across nodes by IP with their source address kept;
 //! Services work by name and by virtual IP through each agent's nftables
-//! table; NodePorts answer on every node's address from outside; cluster
-//! DNS answers for headless Services, StatefulSet pods, ExternalNames and
-//! named ports. All with the real kubectl, Docker and nftables.
+//! table, a backend through its own Service too; NodePorts answer on every
+//! node's address from outside (with externalTrafficPolicy Local, only
+//! the node's own pods, seeing the client's address); externalIPs and
+//! LoadBalancers; pods leave the cluster with their node's address;
+//! cluster DNS answers for headless Services, StatefulSet pods,
+//! ExternalNames and named ports, and dnsPolicy None and Default are kept;
+//! a deleted node's pod route goes. All with the real kubectl, Docker and
+//! nftables.
 
 mod common;
 
@@ -234,7 +239,17 @@ async fn pods_reach_each_other_and_services_across_nodes() {
     a.run(&["--proxy-check-period", "1s"]);
     b.run(&["--proxy-check-period", "1s"]);
     let env = Env { kc: kc.clone() };
-    let result = std::panic::AssertUnwindSafe(scenario(&env, &a.name, &b.name, &host_a, &host_b));
+    let result = std::panic::AssertUnwindSafe(async {
+        let cidr_b = scenario(&env, &a.name, &b.name, &host_a, &host_b).await;
+        // A node deleted: the others drop their route to its pods.
+        b.kill();
+        ok(kubectl(&kc, &["delete", "node", &b.name]));
+        until("node a's route to b's pods gone", || {
+            let (_, routes, _) = host_a.exec(&["ip", "route", "show", "proto", "88"]);
+            (!routes.contains(&cidr_b)).then_some(())
+        })
+        .await;
+    });
     let outcome = futures::FutureExt::catch_unwind(result).await;
     if let Err(panic) = outcome {
         for agent in [&a, &b] {
@@ -258,7 +273,8 @@ async fn pods_reach_each_other_and_services_across_nodes() {
     b.kill();
 }
 
-async fn scenario(env: &Env, a: &str, b: &str, host_a: &NodeHost, host_b: &NodeHost) {
+/// The scenario on nodes `a` and `b`; returns b's podCIDR.
+async fn scenario(env: &Env, a: &str, b: &str, host_a: &NodeHost, host_b: &NodeHost) -> String {
     let kc = &env.kc;
     for node in [a, b] {
         until(&format!("{node} Ready"), || {
@@ -305,11 +321,7 @@ async fn scenario(env: &Env, a: &str, b: &str, host_a: &NodeHost, host_b: &NodeH
         .expect("a web pod on node a (3 pods, 2 nodes, spread)");
     let across_ip = across["status"]["podIP"].as_str().unwrap().to_string();
     let seen = env.fetch(&format!("http://{across_ip}:8080/cgi-bin/ip"), 1);
-    // httpd listens on IPv6 too and writes IPv4 peers as [::ffff:a.b.c.d].
-    let seen: Vec<&str> = seen
-        .iter()
-        .map(|s| s.trim_start_matches("[::ffff:").trim_end_matches(']'))
-        .collect();
+    let seen: Vec<&str> = seen.iter().map(|s| peer(s)).collect();
     assert_eq!(
         seen,
         [client_ip.as_str()],
@@ -436,6 +448,16 @@ async fn scenario(env: &Env, a: &str, b: &str, host_a: &NodeHost, host_b: &NodeH
     let missing = lookup("nothing.default.svc.cluster.local");
     assert!(missing.contains("NXDOMAIN"), "{missing}");
 
+    // Node a routes b's pods through b's address.
+    let (_, routes, _) = host_a.exec(&["ip", "route", "show", "proto", "88"]);
+    assert!(
+        routes.contains(&format!("{cidr_b} via {}", host_b.ip)),
+        "{routes}"
+    );
+
+    hairpin_external_ips_and_local_policy(env, &backends, &vip, host_a, host_b).await;
+    dns_policies(env, b).await;
+
     // Scale to 1: within a second of the endpoints saying so, only the
     // survivor answers.
     ok(kubectl(kc, &["scale", "deployment", "web", "--replicas=1"]));
@@ -467,4 +489,252 @@ async fn scenario(env: &Env, a: &str, b: &str, host_a: &NodeHost, host_b: &NodeH
         })
         .await;
     }
+    cidr_b
+}
+
+/// The address a backend saw, as httpd's CGI gives it (IPv4 peers of
+/// its IPv6 socket are written [::ffff:a.b.c.d]).
+fn peer(s: &str) -> &str {
+    s.trim()
+        .trim_start_matches("[::ffff:")
+        .trim_end_matches(']')
+}
+
+/// A backend reaching its own Service (sometimes itself); externalIPs;
+/// a pod reaching outside the cluster; a LoadBalancer without a load
+/// balancer; a NodePort with externalTrafficPolicy Local: only the node's
+/// own endpoints answer, and they see the client's address.
+async fn hairpin_external_ips_and_local_policy(
+    env: &Env,
+    backends: &[Value],
+    vip: &str,
+    host_a: &NodeHost,
+    host_b: &NodeHost,
+) {
+    let kc = &env.kc;
+    let me = backends[0]["metadata"]["name"].as_str().unwrap();
+    let script =
+        format!("for i in $(seq 20); do timeout 3 wget -qO- http://{vip}/ || echo FAILED; done");
+    let (_, out, err) = kubectl(kc, &["exec", me, "--", "sh", "-c", &script]);
+    let answers: BTreeSet<&str> = out.lines().map(str::trim).collect();
+    assert!(
+        answers.contains(me) && !answers.contains("FAILED"),
+        "{me} through its own Service: {answers:?} {err}"
+    );
+
+    // An address on the nodes' link that no host holds.
+    let prefix = host_a.ip.rsplit_once('.').unwrap().0;
+    let external_ip = format!("{prefix}.200");
+    let services = format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: web-eip}}
+spec:
+  selector: {{app: web}}
+  externalIPs: ["{external_ip}"]
+  ports: [{{port: 8081, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web-local}}
+spec:
+  type: NodePort
+  externalTrafficPolicy: Local
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web-lb}}
+spec:
+  type: LoadBalancer
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080}}]
+"#
+    );
+    ok(kubectl_stdin(kc, &["apply", "-f", "-"], Some(&services)));
+    let want = names(backends);
+
+    // Pods reaching outside the cluster leave with their node's address:
+    // this test, on the link, is outside.
+    let outside = format!("{prefix}.1");
+    let listener = tokio::net::TcpListener::bind((outside.as_str(), 0))
+        .await
+        .expect("a port on the link");
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut c, from)) = listener.accept().await {
+            let body = from.ip().to_string();
+            let reply = format!(
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = c.write_all(reply.as_bytes()).await;
+        }
+    });
+    let seen = env.fetch(&format!("http://{outside}:{port}/"), 1);
+    server.abort();
+    assert_eq!(seen, [host_b.ip.clone()], "the client left as its node");
+
+    // A LoadBalancer without a load balancer: no external address, and
+    // its node port answers.
+    let lb = until("web-lb's node port", || {
+        let v: Value =
+            serde_json::from_str(&ok(kubectl(kc, &["get", "svc", "web-lb", "-o", "json"])))
+                .unwrap_or(Value::Null);
+        v["spec"]["ports"][0]["nodePort"].as_i64().map(|p| (p, v))
+    })
+    .await;
+    assert!(
+        lb.1["status"]["loadBalancer"]["ingress"].is_null(),
+        "no external address: {}",
+        lb.1["status"]
+    );
+    let body = reqwest::get(format!("http://{}:{}/", host_a.ip, lb.0))
+        .await
+        .expect("web-lb's node port")
+        .text()
+        .await
+        .unwrap();
+    assert!(want.contains(body.trim()), "{body}");
+    let answers = until("web-eip answering on its external IP", || {
+        let a = env.fetch(&format!("http://{external_ip}:8081/"), 20);
+        let a: BTreeSet<String> = a.into_iter().collect();
+        (a == want).then_some(a)
+    })
+    .await;
+    assert_eq!(answers, want);
+
+    let node_port = until("web-local's node port", || {
+        let p = env.field(&[
+            "get",
+            "svc",
+            "web-local",
+            "-o",
+            "jsonpath={.spec.ports[0].nodePort}",
+        ]);
+        (!p.is_empty()).then_some(p)
+    })
+    .await;
+    for host in [host_a, host_b] {
+        let node_name = host_node(env, &host.ip);
+        let local: BTreeSet<String> = env
+            .ready_pods("app=web")
+            .iter()
+            .filter(|p| p["spec"]["nodeName"] == node_name.as_str())
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+            .collect();
+        let base = format!("http://{}:{node_port}", host.ip);
+        let get = |path: String| async move {
+            let r = reqwest::Client::new()
+                .get(&path)
+                .timeout(Duration::from_secs(3))
+                .send()
+                .await;
+            match r {
+                Ok(r) => r.text().await.unwrap_or_default().trim().to_string(),
+                Err(e) => format!("FAILED: {e}"),
+            }
+        };
+        let mut answers = BTreeSet::new();
+        let tries = if local.is_empty() { 1 } else { 12 };
+        for _ in 0..tries {
+            answers.insert(get(format!("{base}/")).await);
+        }
+        if local.is_empty() {
+            assert!(
+                answers.iter().all(|a| a.starts_with("FAILED")),
+                "{node_name} has no web pod, yet: {answers:?}"
+            );
+            continue;
+        }
+        assert_eq!(answers, local, "web-local on {node_name}");
+        let seen = get(format!("{base}/cgi-bin/ip")).await;
+        assert_eq!(peer(&seen), outside, "the client's own address is kept");
+    }
+}
+
+/// The node named for the host at `ip` (its InternalIP).
+fn host_node(env: &Env, ip: &str) -> String {
+    let out = env.field(&[
+        "get",
+        "nodes",
+        "-o",
+        r#"jsonpath={range .items[*]}{.metadata.name} {.status.addresses[?(@.type=="InternalIP")].address}{"\n"}{end}"#,
+    ]);
+    out.lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(_, addr)| *addr == ip)
+        .map(|(name, _)| name.to_string())
+        .unwrap_or_else(|| panic!("no node has address {ip}: {out}"))
+}
+
+/// dnsPolicy None takes dnsConfig alone; Default takes the node's own
+/// resolver; ClusterFirst (the client) the cluster's DNS and search path.
+async fn dns_policies(env: &Env, node: &str) {
+    let kc = &env.kc;
+    let pods = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: dns-none}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  dnsPolicy: None
+  dnsConfig:
+    nameservers: [192.0.2.53]
+    searches: [example.test]
+    options: [{{name: ndots, value: "2"}}]
+  containers:
+  - {{name: c, image: busybox:local, imagePullPolicy: Never, command: [sleep, "3600"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: dns-default}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  dnsPolicy: Default
+  containers:
+  - {{name: c, image: busybox:local, imagePullPolicy: Never, command: [sleep, "3600"]}}
+"#
+    );
+    ok(kubectl_stdin(kc, &["apply", "-f", "-"], Some(&pods)));
+    let resolv = |pod: &str| {
+        let (good, out, _) = kubectl(kc, &["exec", pod, "--", "cat", "/etc/resolv.conf"]);
+        good.then_some(out)
+    };
+    let none = until("dns-none running", || resolv("dns-none")).await;
+    let lines: Vec<&str> = none
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert!(lines.contains(&"nameserver 192.0.2.53"), "{none}");
+    assert!(lines.contains(&"search example.test"), "{none}");
+    assert!(lines.contains(&"options ndots:2"), "{none}");
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("nameserver")).count(),
+        1,
+        "{none}"
+    );
+    let cluster = resolv("client").expect("the client's resolv.conf");
+    let cluster_ns = cluster
+        .lines()
+        .find(|l| l.starts_with("nameserver"))
+        .expect("the cluster's nameserver")
+        .to_string();
+    assert!(cluster.contains("svc.cluster.local"), "{cluster}");
+    let default = until("dns-default running", || resolv("dns-default")).await;
+    assert!(
+        !default.contains("svc.cluster.local") && !default.contains(&cluster_ns),
+        "dnsPolicy Default uses the node's resolver: {default}"
+    );
+    ok(kubectl(
+        kc,
+        &["delete", "pod", "dns-none", "dns-default", "--wait=false"],
+    ));
 }
