@@ -576,7 +576,11 @@ spec:
     });
     let seen = env.fetch(&format!("http://{outside}:{port}/"), 1);
     server.abort();
-    assert_eq!(seen, [host_b.ip.clone()], "the client left as its node");
+    assert_eq!(
+        seen,
+        std::slice::from_ref(&host_b.ip),
+        "the client left as its node"
+    );
 
     // A LoadBalancer without a load balancer: no external address, and
     // its node port answers.
