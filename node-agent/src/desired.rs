@@ -240,7 +240,8 @@ mod tests {
             json: serde_json::to_vec(
                 &json!({"metadata": {"name": name, "namespace": "d", "resourceVersion": rv}}),
             )
-            .unwrap(),
+            .unwrap()
+            .into(),
         }
     }
 

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use prost::bytes::Bytes;
 use proto::agent::{to_agent, Delta, Object, ObjectRef, Snapshot, ToAgent};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
@@ -198,6 +199,9 @@ struct Session {
 #[derive(Default)]
 struct Inner {
     objects: HashMap<Key, Arc<Value>>,
+    /// Each object's JSON, encoded once and shared by every frame that
+    /// carries it.
+    json: HashMap<Key, Bytes>,
     /// The keys of the objects every node gets.
     broadcast: BTreeSet<Key>,
     pods_by_node: HashMap<String, BTreeSet<Key>>,
@@ -253,6 +257,10 @@ impl Inner {
         if key.0.is_broadcast() {
             self.broadcast.insert(key.clone());
         }
+        self.json.insert(
+            key.clone(),
+            Bytes::from(serde_json::to_vec(&object).unwrap_or_default()),
+        );
         self.objects.insert(key, Arc::new(object));
     }
 
@@ -261,6 +269,7 @@ impl Inner {
             self.unindex_pod(key);
         }
         self.broadcast.remove(key);
+        self.json.remove(key);
         self.objects.remove(key);
     }
 
@@ -292,7 +301,7 @@ impl Inner {
         if touched {
             let desired = self.desired(node);
             let session = self.sessions.get_mut(node)?;
-            (upserts, deletes) = diff(&session.sent, &desired);
+            (upserts, deletes) = diff(&self.json, &session.sent, &desired);
             if !upserts.is_empty() || !deletes.is_empty() {
                 session.sent = desired
                     .iter()
@@ -340,10 +349,14 @@ impl Inner {
     }
 }
 
-fn object_frame(key: &Key, o: &Value) -> Object {
+/// The frame carrying an object: its JSON as encoded when it was stored.
+fn object_frame(json: &HashMap<Key, Bytes>, key: &Key, o: &Value) -> Object {
     Object {
         kind: key.0.name().to_string(),
-        json: serde_json::to_vec(o).unwrap_or_default(),
+        json: json
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| Bytes::from(serde_json::to_vec(o).unwrap_or_default())),
     }
 }
 
@@ -358,13 +371,14 @@ fn object_ref(key: &Key) -> ObjectRef {
 
 /// What changes `held` into `desired`: objects to send, and to delete.
 fn diff(
+    json: &HashMap<Key, Bytes>,
     held: &HashMap<Key, String>,
     desired: &BTreeMap<Key, Arc<Value>>,
 ) -> (Vec<Object>, Vec<ObjectRef>) {
     let upserts = desired
         .iter()
         .filter(|(k, o)| held.get(*k).map(String::as_str) != Some(rv_of(o)))
-        .map(|(k, o)| object_frame(k, o))
+        .map(|(k, o)| object_frame(json, k, o))
         .collect();
     let mut deletes: Vec<ObjectRef> = held
         .keys()
@@ -458,6 +472,7 @@ impl Desired {
                 before.insert(k.clone(), rv.unwrap_or_default());
             }
             inner.objects.clear();
+            inner.json.clear();
             inner.broadcast.clear();
             inner.pods_by_node.clear();
             touched.extend(inner.sessions.keys().cloned());
@@ -516,7 +531,7 @@ impl Desired {
         let mut broadcast = (Vec::new(), Vec::new());
         for (key, was) in before {
             match inner.objects.get(&key) {
-                Some(o) if rv_of(o) != was => broadcast.0.push(object_frame(&key, o)),
+                Some(o) if rv_of(o) != was => broadcast.0.push(object_frame(&inner.json, &key, o)),
                 None if !was.is_empty() => broadcast.1.push(object_ref(&key)),
                 _ => {}
             }
@@ -567,7 +582,7 @@ impl Desired {
                     ))
                 })
                 .collect();
-            let (upserts, deletes) = diff(&held, &desired);
+            let (upserts, deletes) = diff(&inner.json, &held, &desired);
             to_agent::Message::Delta(Delta {
                 revision,
                 follows: last_revision,
@@ -577,7 +592,10 @@ impl Desired {
         } else {
             to_agent::Message::Snapshot(Snapshot {
                 revision,
-                objects: desired.iter().map(|(k, o)| object_frame(k, o)).collect(),
+                objects: desired
+                    .iter()
+                    .map(|(k, o)| object_frame(&inner.json, k, o))
+                    .collect(),
             })
         };
         metrics::counter!("skiff_agent_attach_total", "kind" => if resume { "resume" } else { "snapshot" })
@@ -745,7 +763,7 @@ mod tests {
                 follows,
                 upserts: up
                     .iter()
-                    .map(|o| object_frame(&key_of(Kind::Pod, o), o))
+                    .map(|o| object_frame(&HashMap::new(), &key_of(Kind::Pod, o), o))
                     .collect(),
                 deletes: del
                     .iter()

@@ -26,7 +26,7 @@ pub struct Options {
 fn object(kind: &str, v: serde_json::Value) -> Object {
     Object {
         kind: kind.into(),
-        json: serde_json::to_vec(&v).expect("json"),
+        json: serde_json::to_vec(&v).expect("json").into(),
     }
 }
 

@@ -91,6 +91,10 @@ enum Cmd {
         /// https://host:port,... (every master).
         #[arg(long, env = "SKIFF_API_SERVERS")]
         servers: String,
+        /// host:port,... where the masters take agents (the first is used;
+        /// default: the first API server's host, port 6444).
+        #[arg(long, env = "SKIFF_AGENT_SERVERS")]
+        agent_servers: Option<String>,
         #[arg(long, default_value_t = 1000)]
         agents: usize,
         /// Pods written, one at a time, each timed to its agent.
@@ -314,6 +318,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Propagation {
             kubeconfig,
             servers,
+            agent_servers,
             agents,
             probes,
             settle,
@@ -323,6 +328,7 @@ async fn main() -> anyhow::Result<()> {
             propagation::run(propagation::Options {
                 kubeconfig,
                 servers: split(&servers),
+                gateway: agent_servers.and_then(|s| split(&s).into_iter().next()),
                 agents,
                 probes,
                 settle: parse_duration(&settle)?,

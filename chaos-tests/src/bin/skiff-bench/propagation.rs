@@ -27,6 +27,9 @@ const JOINS_IN_FLIGHT: usize = 16;
 pub struct Options {
     pub kubeconfig: std::path::PathBuf,
     pub servers: Vec<String>,
+    /// Where agents join and connect (default: the first API server's
+    /// host, port 6444).
+    pub gateway: Option<String>,
     pub agents: usize,
     pub probes: usize,
     /// How long the steady state is measured for.
@@ -92,13 +95,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         "no master process serves {:?}",
         opts.servers
     );
-    let gateway = {
-        let host = server
-            .trim_start_matches("https://")
-            .rsplit_once(':')
-            .map(|(h, _)| h.to_string())
-            .context("the API server has no port")?;
-        format!("{host}:6444")
+    let gateway = match &opts.gateway {
+        Some(g) => g.clone(),
+        None => {
+            let host = server
+                .trim_start_matches("https://")
+                .rsplit_once(':')
+                .map(|(h, _)| h.to_string())
+                .context("the API server has no port")?;
+            format!("{host}:6444")
+        }
     };
     let idle = masters_over(&procs, opts.settle).await;
 
