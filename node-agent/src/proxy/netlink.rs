@@ -98,6 +98,9 @@ const REG32_00: u32 = 8;
 /// stay under this many bytes, more go in the next message.
 const ELEMENT_BYTES: usize = 60_000;
 
+/// Room for one answer from the kernel.
+const ANSWER_BYTES: usize = 1 << 18;
+
 /// The kernel's answer to a batch comes within this.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -703,7 +706,9 @@ pub fn apply_blocking(tx: &Transaction) -> Result<(), NetlinkError> {
     let last_seq = batch.origin.last().map(|o| o.0).expect("a message");
     let sock = Socket::open()?;
     sock.send(&batch.buf)?;
-    let mut buf = vec![0u8; 1 << 16];
+    // An error carries the message it refuses, up to an element list's
+    // 64 KiB: room for it whole.
+    let mut buf = vec![0u8; ANSWER_BYTES];
     let mut refused: Option<NetlinkError> = None;
     loop {
         let n = match sock.recv(&mut buf) {
@@ -771,7 +776,7 @@ pub fn rule_count(table: &str, chain: &str) -> Result<usize, NetlinkError> {
     b.str(RULE_CHAIN, chain);
     b.end(m);
     sock.send(&b.buf)?;
-    let mut buf = vec![0u8; 1 << 16];
+    let mut buf = vec![0u8; ANSWER_BYTES];
     let mut rules = 0;
     loop {
         let n = sock.recv(&mut buf)?;
