@@ -121,15 +121,17 @@ spec:
       - {name: c, image: busybox:local, imagePullPolicy: Never, command: [sleep, "3600"]}
 "#;
 
-fn client(node: &str) -> String {
+/// A pod named `name` on `node` that sleeps, its spec with `extra` lines.
+fn sleeper(name: &str, node: &str, extra: &str) -> String {
     format!(
         r#"
 apiVersion: v1
 kind: Pod
-metadata: {{name: client}}
+metadata: {{name: {name}}}
 spec:
   nodeName: {node}
   terminationGracePeriodSeconds: 1
+{extra}
   containers:
   - {{name: c, image: busybox:local, imagePullPolicy: Never, command: [sleep, "3600"]}}
 "#
@@ -296,7 +298,11 @@ async fn scenario(env: &Env, a: &str, b: &str, host_a: &NodeHost, host_b: &NodeH
     );
 
     ok(kubectl_stdin(kc, &["apply", "-f", "-"], Some(APPS)));
-    ok(kubectl_stdin(kc, &["apply", "-f", "-"], Some(&client(b))));
+    ok(kubectl_stdin(
+        kc,
+        &["apply", "-f", "-"],
+        Some(&sleeper("client", b, "")),
+    ));
     let backends = until("3 web pods ready", || {
         let ready = env.ready_pods("app=web");
         (ready.len() == 3).then_some(ready)
@@ -679,32 +685,15 @@ fn host_node(env: &Env, ip: &str) -> String {
 /// resolver; ClusterFirst (the client) the cluster's DNS and search path.
 async fn dns_policies(env: &Env, node: &str) {
     let kc = &env.kc;
-    let pods = format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: dns-none}}
-spec:
-  nodeName: {node}
-  terminationGracePeriodSeconds: 1
-  dnsPolicy: None
+    let none = r#"  dnsPolicy: None
   dnsConfig:
     nameservers: [192.0.2.53]
     searches: [example.test]
-    options: [{{name: ndots, value: "2"}}]
-  containers:
-  - {{name: c, image: busybox:local, imagePullPolicy: Never, command: [sleep, "3600"]}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: dns-default}}
-spec:
-  nodeName: {node}
-  terminationGracePeriodSeconds: 1
-  dnsPolicy: Default
-  containers:
-  - {{name: c, image: busybox:local, imagePullPolicy: Never, command: [sleep, "3600"]}}
-"#
+    options: [{name: ndots, value: "2"}]"#;
+    let pods = format!(
+        "{}---{}",
+        sleeper("dns-none", node, none),
+        sleeper("dns-default", node, "  dnsPolicy: Default")
     );
     ok(kubectl_stdin(kc, &["apply", "-f", "-"], Some(&pods)));
     let resolv = |pod: &str| {

@@ -54,7 +54,6 @@ pub async fn run(node: String, desired: Arc<Desired>, settings: Settings, stop: 
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // What the kernel holds, as last written.
     let mut table = table::Table::new(settings.table.clone());
-    let mut written = false;
     let mut services = Typed::<Service>::new("Service");
     let mut slices = Typed::<EndpointSlice>::new("EndpointSlice");
     let mut seen = None;
@@ -67,14 +66,13 @@ pub async fn run(node: String, desired: Arc<Desired>, settings: Settings, stop: 
             _ = stop.cancelled() => return,
             r = changes.changed() => if r.is_err() { return },
             _ = check.tick() => {
-                if written {
+                if table.is_written() {
                     match intact(&settings.table.table).await {
                         Ok(true) => {}
                         Ok(false) => {
                             tracing::warn!(table = %settings.table.table, "the proxy's table was changed behind its back; writing it whole");
                             metrics::counter!("skiff_proxy_resyncs_total", "reason" => "drift").increment(1);
                             table.reset();
-                            written = false;
                         }
                         Err(e) => tracing::warn!("checking the proxy's table: {e}"),
                     }
@@ -85,7 +83,7 @@ pub async fn run(node: String, desired: Arc<Desired>, settings: Settings, stop: 
         if !desired.synced() {
             continue;
         }
-        if written && seen == Some(generation(&desired)) {
+        if table.is_written() && seen == Some(generation(&desired)) {
             continue;
         }
         if not_before > Instant::now() {
@@ -129,14 +127,12 @@ pub async fn run(node: String, desired: Arc<Desired>, settings: Settings, stop: 
                     ms = took.as_millis() as u64,
                     "proxy rules synced"
                 );
-                written = true;
                 seen = Some(generation);
             }
             Err(e) => {
                 metrics::counter!("skiff_proxy_sync_errors_total").increment(1);
                 tracing::warn!("proxy sync failed ({e}); writing the table whole in a moment");
                 table.reset();
-                written = false;
                 not_before = Instant::now() + FAILED_SYNC_PAUSE;
                 retry = Some(not_before);
             }
@@ -147,9 +143,5 @@ pub async fn run(node: String, desired: Arc<Desired>, settings: Settings, stop: 
 /// Whether the table still holds what was written: its base chain still
 /// jumps to the services (a flushed or deleted table does not).
 async fn intact(table: &str) -> Result<bool, netlink::NetlinkError> {
-    let table = table.to_string();
-    tokio::task::spawn_blocking(move || netlink::rule_count(&table, "nat-prerouting"))
-        .await
-        .map_err(|e| netlink::NetlinkError::Io(std::io::Error::other(e)))?
-        .map(|n| n > 0)
+    Ok(netlink::count_rules(table, "nat-prerouting").await? > 0)
 }

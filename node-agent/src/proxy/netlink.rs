@@ -740,11 +740,24 @@ pub fn apply_blocking(tx: &Transaction) -> Result<(), NetlinkError> {
     }
 }
 
-/// Apply `tx` off the async threads.
-pub async fn apply(tx: Transaction) -> Result<(), NetlinkError> {
-    tokio::task::spawn_blocking(move || apply_blocking(&tx))
+/// Run blocking socket work off the async threads.
+async fn off_thread<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, NetlinkError> + Send + 'static,
+) -> Result<T, NetlinkError> {
+    tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| NetlinkError::Io(io::Error::other(e)))?
+}
+
+/// Apply `tx` in one batch (see [`apply_blocking`]).
+pub async fn apply(tx: Transaction) -> Result<(), NetlinkError> {
+    off_thread(move || apply_blocking(&tx)).await
+}
+
+/// How many rules `chain` of `table` holds (see [`rule_count`]).
+pub async fn count_rules(table: &str, chain: &str) -> Result<usize, NetlinkError> {
+    let (table, chain) = (table.to_string(), chain.to_string());
+    off_thread(move || rule_count(&table, &chain)).await
 }
 
 /// One op as `nft` would write it, shortened.

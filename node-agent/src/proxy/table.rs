@@ -77,8 +77,6 @@ impl Transaction {
 impl fmt::Display for Transaction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let t = &self.table;
-        let elements =
-            |items: &mut dyn Iterator<Item = String>| items.collect::<Vec<_>>().join(", ");
         for op in &self.ops {
             match op {
                 Op::AddTable => writeln!(f, "add table ip {t}")?,
@@ -93,19 +91,18 @@ impl fmt::Display for Transaction {
                 Op::DeleteChain(name) => writeln!(f, "delete chain ip {t} {name}")?,
                 Op::AddRule(chain, rule) => writeln!(f, "add rule ip {t} {chain} {rule}")?,
                 Op::AddElements(set, items) => {
-                    let mut items = items.iter().map(|(k, v)| match v {
-                        Some(v) => format!("{k} : {v}"),
-                        None => k.to_string(),
-                    });
-                    writeln!(f, "add element ip {t} {set} {{ {} }}", elements(&mut items))?
+                    let items: Vec<String> = items
+                        .iter()
+                        .map(|(k, v)| match v {
+                            Some(v) => format!("{k} : {v}"),
+                            None => k.to_string(),
+                        })
+                        .collect();
+                    writeln!(f, "add element ip {t} {set} {{ {} }}", items.join(", "))?
                 }
                 Op::DeleteElements(set, keys) => {
-                    let mut items = keys.iter().map(Element::to_string);
-                    writeln!(
-                        f,
-                        "delete element ip {t} {set} {{ {} }}",
-                        elements(&mut items)
-                    )?
+                    let keys: Vec<String> = keys.iter().map(Element::to_string).collect();
+                    writeln!(f, "delete element ip {t} {set} {{ {} }}", keys.join(", "))?
                 }
             }
         }
@@ -149,6 +146,12 @@ impl Table {
             base_chains: 0,
             base_rules: 0,
         }
+    }
+
+    /// Whether the kernel holds what this says (a sync was made since
+    /// the last reset).
+    pub fn is_written(&self) -> bool {
+        self.written
     }
 
     /// Forget what was written: the next sync writes the table whole.
