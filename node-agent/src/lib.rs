@@ -7,7 +7,8 @@
 //! QUIC session with the masters ([`session`]) that brings the node's
 //! desired state ([`desired`]) and takes its reports back ([`reports`],
 //! [`node_status`]), and runs the node's pods ([`pods`]) on a container
-//! runtime ([`runtime`]: Docker, or a fake for scale tests). `/metrics`
+//! runtime ([`runtime`]: Docker, or a fake for scale tests), reading image
+//! names with [`image_ref`]. `/metrics`
 //! serves the agent's Prometheus metrics ([`metrics_http`]); [`stats`]
 //! samples CPU and memory use for `metrics.k8s.io`; [`streams`] serves
 //! what masters ask of the node. [`network`] gives pods their addresses
@@ -21,6 +22,7 @@ pub mod agent;
 pub mod desired;
 pub mod dns;
 pub mod identity;
+pub mod image_ref;
 pub mod join;
 pub mod metrics_http;
 pub mod network;

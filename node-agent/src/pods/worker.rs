@@ -421,7 +421,7 @@ impl<R: Runtime> Worker<R> {
             Ok(true) => {}
             Ok(false) => {
                 let policy = c.image_pull_policy.as_deref().unwrap_or(
-                    if image.ends_with(":latest") || !image.contains(':') {
+                    if crate::image_ref::pull_always_by_default(&image) {
                         "Always"
                     } else {
                         "IfNotPresent"
