@@ -52,6 +52,26 @@ fn call_timer(op: &'static str) -> impl Drop {
     Timer(op, std::time::Instant::now())
 }
 
+/// What a container has used, from the engine's stats: cumulative CPU time,
+/// and the memory working set as the kubelet counts it (usage less the
+/// inactive file pages, which the kernel reclaims before it would OOM-kill:
+/// what `kubectl top` shows and what the autoscaler scales on). The
+/// inactive file pages are `total_inactive_file` on cgroup v1 (the
+/// hierarchy's, not the cgroup's own `inactive_file`) and `inactive_file`
+/// on cgroup v2, where memory.stat counts the whole subtree already.
+fn usage_of(stats: &bollard::container::Stats) -> Usage {
+    let memory = &stats.memory_stats;
+    let inactive_file = match memory.stats {
+        Some(MemoryStatsStats::V1(v1)) => v1.total_inactive_file,
+        Some(MemoryStatsStats::V2(v2)) => v2.inactive_file,
+        None => 0,
+    };
+    Usage {
+        cpu_ns: stats.cpu_stats.cpu_usage.total_usage,
+        memory_working_set: memory.usage.unwrap_or(0).saturating_sub(inactive_file),
+    }
+}
+
 impl DockerRuntime {
     /// Connect to the engine at `host` (`unix:///path`), negotiating the API version.
     pub async fn connect(host: &str) -> anyhow::Result<DockerRuntime> {
@@ -433,15 +453,7 @@ impl Runtime for DockerRuntime {
             .await
             .ok_or_else(|| RuntimeError::Engine(format!("no stats for {id}")))?
             .map_err(engine)?;
-        let memory = &stats.memory_stats;
-        let inactive = match memory.stats {
-            Some(MemoryStatsStats::V1(v1)) => v1.total_inactive_file,
-            Some(MemoryStatsStats::V2(_)) | None => 0,
-        };
-        Ok(Usage {
-            cpu_ns: stats.cpu_stats.cpu_usage.total_usage,
-            memory_working_set: memory.usage.unwrap_or(0).saturating_sub(inactive),
-        })
+        Ok(usage_of(&stats))
     }
 
     async fn inspect(&self, id: &str) -> Result<ContainerInfo> {
@@ -640,5 +652,53 @@ impl Runtime for DockerRuntime {
                     .and_then(|mut a| a.remove(LABEL_POD_UID)))
             })
             .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorded(json: &str) -> bollard::container::Stats {
+        serde_json::from_str(json).expect("a recorded stats response")
+    }
+
+    /// A response from this machine's engine (Docker 20.10, API 1.41, cgroup
+    /// v1) for a busybox container that wrote an 8 MiB file.
+    #[test]
+    fn working_set_on_cgroup_v1_is_usage_less_total_inactive_file() {
+        let stats = recorded(include_str!("testdata/stats-cgroup-v1.json"));
+        assert!(matches!(
+            stats.memory_stats.stats,
+            Some(MemoryStatsStats::V1(_))
+        ));
+        let u = usage_of(&stats);
+        assert_eq!(u.memory_working_set, 10_760_192 - 9_211_904);
+        assert_eq!(u.cpu_ns, 27_853_386);
+    }
+
+    /// A response as the same engine gives on a cgroup v2 host: the stats
+    /// map holds memory.stat's keys (`inactive_file`, `anon`, `file`, ...)
+    /// and no `total_*` ones. Before, its inactive file pages counted as 0
+    /// and the working set was the whole usage, page cache included.
+    #[test]
+    fn working_set_on_cgroup_v2_is_usage_less_inactive_file() {
+        let stats = recorded(include_str!("testdata/stats-cgroup-v2.json"));
+        let Some(MemoryStatsStats::V2(v2)) = stats.memory_stats.stats else {
+            panic!("read as cgroup v2: {:?}", stats.memory_stats.stats);
+        };
+        assert_eq!(v2.inactive_file, 12_591_104);
+        let u = usage_of(&stats);
+        assert_eq!(u.memory_working_set, 26_152_960 - 12_591_104);
+        assert_eq!(u.cpu_ns, 412_693_000);
+    }
+
+    /// A stopped container's stats carry no memory figures: nothing used.
+    #[test]
+    fn working_set_without_memory_stats_is_zero() {
+        let mut stats = recorded(include_str!("testdata/stats-cgroup-v2.json"));
+        stats.memory_stats.stats = None;
+        stats.memory_stats.usage = None;
+        assert_eq!(usage_of(&stats).memory_working_set, 0);
     }
 }
