@@ -3,13 +3,14 @@
 //! the runtime's events, and relists the runtime now and then as a safety
 //! net. On start the manager adopts the containers it finds (workers take
 //! over the ones still wanted and unchanged); containers of pods the node
-//! no longer holds are removed, but only once the first snapshot has
-//! arrived, so an agent that restarts while no master is reachable leaves
-//! its pods running.
+//! no longer holds are removed ([`orphans`], off the manager's loop), but
+//! only once the first snapshot has arrived, so an agent that restarts
+//! while no master is reachable leaves its pods running.
 //!
 //! - [`spec`]: a pod's spec as runtime configuration; [`volumes`]: volumes
 //!   on the node; [`probes`]: health probes; [`status`]: the pod status.
 
+pub mod orphans;
 pub mod probes;
 pub mod spec;
 pub mod status;
@@ -23,7 +24,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::desired::Desired;
@@ -63,6 +64,21 @@ pub async fn run<R: Runtime>(
 ) {
     let mut workers: HashMap<String, mpsc::Sender<Message>> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+    let (owned, owned_rx) = watch::channel(HashSet::new());
+    // The remover stops with the manager, whichever way the manager ends.
+    let orphans_stop = stop.child_token();
+    let _orphans_stop = orphans_stop.clone().drop_guard();
+    let orphans = orphans::spawn(
+        orphans::Remover {
+            rt: rt.clone(),
+            node: ctx.node.clone(),
+            data_dir: ctx.data_dir.clone(),
+            desired: desired.clone(),
+            owned: owned_rx,
+            grace: orphans::GRACE,
+        },
+        orphans_stop,
+    );
     let mut changes = desired.subscribe();
     let mut events = rt.events(&ctx.node);
     let mut relist = tokio::time::interval(RELIST);
@@ -85,19 +101,36 @@ pub async fn run<R: Runtime>(
             },
             _ = relist.tick() => {
                 sync(&rt, &ctx, &desired, &mut workers, &done_tx).await;
-                remove_orphans(&rt, &ctx, &desired, &workers).await;
+                publish_owned(&owned, &workers);
+                orphans.kick();
                 for w in workers.values() { let _ = w.try_send(Message::Poke); }
                 continue;
             }
             Some(uid) = done_rx.recv() => { workers.remove(&uid); }
         }
         sync(&rt, &ctx, &desired, &mut workers, &done_tx).await;
+        publish_owned(&owned, &workers);
         metrics::gauge!("skiff_agent_pod_workers").set(workers.len() as f64);
     }
 }
 
-/// Start workers for new pods, pass on changed specs, tell the workers of
-/// pods no longer held to finish, and remove containers nobody owns.
+/// Tell the orphan remover which pods have a worker (their containers are
+/// the workers' to remove), when that changed.
+fn publish_owned(
+    owned: &watch::Sender<HashSet<String>>,
+    workers: &HashMap<String, mpsc::Sender<Message>>,
+) {
+    owned.send_if_modified(|set| {
+        if set.len() == workers.len() && workers.keys().all(|uid| set.contains(uid)) {
+            return false;
+        }
+        *set = workers.keys().cloned().collect();
+        true
+    });
+}
+
+/// Start workers for new pods, pass on changed specs, and tell the workers
+/// of pods no longer held to finish.
 async fn sync<R: Runtime>(
     rt: &R,
     ctx: &Arc<Context>,
@@ -143,40 +176,6 @@ async fn sync<R: Runtime>(
         }
     }
     count_phases(desired);
-}
-
-/// Remove containers of pods that have no worker: leftovers of pods
-/// deleted while the agent was down.
-async fn remove_orphans<R: Runtime>(
-    rt: &R,
-    ctx: &Arc<Context>,
-    desired: &Desired,
-    workers: &HashMap<String, mpsc::Sender<Message>>,
-) {
-    if !desired.synced() {
-        return;
-    }
-    let wanted: HashSet<String> = desired
-        .pods()
-        .iter()
-        .filter_map(|p| p["metadata"]["uid"].as_str().map(str::to_string))
-        .collect();
-    match rt.list(&ctx.node, None).await {
-        Ok(all) => {
-            for c in all {
-                let uid = c.pod_uid().to_string();
-                if !workers.contains_key(&uid) && !wanted.contains(&uid) {
-                    tracing::info!(container = %c.id, pod_uid = %uid, "removing a container of a pod this node no longer runs");
-                    if c.state == crate::runtime::State::Running {
-                        let _ = rt.stop(&c.id, Duration::from_secs(10)).await;
-                    }
-                    let _ = rt.remove(&c.id).await;
-                    volumes::clean(&ctx.data_dir, &uid);
-                }
-            }
-        }
-        Err(e) => tracing::warn!("listing containers: {e}"),
-    }
 }
 
 fn count_phases(desired: &Desired) {
