@@ -1,60 +1,20 @@
-//! Cluster DNS, served by the agent on its node's pod bridge address (the
-//! pods' gateway, which their resolv.conf names), over UDP and TCP.
-//!
-//! Names are answered from the Services and EndpointSlices the node holds,
-//! as the Kubernetes DNS specification lays them out:
-//! - `<svc>.<ns>.svc.<domain>`: A for a Service's cluster IP, or for each
-//!   ready endpoint of a headless one; CNAME for an ExternalName;
-//! - `<host>.<svc>.<ns>.svc.<domain>`: A for an endpoint with that hostname
-//!   (StatefulSet pods, pods with a subdomain);
-//! - `_<port>._<proto>.<svc>.<ns>.svc.<domain>`: SRV for a named port;
-//! - `<a-b-c-d>.<ns>.pod.<domain>`: A for a pod address.
-//!
-//! A name under the domain that is none of these is NXDOMAIN; a name that
-//! exists but has no record of the type asked (AAAA, say) is an empty
-//! answer. Everything else goes to the node's own resolver.
+//! The zone the server answers from, built from the Services and
+//! EndpointSlices the node holds, and how a name resolves in it.
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::net::Ipv4Addr;
 
-use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, CNAME, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
-use tokio_util::sync::CancellationToken;
 
-use crate::desired::{Desired, Typed};
-use crate::network::PodNetwork;
 use crate::proxy::model::service_of;
 
 /// Records' time to live (CoreDNS's kubernetes plugin default).
 const TTL: u32 = 5;
-const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
-
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// The cluster domain (cluster.local).
-    pub domain: String,
-    /// Where names outside the domain go.
-    pub upstream: Vec<SocketAddr>,
-}
-
-/// The node's resolvers, from /etc/resolv.conf.
-pub fn system_upstream() -> Vec<SocketAddr> {
-    std::fs::read_to_string("/etc/resolv.conf")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
-        .map(|ip| SocketAddr::new(ip, 53))
-        .collect()
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Target {
@@ -74,15 +34,15 @@ struct SvcEntry {
 
 /// What the server answers from, built from the node's desired state.
 #[derive(Default)]
-struct Zone {
-    generation: (u64, u64),
+pub(super) struct Zone {
+    pub(super) generation: (u64, u64),
     services: BTreeMap<(String, String), SvcEntry>,
     /// Namespaces that hold at least one Service.
     namespaces: BTreeSet<String>,
 }
 
 impl Zone {
-    fn build<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
+    pub(super) fn build<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
         services: &[S],
         slices: &[E],
         generation: (u64, u64),
@@ -157,7 +117,7 @@ impl Zone {
 
 /// One answer: its code and records.
 #[derive(Debug, PartialEq)]
-enum Answer {
+pub(super) enum Answer {
     /// Authoritative, for a name under the cluster domain.
     Records(ResponseCode, Vec<Record>),
     /// Not ours: ask the node's resolver.
@@ -168,7 +128,7 @@ fn a(name: &Name, ip: Ipv4Addr) -> Record {
     Record::from_rdata(name.clone(), TTL, RData::A(A(ip)))
 }
 
-fn resolve(zone: &Zone, domain: &str, name: &Name, kind: RecordType) -> Answer {
+pub(super) fn resolve(zone: &Zone, domain: &str, name: &Name, kind: RecordType) -> Answer {
     let text = name.to_lowercase().to_ascii();
     let text = text.trim_end_matches('.');
     let Some(rest) = text
@@ -284,259 +244,6 @@ fn resolve(zone: &Zone, domain: &str, name: &Name, kind: RecordType) -> Answer {
             Err(_) => nx(),
         },
         _ => nx(),
-    }
-}
-
-/// The server: its zone, rebuilt when the node's Services or
-/// EndpointSlices change.
-pub struct Server {
-    settings: Settings,
-    desired: Arc<Desired>,
-    zone: Mutex<Cached>,
-}
-
-/// The zone, and the objects it was built from, decoded.
-struct Cached {
-    zone: Arc<Zone>,
-    services: Typed<Service>,
-    slices: Typed<EndpointSlice>,
-}
-
-impl Server {
-    pub fn new(settings: Settings, desired: Arc<Desired>) -> Arc<Server> {
-        Arc::new(Server {
-            settings,
-            desired,
-            zone: Mutex::new(Cached {
-                zone: Arc::new(Zone::default()),
-                services: Typed::new("Service"),
-                slices: Typed::new("EndpointSlice"),
-            }),
-        })
-    }
-
-    fn zone(&self) -> Arc<Zone> {
-        let generation = (
-            self.desired.generation("Service"),
-            self.desired.generation("EndpointSlice"),
-        );
-        let mut cached = self.zone.lock().unwrap_or_else(|p| p.into_inner());
-        if cached.zone.generation != generation || generation == (0, 0) {
-            let services = cached.services.refresh(&self.desired);
-            let slices = cached.slices.refresh(&self.desired);
-            cached.zone = Arc::new(Zone::build(&services, &slices, generation));
-        }
-        cached.zone.clone()
-    }
-
-    /// Answer one query message (bytes in, bytes out).
-    pub async fn handle(&self, query: &[u8]) -> Option<Vec<u8>> {
-        let started = Instant::now();
-        let request = Message::from_vec(query).ok()?;
-        let mut response = Message::new();
-        response
-            .set_id(request.id())
-            .set_message_type(MessageType::Response)
-            .set_op_code(request.op_code())
-            .set_recursion_desired(request.recursion_desired())
-            .set_recursion_available(true);
-        let Some(q) = request.queries().first().cloned() else {
-            response.set_response_code(ResponseCode::FormErr);
-            return response.to_vec().ok();
-        };
-        response.add_query(q.clone());
-        let kind = q.query_type().to_string();
-        if request.op_code() != OpCode::Query || request.message_type() != MessageType::Query {
-            response.set_response_code(ResponseCode::NotImp);
-            record(&kind, "notimp", started);
-            return response.to_vec().ok();
-        }
-        let domain = self
-            .settings
-            .domain
-            .trim_end_matches('.')
-            .to_ascii_lowercase();
-        let zone = self.zone();
-        match resolve(&zone, &domain, q.name(), q.query_type()) {
-            Answer::Records(code, mut answers) => {
-                // A CNAME into the cluster domain comes with what it names.
-                let target = answers.iter().find_map(|r| match r.data() {
-                    Some(RData::CNAME(c)) if q.query_type() != RecordType::CNAME => {
-                        Some(c.0.clone())
-                    }
-                    _ => None,
-                });
-                if let Some(target) = target {
-                    if let Answer::Records(_, more) =
-                        resolve(&zone, &domain, &target, q.query_type())
-                    {
-                        answers.extend(more);
-                    }
-                }
-                response.set_authoritative(true);
-                response.set_response_code(code);
-                for r in answers {
-                    response.add_answer(r);
-                }
-                let result = match code {
-                    ResponseCode::NXDomain => "nxdomain",
-                    _ => "success",
-                };
-                record(&kind, result, started);
-                response.to_vec().ok()
-            }
-            Answer::Forward => match self.forward(query).await {
-                Some(bytes) => {
-                    record(&kind, "forwarded", started);
-                    Some(bytes)
-                }
-                None => {
-                    response.set_response_code(ResponseCode::ServFail);
-                    record(&kind, "servfail", started);
-                    response.to_vec().ok()
-                }
-            },
-        }
-    }
-
-    async fn forward(&self, query: &[u8]) -> Option<Vec<u8>> {
-        for upstream in &self.settings.upstream {
-            let bind: SocketAddr = if upstream.is_ipv4() {
-                "0.0.0.0:0".parse().ok()?
-            } else {
-                "[::]:0".parse().ok()?
-            };
-            let Ok(sock) = UdpSocket::bind(bind).await else {
-                continue;
-            };
-            if sock.connect(upstream).await.is_err() || sock.send(query).await.is_err() {
-                continue;
-            }
-            let mut buf = vec![0u8; 4096];
-            if let Ok(Ok(n)) = tokio::time::timeout(UPSTREAM_TIMEOUT, sock.recv(&mut buf)).await {
-                buf.truncate(n);
-                return Some(buf);
-            }
-        }
-        None
-    }
-}
-
-fn record(kind: &str, result: &'static str, started: Instant) {
-    metrics::counter!("skiff_dns_queries_total", "type" => kind.to_string(), "result" => result)
-        .increment(1);
-    metrics::histogram!("skiff_dns_query_duration_seconds").record(started.elapsed().as_secs_f64());
-}
-
-/// Serve on the pod network's gateway, port `port`, once the network is
-/// ready (and again on a new gateway if the podCIDR changes).
-pub async fn run(server: Arc<Server>, net: Arc<PodNetwork>, port: u16, stop: CancellationToken) {
-    let mut attachments = net.subscribe();
-    loop {
-        let gateway = attachments.borrow_and_update().as_ref().map(|a| a.gateway);
-        let serving = CancellationToken::new();
-        let mut failed = false;
-        if let Some(ip) = gateway {
-            let addr = SocketAddr::from((ip, port));
-            match serve(server.clone(), addr, serving.clone()).await {
-                Ok(()) => tracing::info!(%addr, "cluster DNS serving"),
-                Err(e) => {
-                    tracing::warn!(%addr, "cluster DNS cannot listen (trying again): {e}");
-                    failed = true;
-                }
-            }
-        }
-        let retry = async {
-            if failed {
-                tokio::time::sleep(Duration::from_secs(1)).await
-            } else {
-                std::future::pending().await
-            }
-        };
-        tokio::select! {
-            _ = stop.cancelled() => { serving.cancel(); return }
-            _ = retry => {}
-            r = attachments.changed() => {
-                serving.cancel();
-                if r.is_err() { return }
-            }
-        }
-    }
-}
-
-/// Serve `server` on `addr`, UDP and TCP, until `stop`.
-pub async fn serve(
-    server: Arc<Server>,
-    addr: SocketAddr,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
-    let udp = UdpSocket::bind(addr).await?;
-    let tcp = TcpListener::bind(addr).await?;
-    tokio::spawn(serve_udp(server.clone(), udp, stop.clone()));
-    tokio::spawn(serve_tcp(server, tcp, stop));
-    Ok(())
-}
-
-async fn serve_udp(server: Arc<Server>, sock: UdpSocket, stop: CancellationToken) {
-    let sock = Arc::new(sock);
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let (n, from) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = sock.recv_from(&mut buf) => match r {
-                Ok(r) => r,
-                Err(e) => { tracing::debug!("dns recv: {e}"); continue }
-            },
-        };
-        let query = buf[..n].to_vec();
-        let (server, sock) = (server.clone(), sock.clone());
-        tokio::spawn(async move {
-            if let Some(mut reply) = server.handle(&query).await {
-                // Too long for UDP: truncated, the client asks over TCP.
-                if reply.len() > 512 {
-                    if let Ok(mut m) = Message::from_vec(&reply) {
-                        m.take_answers();
-                        m.set_truncated(true);
-                        reply = m.to_vec().unwrap_or_default();
-                    }
-                }
-                let _ = sock.send_to(&reply, from).await;
-            }
-        });
-    }
-}
-
-async fn serve_tcp(server: Arc<Server>, listener: TcpListener, stop: CancellationToken) {
-    loop {
-        let (mut conn, _) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(_) => continue,
-            },
-        };
-        let server = server.clone();
-        tokio::spawn(async move {
-            loop {
-                let len = match conn.read_u16().await {
-                    Ok(l) => l as usize,
-                    Err(_) => return,
-                };
-                let mut query = vec![0u8; len];
-                if conn.read_exact(&mut query).await.is_err() {
-                    return;
-                }
-                let Some(reply) = server.handle(&query).await else {
-                    return;
-                };
-                let Ok(len) = u16::try_from(reply.len()) else {
-                    return;
-                };
-                if conn.write_u16(len).await.is_err() || conn.write_all(&reply).await.is_err() {
-                    return;
-                }
-            }
-        });
     }
 }
 
