@@ -467,7 +467,8 @@ spec:
 
 /// Two nodes: one node cannot read another's Secret; an agent killed with
 /// -9 comes back and adopts its containers; the agent moves when its master
-/// is killed; a node silent past its grace goes NotReady and loses its pods.
+/// is killed; kubectl drain evicts a node's pods to the other; a node
+/// silent past its grace goes NotReady and loses its pods.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_survive_failures_and_nodes_see_only_their_own() {
     let _serial = one_at_a_time().await;
@@ -609,6 +610,86 @@ async fn agents_survive_failures_and_nodes_see_only_their_own() {
     })
     .await;
 
+    // kubectl drain B: cordoned, its Deployment's pods evicted (through
+    // pods/eviction) and made again on A.
+    ok(kubectl(&kc, &["cordon", &a]));
+    ok(kubectl_stdin(&kc, &["apply", "-f", "-"], Some(DRAINED)));
+    let placed = |kc: &std::path::Path| -> Vec<(String, String, String)> {
+        let out = kubectl(kc, &["get", "pods", "-l", "app=drained", "-o", "json"]).1;
+        let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+                (
+                    s(&p["metadata"]["name"]),
+                    s(&p["spec"]["nodeName"]),
+                    s(&p["status"]["phase"]),
+                )
+            })
+            .collect()
+    };
+    let on_b = until("2 drained pods Running on B", || {
+        let pods = placed(&kc);
+        (pods.len() == 2 && pods.iter().all(|(_, n, p)| *n == b && p == "Running")).then_some(pods)
+    })
+    .await;
+    ok(kubectl(&kc, &["uncordon", &a]));
+    let (drained, out, err) = kubectl(
+        &kc,
+        &[
+            "drain",
+            &b,
+            "--ignore-daemonsets",
+            "--delete-emptydir-data",
+            "--timeout=60s",
+        ],
+    );
+    assert!(drained, "kubectl drain failed:\n{out}\n{err}");
+    let said = format!("{out}{err}");
+    for (pod, _, _) in &on_b {
+        assert!(
+            said.contains(&format!("pod/{pod} evicted")),
+            "not evicted: {pod}\n{said}"
+        );
+    }
+    let unschedulable = kubectl(
+        &kc,
+        &["get", "node", &b, "-o", "jsonpath={.spec.unschedulable}"],
+    )
+    .1;
+    assert_eq!(unschedulable, "true");
+    until("the drained pods Running again on A", || {
+        let pods = placed(&kc);
+        (pods.len() == 2 && pods.iter().all(|(_, n, p)| *n == a && p == "Running")).then_some(())
+    })
+    .await;
+    let metrics: String = cluster
+        .masters
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.child.is_some())
+        .map(|(i, _)| {
+            let out = Command::new("curl")
+                .args(["-sf", &cluster.metrics_url(i)])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .collect();
+    assert!(
+        metrics.contains("skiff_pod_evictions_total{result=\"evicted\"} 2"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("eviction"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    ok(kubectl(&kc, &["uncordon", &b]));
+
     // Node B falls silent past its grace: NotReady, its pods evicted and
     // replaced on node A.
     let evictable = format!("apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: mover}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: mover}}}}\n  template:\n    metadata: {{labels: {{app: mover}}}}\n    spec:\n      nodeSelector: {{kubernetes.io/hostname: {b}}}\n      containers: [{{name: app, image: busybox:local, command: [sleep, \"3600\"]}}]\n");
@@ -674,6 +755,22 @@ async fn agents_survive_failures_and_nodes_see_only_their_own() {
     })
     .await;
 }
+
+/// Pods that stop at once (sleep ignores SIGTERM): a short grace.
+const DRAINED: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: drained}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: drained}}
+  template:
+    metadata: {labels: {app: drained}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - {name: app, image: busybox:local, command: [sleep, "3600"]}
+"#;
 
 const BURNER: &str = r#"
 apiVersion: apps/v1

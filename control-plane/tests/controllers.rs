@@ -517,6 +517,31 @@ async fn a_silent_node_loses_its_pods_to_another_node() {
         .count();
     assert!(on_n1 > 0, "spreading put pods on both nodes");
 
+    // Drained without evictions, kubectl deletes n2's pods with a protobuf
+    // DeleteOptions (it was once refused with 400); they come back on n1.
+    let (drained, out, err) = kubectl(
+        &kc,
+        &[
+            "drain",
+            "n2",
+            "--disable-eviction",
+            "--ignore-daemonsets",
+            "--timeout=30s",
+        ],
+    );
+    assert!(drained && out.contains("deleted"), "{out}\n{err}");
+    eventually("every pod on n1", Duration::from_secs(30), || async {
+        let pods = pods_of(&kube, "web").await;
+        (pods.len() == 4
+            && pods
+                .iter()
+                .all(|p| p["spec"]["nodeName"] == "n1" && is_ready(p)))
+        .then_some(())
+    })
+    .await;
+    let (uncordoned, _, err) = kubectl(&kc, &["uncordon", "n2"]);
+    assert!(uncordoned, "{err}");
+
     nodes.stop("n1");
     let node = eventually(
         "n1 to go Ready=Unknown",

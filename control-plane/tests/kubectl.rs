@@ -564,10 +564,23 @@ fn post(
     content_type: &str,
     body: &[u8],
 ) -> (u16, serde_json::Value) {
+    send(cluster, pem, "POST", path, content_type, body)
+}
+
+/// `method` with `body` as `content_type` to master 0; returns (HTTP code,
+/// the answer's JSON).
+fn send(
+    cluster: &Cluster,
+    pem: &(std::path::PathBuf, std::path::PathBuf),
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, serde_json::Value) {
     let file = cluster.dir.path().join("body");
     std::fs::write(&file, body).unwrap();
     let out = Command::new("curl")
-        .args(["-sk", "-w", "\n%{http_code}", "-X", "POST", "-H"])
+        .args(["-sk", "-w", "\n%{http_code}", "-X", method, "-H"])
         .arg(format!("Content-Type: {content_type}"))
         .arg("--cert")
         .arg(&pem.0)
@@ -690,6 +703,47 @@ async fn bad_requests_get_a_status_and_store_nothing() {
     );
     assert_eq!(keys.trim(), "");
 }
+
+/// Protobuf as client-go writes it: a length-delimited field.
+fn pb_bytes(number: u32, bytes: &[u8]) -> Vec<u8> {
+    let mut out = pb_varint(u64::from(number) << 3 | 2);
+    out.extend(pb_varint(bytes.len() as u64));
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// A varint field.
+fn pb_int(number: u32, v: i64) -> Vec<u8> {
+    let mut out = pb_varint(u64::from(number) << 3);
+    out.extend(pb_varint(v as u64));
+    out
+}
+
+fn pb_varint(mut v: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            return out;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+/// A Kubernetes protobuf body: `k8s\0`, then a runtime.Unknown holding the
+/// type and the message's own encoding.
+fn pb_envelope(api_version: &str, kind: &str, raw: &[u8]) -> Vec<u8> {
+    let type_meta = [
+        pb_bytes(1, api_version.as_bytes()),
+        pb_bytes(2, kind.as_bytes()),
+    ]
+    .concat();
+    [b"k8s\0".to_vec(), pb_bytes(1, &type_meta), pb_bytes(2, raw)].concat()
+}
+
+const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
 
 /// kubectl's typed commands send protobuf bodies; they work as they do
 /// against Kubernetes.
@@ -814,6 +868,175 @@ async fn typed_commands_send_protobuf_and_work() {
         serde_json::json!(["echo", "hi"])
     );
     assert_eq!(get(&["cronjob", "tick"])["spec"]["schedule"], "*/5 * * * *");
+
+    // Deletes and evictions with protobuf bodies, as client-go's typed
+    // clients (kubectl drain) send them. Pods bound to a node that never
+    // confirms stay marked, showing the grace they were given.
+    let pem = client_pem(&cluster.kubeconfig(0));
+    for pod in ["doomed", "evicted"] {
+        let manifest = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: typed}}\nspec:\n  nodeName: nowhere\n  containers: [{{name: c, image: busybox}}]\n"
+        );
+        ok(kubectl_stdin(&kc, &["apply", "-f", "-"], Some(&manifest)));
+    }
+    let doomed = "/api/v1/namespaces/typed/pods/doomed";
+    let grace = |seconds: i64| pb_envelope("v1", "DeleteOptions", &pb_int(1, seconds));
+    // Garbled, or not a DeleteOptions: 400, and nothing happens.
+    for (what, body) in [
+        ("truncated", b"k8s\0\x0a\xff".to_vec()),
+        ("no prefix", pb_int(1, 7)),
+        (
+            "a ConfigMap",
+            pb_envelope("v1", "ConfigMap", &pb_bytes(1, &pb_bytes(1, b"doomed"))),
+        ),
+        (
+            "an unknown field",
+            pb_envelope("v1", "DeleteOptions", &pb_int(99, 1)),
+        ),
+    ] {
+        let (code, status) = send(&cluster, &pem, "DELETE", doomed, PROTOBUF, &body);
+        assert_eq!(
+            (code, &status["reason"]),
+            (400, &serde_json::json!("BadRequest")),
+            "{what}: {status}"
+        );
+    }
+    let p = get(&["pod", "doomed"]);
+    assert!(p["metadata"]["deletionTimestamp"].is_null(), "{p}");
+    let (code, status) = send(&cluster, &pem, "DELETE", doomed, PROTOBUF, &grace(7));
+    assert_eq!(code, 200, "{status}");
+    assert_eq!(
+        get(&["pod", "doomed"])["metadata"]["deletionGracePeriodSeconds"],
+        7
+    );
+    let (code, status) = send(&cluster, &pem, "DELETE", doomed, PROTOBUF, &grace(0));
+    assert_eq!(code, 200, "{status}");
+    let (gone, _, err) = kubectl(&kc, &["get", "pod", "doomed", "-n", "typed"]);
+    assert!(!gone && err.contains("not found"), "{err}");
+    // A deletecollection's body counts too: a dry run deletes nothing.
+    let dry = pb_envelope("v1", "DeleteOptions", &pb_bytes(5, b"All"));
+    let (code, status) = send(
+        &cluster,
+        &pem,
+        "DELETE",
+        "/api/v1/namespaces/typed/configmaps",
+        PROTOBUF,
+        &dry,
+    );
+    assert_eq!(code, 200, "{status}");
+    assert!(
+        status["items"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|c| c["metadata"]["name"] == "cfg")),
+        "{status}"
+    );
+    assert_eq!(get(&["configmap", "cfg"])["data"]["a"], "1");
+
+    // pods/eviction: listed for kubectl drain, refused when malformed or
+    // misdirected, and deleting with its options when well formed.
+    let (_, core, _) = kubectl(&kc, &["get", "--raw", "/api/v1"]);
+    let core: serde_json::Value = serde_json::from_str(&core).unwrap();
+    let listed = core["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "pods/eviction")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (
+            &listed["group"],
+            &listed["version"],
+            &listed["kind"],
+            &listed["verbs"]
+        ),
+        (
+            &serde_json::json!("policy"),
+            &serde_json::json!("v1"),
+            &serde_json::json!("Eviction"),
+            &serde_json::json!(["create"])
+        ),
+        "{core}"
+    );
+    let evict = |pod: &str| format!("/api/v1/namespaces/typed/pods/{pod}/eviction");
+    let eviction = |name: &str, grace: &[u8]| {
+        let meta = [pb_bytes(1, name.as_bytes()), pb_bytes(3, b"typed")].concat();
+        pb_envelope(
+            "policy/v1",
+            "Eviction",
+            &[pb_bytes(1, &meta), pb_bytes(2, grace)].concat(),
+        )
+    };
+    let json_eviction = |name: &str| {
+        format!(r#"{{"apiVersion":"policy/v1","kind":"Eviction","metadata":{{"name":"{name}"}}}}"#)
+            .into_bytes()
+    };
+    for (what, pod, ct, body, want) in [
+        (
+            "no such pod",
+            "ghost",
+            PROTOBUF,
+            eviction("ghost", b""),
+            404,
+        ),
+        (
+            "another pod's name",
+            "evicted",
+            PROTOBUF,
+            eviction("doomed", b""),
+            400,
+        ),
+        (
+            "malformed JSON",
+            "evicted",
+            "application/json",
+            b"{\"metadata\":".to_vec(),
+            400,
+        ),
+        (
+            "a Pod, not an Eviction",
+            "evicted",
+            "application/json",
+            br#"{"kind":"Pod","metadata":{"name":"evicted"}}"#.to_vec(),
+            400,
+        ),
+        (
+            "garbled protobuf",
+            "evicted",
+            PROTOBUF,
+            b"k8s\0\x12\x09".to_vec(),
+            400,
+        ),
+        (
+            "no such pod (JSON)",
+            "ghost",
+            "application/json",
+            json_eviction("ghost"),
+            404,
+        ),
+    ] {
+        let (code, status) = post(&cluster, &pem, &evict(pod), ct, &body);
+        assert_eq!(code, want, "{what}: {status}");
+        assert_eq!(status["kind"], "Status", "{what}: {status}");
+    }
+    let p = get(&["pod", "evicted"]);
+    assert!(p["metadata"]["deletionTimestamp"].is_null(), "{p}");
+    let (code, status) = post(
+        &cluster,
+        &pem,
+        &evict("evicted"),
+        PROTOBUF,
+        &eviction("evicted", &pb_int(1, 5)),
+    );
+    assert_eq!(
+        (code, &status["status"]),
+        (201, &serde_json::json!("Success")),
+        "{status}"
+    );
+    assert_eq!(
+        get(&["pod", "evicted"])["metadata"]["deletionGracePeriodSeconds"],
+        5
+    );
 }
 
 /// A delete without preconditions is not optimistic: an object that keeps

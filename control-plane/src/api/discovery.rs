@@ -123,6 +123,9 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
                     Some(("autoscaling", "v1")),
                 ),
                 "binding" => ("Binding", &["create"], None),
+                // kubectl drain evicts only when this entry names its group
+                // and version; otherwise it deletes.
+                "eviction" => ("Eviction", &["create"], Some(("policy", "v1"))),
                 "log" => ("Pod", &["get"], None),
                 "exec" => ("PodExecOptions", &["create", "get"], None),
                 "attach" => ("PodAttachOptions", &["create", "get"], None),

@@ -481,24 +481,27 @@ impl Api {
         )
     }
 
+    /// Delete one object with `opts`, a DeleteOptions as decoded from the
+    /// request's body (`{}` when it had none).
     pub async fn delete(
         &self,
         r: &'static Resource,
         ns: Option<&str>,
         name: &str,
-        body: &[u8],
+        opts: &Value,
         q: &Query,
     ) -> ApiResult<Value> {
-        let opts: Value = if body.is_empty() {
-            json!({})
-        } else {
-            serde_json::from_slice(body)
-                .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+        // The deprecated orphanDependents says what a policy would.
+        let orphan = match opts["orphanDependents"].as_bool() {
+            Some(true) => Some("Orphan"),
+            Some(false) => Some("Background"),
+            None => None,
         };
         let policy = q
             .get("propagationPolicy")
             .map(String::as_str)
             .or_else(|| opts["propagationPolicy"].as_str())
+            .or(orphan)
             .unwrap_or("Background")
             .to_string();
         if !matches!(policy.as_str(), "Background" | "Foreground" | "Orphan") {
@@ -506,10 +509,23 @@ impl Api {
                 "unknown propagationPolicy {policy:?}"
             )));
         }
+        // A dry run asked for in the body counts as one asked for in the
+        // query (a protobuf DeleteOptions can only say it there).
+        let mut dry = None;
+        if opts["dryRun"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|v| v == "All"))
+            && !dry_run(q)
+        {
+            let mut with = q.clone();
+            with.insert("dryRun".into(), "All".into());
+            dry = Some(with);
+        }
+        let q = dry.as_ref().unwrap_or(q);
         // Without preconditions a delete is not optimistic: when the object
         // changes under it (a controller writing its status), read it again
         // and retry, as the Kubernetes API server does.
-        let (opts, policy) = (&opts, policy.as_str());
+        let policy = policy.as_str();
         if opts.get("preconditions").is_none_or(Value::is_null) {
             until_no_conflict(|| self.delete_once(r, ns, name, opts, policy, q)).await
         } else {
@@ -709,17 +725,19 @@ impl Api {
         }
     }
 
+    /// Delete every object the query selects, each with `opts`.
     pub async fn delete_collection(
         &self,
         r: &'static Resource,
         ns: Option<&str>,
         q: &Query,
+        opts: &Value,
     ) -> ApiResult<Value> {
         let list = self.list(r, ns, q).await?;
         let mut deleted = Vec::new();
         for item in list["items"].as_array().into_iter().flatten() {
             let item_ns = item.pointer("/metadata/namespace").and_then(Value::as_str);
-            match self.delete(r, item_ns, name_of(item), b"", q).await {
+            match self.delete(r, item_ns, name_of(item), opts, q).await {
                 Ok(o) => deleted.push(o),
                 Err(e) if e.reason == "NotFound" => {}
                 Err(e) => return Err(e),

@@ -15,7 +15,7 @@
 //!   server-side printing for `kubectl get`.
 //! - [`usage`]: `metrics.k8s.io`, the nodes' and pods' CPU and memory use.
 //! - [`pod_streams`]: logs, exec and attach; [`port_forward`] (over
-//!   [`spdy`]): port forwarding.
+//!   [`spdy`]): port forwarding; [`eviction`]: `pods/<name>/eviction`.
 //!
 //! Every request must carry a client certificate signed by the cluster CA or
 //! a known bearer token; anything else gets 401. A node's certificate gets
@@ -23,6 +23,7 @@
 
 mod conversion;
 mod discovery;
+mod eviction;
 mod fields;
 mod handlers;
 mod objects;
@@ -371,6 +372,34 @@ fn decode_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
     }
 }
 
+/// Decode a delete's body, if it has one, as a DeleteOptions: JSON, YAML or
+/// protobuf (client-go's typed clients send protobuf: `kubectl drain
+/// --disable-eviction`), by the Content-Type as for any body.
+fn decode_delete_options(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    let opts = decode_body(headers, body)?;
+    match opts.get("kind").and_then(Value::as_str) {
+        None | Some("DeleteOptions") => {}
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "a delete's body must be a DeleteOptions, not a {other}"
+            )))
+        }
+    }
+    check_delete_options(&opts)?;
+    Ok(opts)
+}
+
+/// Whether `opts` decodes as a DeleteOptions (400 otherwise).
+fn check_delete_options(opts: &Value) -> ApiResult<()> {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions;
+    <DeleteOptions as serde::Deserialize>::deserialize(opts)
+        .map(|_| ())
+        .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))
+}
+
 async fn route(
     api: &Api,
     method: &Method,
@@ -512,9 +541,18 @@ async fn object(
         ("PATCH", Some(name), Some("scale")) => ok(api
             .write_scale(r, ns, name, Some(patch_type()?), body, q)
             .await?),
-        ("DELETE", Some(name), None) => ok(api.delete(r, ns, name, body, q).await?),
+        ("POST", Some(name), Some("eviction")) if r.plural == "pods" => {
+            let eviction = decode_body(headers, body)?;
+            let v = eviction::evict(api, ns.unwrap_or("default"), name, eviction, q).await?;
+            Ok(json_response(StatusCode::CREATED, &v))
+        }
+        ("DELETE", Some(name), None) => {
+            let opts = decode_delete_options(headers, body)?;
+            ok(api.delete(r, ns, name, &opts, q).await?)
+        }
         ("DELETE", None, None) if r.plural != "namespaces" => {
-            ok(api.delete_collection(r, ns, q).await?)
+            let opts = decode_delete_options(headers, body)?;
+            ok(api.delete_collection(r, ns, q, &opts).await?)
         }
         (m, _, _) => Err(ApiError::method_not_allowed(m)),
     }

@@ -28,8 +28,8 @@ pub struct Resource {
     pub singular: &'static str,
     pub namespaced: bool,
     pub short_names: &'static [&'static str],
-    /// Subresources served or announced: "status", "scale", "binding", "log",
-    /// "exec", "attach", "portforward".
+    /// Subresources served or announced: "status", "scale", "binding",
+    /// "eviction", "log", "exec", "attach", "portforward".
     pub subresources: &'static [&'static str],
     pub names: NameRule,
     /// Decode the body into the typed object; the error is what the client sees.
@@ -122,7 +122,7 @@ pub static RESOURCES: &[Resource] = &[
     resource!("", "v1", core::v1::Node, "Node", "nodes", "node",
         namespaced: false, short: ["no"], sub: ["status"], names: Subdomain),
     resource!("", "v1", core::v1::Pod, "Pod", "pods", "pod",
-        namespaced: true, short: ["po"], sub: ["status", "binding", "log", "exec", "attach", "portforward"], names: Subdomain),
+        namespaced: true, short: ["po"], sub: ["status", "binding", "eviction", "log", "exec", "attach", "portforward"], names: Subdomain),
     resource!("", "v1", core::v1::Service, "Service", "services", "service",
         namespaced: true, short: ["svc"], sub: ["status"], names: Label),
     resource!("", "v1", core::v1::Endpoints, "Endpoints", "endpoints", "endpoints",

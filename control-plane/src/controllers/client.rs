@@ -147,10 +147,9 @@ impl Client {
         if let Some(p) = propagation {
             opts["propagationPolicy"] = json!(p);
         }
-        let body = opts.to_string();
         match self
             .api
-            .delete(r, namespace, name, body.as_bytes(), &ApiQuery::new())
+            .delete(r, namespace, name, &opts, &ApiQuery::new())
             .await
         {
             // A deleted object comes back with the revision of its

@@ -87,6 +87,31 @@ pub static ALL: &[Message] = &[
         ]
     ),
     msg!("Duration", [(1, "duration", I64),]),
+    // The body of a delete (`kubectl drain --disable-eviction`, client-go's
+    // typed Delete) and of a pod's eviction.
+    msg!(
+        "DeleteOptions",
+        [
+            (1, "gracePeriodSeconds", I64),
+            (2, "preconditions", Msg("Preconditions")),
+            (3, "orphanDependents", Bool),
+            (4, "propagationPolicy", Str),
+            (5, "dryRun", Rep(&Str)),
+        ]
+    ),
+    msg!(
+        "Preconditions",
+        [(1, "uid", Str), (2, "resourceVersion", Str),]
+    ),
+    // policy/v1 and policy/v1beta1 alike: what `kubectl drain` posts to
+    // `pods/<name>/eviction`.
+    msg!(
+        "Eviction",
+        [
+            (1, "metadata", Msg("ObjectMeta")),
+            (2, "deleteOptions", Msg("DeleteOptions")),
+        ]
+    ),
     msg!(
         "Namespace",
         [

@@ -157,3 +157,46 @@ fn every_referenced_message_type_is_described_or_refused_cleanly() {
         }
     }
 }
+
+#[test]
+fn delete_options_and_evictions_as_client_go_sends_them() {
+    let mut pre = W::default();
+    pre.str(1, "u-1").str(2, "42");
+    let mut opts = W::default();
+    opts.int(1, 0)
+        .msg(2, &pre)
+        .int(3, 1)
+        .str(4, "Foreground")
+        .str(5, "All");
+    let v = decode(&envelope("v1", "DeleteOptions", &opts)).expect("decoded");
+    assert_eq!(
+        v,
+        json!({
+            "apiVersion": "v1", "kind": "DeleteOptions",
+            "gracePeriodSeconds": 0,
+            "preconditions": {"uid": "u-1", "resourceVersion": "42"},
+            "orphanDependents": true,
+            "propagationPolicy": "Foreground",
+            "dryRun": ["All"],
+        })
+    );
+    // A negative number is ten bytes of varint.
+    let mut negative = W::default();
+    negative.int(1, -1);
+    let v = decode(&envelope("v1", "DeleteOptions", &negative)).expect("decoded");
+    assert_eq!(v["gracePeriodSeconds"], -1);
+    // kubectl drain's: the pod named, its options present but empty.
+    let mut m = W::default();
+    m.str(1, "web-1").str(3, "default");
+    let mut eviction = W::default();
+    eviction.msg(1, &m).msg(2, &W::default());
+    let v = decode(&envelope("policy/v1", "Eviction", &eviction)).expect("decoded");
+    assert_eq!(
+        v,
+        json!({
+            "apiVersion": "policy/v1", "kind": "Eviction",
+            "metadata": {"name": "web-1", "namespace": "default"},
+            "deleteOptions": {},
+        })
+    );
+}
