@@ -122,7 +122,8 @@ spec:
 /// Join refusals, then one node running a Deployment, pods that talk over
 /// localhost and read a ConfigMap and a Secret, a crash loop, a liveness
 /// restart, readiness following a Secret volume, logs and exec through
-/// another master, and a graceful delete with its preStop hook.
+/// another master, jobs' logs found by their selectors, and a graceful
+/// delete with its preStop hook.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_join_run_pods_and_report() {
     let _serial = one_at_a_time().await;
@@ -398,6 +399,50 @@ async fn agents_join_run_pods_and_report() {
     let out = forward.wait_with_output().unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("8089"), "kubectl said: {said}");
+
+    // Jobs made by `kubectl create job` select their own pods, so each
+    // one's logs are its own though other pods share the namespace.
+    for word in ["one", "two"] {
+        let echo = format!("echo said-{word}");
+        ok(kubectl(
+            &kc,
+            &[
+                "create",
+                "job",
+                &format!("say-{word}"),
+                "--image=busybox:local",
+                "--",
+                "sh",
+                "-c",
+                &echo,
+            ],
+        ));
+    }
+    for word in ["one", "two"] {
+        let name = format!("say-{word}");
+        let job = until("the job complete", || {
+            let out = kubectl(&kc, &["get", "job", &name, "-o", "json"]).1;
+            let j: Value = serde_json::from_str(&out).ok()?;
+            (j["status"]["succeeded"] == 1).then_some(j)
+        })
+        .await;
+        let out = ok(kubectl(&kc, &["logs", &format!("job/{name}")]));
+        assert_eq!(out.trim(), format!("said-{word}"));
+        let uid = job["metadata"]["uid"].as_str().unwrap_or_default();
+        assert_eq!(
+            job["spec"]["selector"],
+            serde_json::json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}})
+        );
+        assert_eq!(
+            job["spec"]["template"]["metadata"]["labels"],
+            serde_json::json!({
+                "batch.kubernetes.io/controller-uid": uid,
+                "controller-uid": uid,
+                "batch.kubernetes.io/job-name": name,
+                "job-name": name,
+            })
+        );
+    }
 
     // A graceful delete: the preStop hook runs, SIGTERM is honoured, and
     // the pod is gone only once its containers are.

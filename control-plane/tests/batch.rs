@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use common::fake_nodes::{FakeNodes, Kube};
 use common::{eventually, kubectl, kubectl_stdin, Cluster};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// A Job manifest; `fields` are more lines of its spec.
 fn job(name: &str, fields: &[&str], labels: &str) -> String {
@@ -165,6 +165,102 @@ async fn a_job_runs_its_completions_at_most_parallelism_at_a_time() {
     })
     .await;
     assert!(out.contains("Job completed"), "{out}");
+
+    // The server chose the job's selector: its uid, which the template's
+    // labels carry beside the job's name and the user's own labels.
+    let count = get_job(&kube, "count").await.expect("job");
+    assert_eq!(
+        count["spec"]["selector"],
+        json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}})
+    );
+    let labels = &count["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in [
+        ("batch.kubernetes.io/controller-uid", uid.as_str()),
+        ("controller-uid", uid.as_str()),
+        ("batch.kubernetes.io/job-name", "count"),
+        ("job-name", "count"),
+        ("skiff.test/phase", "Succeeded"),
+    ] {
+        assert_eq!(labels[k], v, "{labels}");
+    }
+    // ... and it may not change.
+    let (ok, _, err) = kubectl(
+        &kc,
+        &[
+            "patch",
+            "job",
+            "count",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"selector":{"matchLabels":{"app":"other"}}}}"#,
+        ],
+    );
+    assert!(
+        !ok && err.contains("spec.selector") && err.contains("field is immutable"),
+        "{err}"
+    );
+    // A selector that does not select the template's pods: 422, and
+    // nothing stored.
+    let mismatch = job(
+        "mismatch",
+        &["manualSelector: true", "selector: {matchLabels: {app: a}}"],
+        "app: b",
+    );
+    let cause = r#"spec.template.metadata.labels: Invalid value: map[string]string{"app":"b"}: `selector` does not match template `labels`"#;
+    let (ok, _, err) = kubectl_stdin(&kc, &["apply", "-f", "-"], Some(&mismatch));
+    assert!(
+        !ok && err.contains(r#"The Job "mismatch" is invalid: "#) && err.contains(cause),
+        "{err}"
+    );
+    let body: Value = serde_yaml::from_str(&mismatch).expect("manifest");
+    let refused = kube
+        .post("/apis/batch/v1/namespaces/default/jobs", &body)
+        .await
+        .expect_err("a mismatched selector");
+    assert_eq!(
+        refused,
+        (422, format!(r#"Job.batch "mismatch" is invalid: {cause}"#))
+    );
+    assert!(matches!(
+        kube.get("/apis/batch/v1/namespaces/default/jobs/mismatch")
+            .await,
+        Err((404, _))
+    ));
+    // A selector of the user's needs manualSelector, as in Kubernetes.
+    let unmarked = job("unmarked", &["selector: {matchLabels: {app: a}}"], "app: a");
+    let (ok, _, err) = kubectl_stdin(&kc, &["apply", "-f", "-"], Some(&unmarked));
+    assert!(
+        !ok && err.contains("`selector` not auto-generated"),
+        "{err}"
+    );
+    // With it, the selector is the user's, unchanged, and the job runs.
+    let manual = job(
+        "manual",
+        &[
+            "manualSelector: true",
+            "selector: {matchLabels: {app: manual}}",
+        ],
+        "app: manual, skiff.test/phase: Succeeded",
+    );
+    let (ok, _, err) = kubectl_stdin(&kc, &["apply", "-f", "-"], Some(&manual));
+    assert!(ok, "{err}");
+    let done = eventually(
+        "the manual job to complete",
+        Duration::from_secs(30),
+        || async {
+            let j = get_job(&kube, "manual").await?;
+            condition(&j, "Complete").map(|_| j)
+        },
+    )
+    .await;
+    assert_eq!(
+        done["spec"]["selector"],
+        json!({"matchLabels": {"app": "manual"}})
+    );
+    assert!(
+        done["spec"]["template"]["metadata"]["labels"]["controller-uid"].is_null(),
+        "{done:#}"
+    );
 
     // Deleting a job with running (tracked) pods takes the pods with it.
     let manifest = job(
@@ -329,6 +425,19 @@ spec:
     );
     let owner = &job["metadata"]["ownerReferences"][0];
     assert!(owner["kind"] == "CronJob" && owner["name"] == "tick" && owner["controller"] == true);
+    // Its selector and labels were set as for any job.
+    let uid = job["metadata"]["uid"].as_str().expect("uid");
+    assert_eq!(
+        job["spec"]["selector"],
+        json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}})
+    );
+    let labels = &job["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(
+        labels["batch.kubernetes.io/job-name"],
+        name.as_str(),
+        "{labels}"
+    );
+    assert_eq!(labels["skiff.test/phase"], "Succeeded", "{labels}");
     // Created once the controllers' clock reached the minute, not before
     // (the creation time is truncated to a second).
     let job_created = time(&job["metadata"]["creationTimestamp"]).timestamp();

@@ -5,6 +5,7 @@
 //! - [`discovery`]: `/version`, `/api`, `/apis`, resource lists.
 //! - [`handlers`]: get, list, create, update, patch, delete and subresources;
 //!   [`watch`]: watch streams; [`objects`]: server-set fields and defaults;
+//!   [`job_selector`]: the selector and labels a Job's pods carry;
 //!   [`services`]: cluster IPs and node ports;
 //!   [`patch`]: merge, JSON and strategic merge patches; [`selector`]:
 //!   label and field selectors; [`status`]: errors as `Status` objects.
@@ -26,6 +27,7 @@ mod discovery;
 mod eviction;
 mod fields;
 mod handlers;
+mod job_selector;
 mod objects;
 mod openapi;
 mod patch;

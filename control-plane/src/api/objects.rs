@@ -5,6 +5,7 @@
 use rand::Rng;
 use serde_json::{json, Map, Value};
 
+use super::job_selector;
 use super::resources::{check_name, Resource};
 use super::status::{ApiError, ApiResult};
 
@@ -231,6 +232,10 @@ pub fn for_create(r: &Resource, namespace: Option<&str>, mut object: Value) -> A
     }
     omit_empty_meta(&mut object);
     defaults(r, &mut object);
+    if r.kind == "Job" {
+        // Needs the uid, which is only now known.
+        job_selector::on_create(r, &mut object)?;
+    }
     Ok(object)
 }
 
@@ -307,6 +312,9 @@ pub fn for_update(
     }
     omit_empty_meta(&mut out);
     defaults(r, &mut out);
+    if r.kind == "Job" && sub != Some("status") {
+        job_selector::on_update(r, old, &out)?;
+    }
     Ok(out)
 }
 

@@ -78,6 +78,67 @@ impl LabelSelector {
         Ok(LabelSelector(reqs))
     }
 
+    /// A `metav1.LabelSelector` object (`matchLabels` and
+    /// `matchExpressions`, ANDed); the error says which part is wrong.
+    pub fn from_object(selector: &Value) -> Result<Self, String> {
+        let mut reqs = Vec::new();
+        if !selector.is_object() {
+            return Err("a label selector must be an object".into());
+        }
+        match &selector["matchLabels"] {
+            Value::Null => {}
+            Value::Object(labels) => {
+                for (k, v) in labels {
+                    let v = v
+                        .as_str()
+                        .ok_or_else(|| format!("matchLabels[{k}] must be a string"))?;
+                    reqs.push(Req::Eq(key(k)?, v.to_string()));
+                }
+            }
+            _ => return Err("matchLabels must be a map of strings".into()),
+        }
+        let expressions = match &selector["matchExpressions"] {
+            Value::Null => &[][..],
+            Value::Array(e) => e.as_slice(),
+            _ => return Err("matchExpressions must be a list".into()),
+        };
+        for (i, e) in expressions.iter().enumerate() {
+            let k = key(e["key"].as_str().unwrap_or(""))
+                .map_err(|err| format!("matchExpressions[{i}].key: {err}"))?;
+            let values: Vec<String> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| v.as_str().map(str::to_string))
+                .collect::<Option<_>>()
+                .ok_or_else(|| format!("matchExpressions[{i}].values must be strings"))?;
+            let op = e["operator"].as_str().unwrap_or("");
+            let req = match op {
+                "In" | "NotIn" if values.is_empty() => {
+                    return Err(format!(
+                        "matchExpressions[{i}].values: must be specified when `operator` is 'In' or 'NotIn'"
+                    ))
+                }
+                "Exists" | "DoesNotExist" if !values.is_empty() => {
+                    return Err(format!(
+                        "matchExpressions[{i}].values: may not be specified when `operator` is 'Exists' or 'DoesNotExist'"
+                    ))
+                }
+                "In" => Req::In(k, values),
+                "NotIn" => Req::NotIn(k, values),
+                "Exists" => Req::Exists(k),
+                "DoesNotExist" => Req::NotExists(k),
+                other => {
+                    return Err(format!(
+                        "matchExpressions[{i}].operator: not a valid selector operator: {other:?}"
+                    ))
+                }
+            };
+            reqs.push(req);
+        }
+        Ok(LabelSelector(reqs))
+    }
+
     pub fn matches(&self, object: &Value) -> bool {
         let labels = object.pointer("/metadata/labels");
         let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
@@ -168,6 +229,29 @@ mod tests {
         assert!(!m("legacy"));
         assert!(m(""));
         assert!(LabelSelector::parse("env in prod").is_err());
+    }
+
+    #[test]
+    fn label_selector_objects() {
+        let o = json!({"metadata": {"labels": {"app": "web", "env": "prod"}}});
+        let m = |s: Value| LabelSelector::from_object(&s).unwrap().matches(&o);
+        assert!(m(json!({})));
+        assert!(m(json!({"matchLabels": {"app": "web"}})));
+        assert!(!m(json!({"matchLabels": {"app": "web", "tier": "db"}})));
+        assert!(m(json!({"matchExpressions": [
+            {"key": "env", "operator": "In", "values": ["prod", "dev"]},
+            {"key": "legacy", "operator": "DoesNotExist"}]})));
+        assert!(!m(json!({"matchLabels": {"app": "web"},
+            "matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["prod"]}]})));
+        for bad in [
+            json!({"matchExpressions": [{"key": "a", "operator": "Near"}]}),
+            json!({"matchExpressions": [{"key": "a", "operator": "In"}]}),
+            json!({"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}),
+            json!({"matchLabels": {"a": 1}}),
+            json!([]),
+        ] {
+            assert!(LabelSelector::from_object(&bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

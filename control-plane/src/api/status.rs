@@ -35,6 +35,15 @@ impl ApiError {
         self
     }
 
+    /// `Job.batch`, `Pod`: how Kubernetes names a kind in its messages.
+    fn qualified_kind(r: &Resource) -> String {
+        if r.group.is_empty() {
+            r.kind.to_string()
+        } else {
+            format!("{}.{}", r.kind, r.group)
+        }
+    }
+
     fn what(r: &Resource) -> String {
         if r.group.is_empty() {
             r.plural.to_string()
@@ -92,7 +101,11 @@ impl ApiError {
         let mut e = Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "Invalid",
-            format!("{} \"{name}\" is invalid: {}", r.kind, summary.join(", ")),
+            format!(
+                "{} \"{name}\" is invalid: {}",
+                Self::qualified_kind(r),
+                summary.join(", ")
+            ),
         );
         let mut d = json!({
             "name": name,
