@@ -1,8 +1,10 @@
 //! Bad input on the agent protocol, against real masters and a real
 //! agent: a certificate the cluster did not sign is refused at the
 //! handshake; an oversized and a malformed frame end only their own
-//! stream; a pod with a volume the node cannot mount gets a status that
-//! says why. The master and the agent go on serving everything else.
+//! stream, and before the peer is authenticated (a joiner) the size
+//! allowed is far lower; a pod with a volume the node cannot mount gets a
+//! status that says why. The master and the agent go on serving
+//! everything else.
 
 mod common;
 
@@ -12,7 +14,10 @@ use common::agents::{create_token, node_ready, one_at_a_time, require_images, SE
 use common::{eventually, kubectl, kubectl_stdin, Cluster};
 use node_agent::identity::{self, Identity};
 use node_agent::session::connect;
-use proto::agent::{agent_request, AgentRequest, CaRequest, CaResponse, Hello};
+use proto::agent::{
+    agent_request, frame, AgentRequest, CaRequest, CaResponse, CertificateResponse, Hello,
+    JoinRequest,
+};
 use serde_json::Value;
 
 fn pod(kc: &std::path::Path, name: &str) -> Value {
@@ -80,7 +85,7 @@ async fn bad_input_on_the_agent_protocol_is_refused_and_serving_goes_on() {
     let refused = async {
         let tls = stranger_tls(&id.ca_pem);
         let conn = connect::connect(&endpoint, &gateway, tls, Duration::from_secs(5)).await?;
-        connect::request::<proto::agent::ToAgent>(&conn, hello.clone()).await
+        connect::request::<proto::agent::ToAgent>(&conn, hello.clone(), frame::MAX_FRAME).await
     };
     let refused = refused.await;
     assert!(refused.is_err(), "a stranger's certificate got {refused:?}");
@@ -105,14 +110,54 @@ async fn bad_input_on_the_agent_protocol_is_refused_and_serving_goes_on() {
         !matches!(&garbage, Ok(b) if !b.is_empty()),
         "a malformed frame was answered: {garbage:?}"
     );
-    let ca: CaResponse = connect::request(
-        &conn,
-        AgentRequest {
-            request: Some(agent_request::Request::Ca(CaRequest {})),
-        },
+    let ca_request = AgentRequest {
+        request: Some(agent_request::Request::Ca(CaRequest {})),
+    };
+    let ca: CaResponse = connect::request(&conn, ca_request.clone(), frame::MAX_FRAME)
+        .await
+        .expect("the connection still answers");
+    assert_eq!(ca.ca_pem.trim(), id.ca_pem.trim());
+
+    // Without a node certificate (a joiner), a request far smaller than a
+    // node may send is refused unread: a join request of 100 KiB ends its
+    // stream unanswered, where one of ordinary size is answered, and the
+    // same connection still answers.
+    let anonymous = connect::connect(
+        &endpoint,
+        &gateway,
+        connect::anonymous_tls(&id.ca_pem).unwrap(),
+        Duration::from_secs(5),
     )
     .await
-    .expect("the connection still answers");
+    .unwrap();
+    let join_with = |token: String| AgentRequest {
+        request: Some(agent_request::Request::Join(JoinRequest {
+            token,
+            node_name: "joiner".into(),
+            csr_pem: String::new(),
+        })),
+    };
+    let mut oversized = Vec::new();
+    frame::write(&mut oversized, &join_with("x".repeat(100 << 10)))
+        .await
+        .unwrap();
+    assert!(oversized.len() > frame::MAX_UNAUTHENTICATED);
+    let refused = raw_exchange(&anonymous, &oversized).await;
+    assert!(
+        !matches!(&refused, Ok(b) if !b.is_empty()),
+        "an oversized join request was answered: {refused:?}"
+    );
+    let answer: CertificateResponse = connect::request(
+        &anonymous,
+        join_with("zzzzzz.0000000000000000".into()),
+        frame::MAX_UNAUTHENTICATED,
+    )
+    .await
+    .expect("a join request of ordinary size is answered");
+    assert!(answer.refused.contains("does not exist"), "{answer:?}");
+    let ca: CaResponse = connect::request(&anonymous, ca_request, frame::MAX_UNAUTHENTICATED)
+        .await
+        .expect("the anonymous connection still answers");
     assert_eq!(ca.ca_pem.trim(), id.ca_pem.trim());
 
     // A volume this node cannot mount: the pod says so; a good pod beside

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use proto::agent::{
-    agent_request, AgentRequest, CaRequest, CaResponse, CertificateResponse, JoinRequest,
+    agent_request, frame, AgentRequest, CaRequest, CaResponse, CertificateResponse, JoinRequest,
 };
 
 use crate::identity::{self, Cluster, Identity};
@@ -33,11 +33,13 @@ pub async fn join(args: JoinArgs<'_>) -> Result<Identity> {
     let endpoint = connect::endpoint()?;
     let conn =
         connect::connect(&endpoint, args.server, connect::unverified_tls()?, TIMEOUT).await?;
+    // Whoever answers is not trusted yet: a small answer or none.
     let ca: CaResponse = connect::request(
         &conn,
         AgentRequest {
             request: Some(agent_request::Request::Ca(CaRequest {})),
         },
+        frame::MAX_UNAUTHENTICATED,
     )
     .await
     .context("fetching the cluster CA")?;
@@ -69,6 +71,7 @@ pub async fn join(args: JoinArgs<'_>) -> Result<Identity> {
                 csr_pem,
             })),
         },
+        frame::MAX_UNAUTHENTICATED,
     )
     .await
     .context("joining")?;

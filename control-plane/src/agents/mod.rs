@@ -33,8 +33,10 @@ use quinn::{RecvStream, SendStream};
 use crate::api::Api;
 use crate::pki::{Ca, Identity};
 
-/// The first frame of a stream is small; only the control stream's later
-/// frames (pod reports of a full node) grow.
+/// The first frame of a node's stream is small (a Hello lists what the
+/// node holds); only the control stream's later frames (pod reports of a
+/// full node) grow. A peer that is not a node (a joiner) may ask only for
+/// the CA or a certificate, and gets [`frame::MAX_UNAUTHENTICATED`].
 const MAX_REQUEST: usize = 1 << 20;
 
 /// How a master serves its agents.
@@ -139,7 +141,13 @@ async fn stream(
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
-    let request = match frame::read::<AgentRequest, _>(&mut recv, MAX_REQUEST).await {
+    let node = who.as_ref().and_then(|w| w.node_name()).map(str::to_string);
+    let max = if node.is_some() {
+        MAX_REQUEST
+    } else {
+        frame::MAX_UNAUTHENTICATED
+    };
+    let request = match frame::read::<AgentRequest, _>(&mut recv, max).await {
         Ok(Some(r)) => r,
         Ok(None) => return,
         Err(e) => {
@@ -149,7 +157,6 @@ async fn stream(
             return;
         }
     };
-    let node = who.as_ref().and_then(|w| w.node_name()).map(str::to_string);
     let result = match (request.request, node) {
         (Some(agent_request::Request::Ca(_)), _) => {
             let response = CaResponse {

@@ -133,12 +133,18 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
     }
 }
 
-/// One request on a new stream, and its one answer.
-pub async fn request<M: Message + Default>(conn: &Connection, req: AgentRequest) -> Result<M> {
+/// One request on a new stream, and its one answer, refused if longer
+/// than `max` (the caller knows how far it trusts the master, and what
+/// size of answer to expect).
+pub async fn request<M: Message + Default>(
+    conn: &Connection,
+    req: AgentRequest,
+    max: usize,
+) -> Result<M> {
     let (mut send, mut recv) = conn.open_bi().await.context("opening a stream")?;
     frame::write(&mut send, &req).await?;
     let _ = send.finish();
-    match frame::read::<M, _>(&mut recv, frame::MAX_FRAME).await {
+    match frame::read::<M, _>(&mut recv, max).await {
         Ok(Some(m)) => Ok(m),
         Ok(None) => bail!("the master closed the stream without answering"),
         Err(e) => Err(e).context("reading the master's answer"),

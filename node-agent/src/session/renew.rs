@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Result};
-use proto::agent::{agent_request, AgentRequest, CertificateResponse, RenewRequest};
+use proto::agent::{agent_request, frame, AgentRequest, CertificateResponse, RenewRequest};
 use tokio_util::sync::CancellationToken;
 
 use super::{connect, Session};
@@ -53,6 +53,7 @@ async fn renew(session: &Session) -> Result<()> {
         AgentRequest {
             request: Some(agent_request::Request::Renew(RenewRequest { csr_pem })),
         },
+        frame::MAX_FRAME,
     )
     .await?;
     conn.close(0u32.into(), b"done");

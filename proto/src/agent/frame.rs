@@ -1,6 +1,10 @@
 //! Frames on an agent stream: a 4-byte big-endian length, then one prost
 //! message of that many bytes. A frame longer than the reader's limit is
-//! refused before any of it is read into memory.
+//! refused before any of it is read, and a frame within it is read into
+//! memory as its bytes arrive: a peer that claims a length and sends
+//! nothing more costs the reader nothing. The limit is the caller's: far
+//! lower where the peer is not yet authenticated
+//! ([`MAX_UNAUTHENTICATED`]) than on a session with a known node.
 
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -8,6 +12,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// The largest frame either side sends or accepts by default: a snapshot
 /// of a node's pods and what they reference stays far below it.
 pub const MAX_FRAME: usize = 64 << 20;
+
+/// The largest frame read from a peer not yet authenticated (a joiner's
+/// request for the CA or a certificate, or a master's answer before the
+/// joiner trusts it): a CSR, a token, a CA certificate fit many times over.
+pub const MAX_UNAUTHENTICATED: usize = 64 << 10;
+
+/// The most a read sets aside before any of a frame's bytes arrive; past
+/// that the buffer grows with what is actually read.
+const FIRST_READ: usize = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -54,8 +67,15 @@ pub async fn read<M: Message + Default, R: AsyncRead + Unpin>(
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf).await?;
+    // Not `vec![0; len]`: the length is the peer's claim, not yet a fact.
+    let mut buf = Vec::with_capacity(len.min(FIRST_READ));
+    let got = (&mut *r).take(len as u64).read_to_end(&mut buf).await?;
+    if got < len {
+        return Err(FrameError::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("the stream ended {got} bytes into a frame of {len}"),
+        )));
+    }
     Ok(Some(M::decode(buf.as_slice())?))
 }
 
@@ -97,5 +117,39 @@ mod tests {
             .await
             .unwrap()
             .is_none());
+    }
+
+    /// The length is checked before any of the body is read: the reader
+    /// is left just past the header.
+    #[tokio::test]
+    async fn a_frame_over_the_cap_is_refused_before_its_body_is_read() {
+        let mut bytes = (100u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&[7u8; 100]);
+        let mut r: &[u8] = &bytes;
+        let err = read::<AgentRequest, _>(&mut r, 50).await.unwrap_err();
+        assert!(
+            matches!(err, FrameError::TooLarge { len: 100, max: 50 }),
+            "{err}"
+        );
+        assert_eq!(r.len(), 100, "nothing of the body was read");
+    }
+
+    /// A frame cut short is an error, not a shorter message.
+    #[tokio::test]
+    async fn a_frame_cut_short_is_an_error() {
+        let msg = AgentRequest {
+            request: Some(crate::agent::agent_request::Request::Ca(CaRequest {})),
+        };
+        let mut whole = Vec::new();
+        write(&mut whole, &msg).await.unwrap();
+        let claimed = (whole.len() as u32 - 4 + 10).to_be_bytes();
+        whole[..4].copy_from_slice(&claimed);
+        let err = read::<AgentRequest, _>(&mut whole.as_slice(), MAX_FRAME)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, FrameError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof),
+            "{err}"
+        );
     }
 }
