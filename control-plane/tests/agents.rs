@@ -192,6 +192,23 @@ async fn agents_join_run_pods_and_report() {
         &kc,
         &["get", "lease", "-n", "kube-node-lease", &node],
     ));
+    // The node's kubelet endpoint is the agent's own HTTP port, which a
+    // scraper's node discovery takes for the node's: its metrics are there.
+    let port = ok(kubectl(
+        &kc,
+        &[
+            "get",
+            "node",
+            &node,
+            "-o",
+            "jsonpath={.status.daemonEndpoints.kubeletEndpoint.Port}",
+        ],
+    ));
+    assert_eq!(Some(port.trim()), n1.metrics.rsplit(':').next());
+    let scraped = reqwest::get(format!("http://{}/metrics", n1.metrics))
+        .await
+        .expect("the agent's metrics");
+    assert!(scraped.status().is_success(), "{}", scraped.status());
 
     // A Deployment runs as Docker containers, labelled.
     ok(kubectl_stdin(&kc, &["apply", "-f", "-"], Some(DEPLOYMENT)));

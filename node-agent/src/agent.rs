@@ -33,6 +33,9 @@ pub struct Config {
     pub stats_interval: Duration,
     /// The node Lease's duration; it is renewed every quarter of it.
     pub lease_duration: Duration,
+    /// The port the agent serves /metrics on (0: none), reported as the
+    /// node's kubelet endpoint so that scrapers' node discovery finds it.
+    pub http_port: u16,
     /// Keep a connection to every master for the streams they open (logs,
     /// exec, stats). Off only where nobody will ask (the scale benchmark).
     pub links: bool,
@@ -140,6 +143,7 @@ pub async fn start<R: Runtime>(cfg: Config, rt: R, stop: CancellationToken) -> R
         labels,
         max_pods: cfg.max_pods,
         lease_duration: cfg.lease_duration,
+        http_port: cfg.http_port,
     });
     let mut tasks = vec![
         tokio::spawn(session.clone().run(stop.clone())),

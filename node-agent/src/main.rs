@@ -179,6 +179,10 @@ async fn run(args: RunArgs) -> Result<()> {
         backoff_reset: args.backoff_reset,
         stats_interval: args.stats_interval,
         lease_duration: args.node_lease_duration,
+        http_port: listener
+            .local_addr()
+            .context("the metrics listener's address")?
+            .port(),
         links: true,
         network: (args.network == NetworkMode::Routed).then(|| agent::NetworkConfig {
             pods: node_agent::network::Settings {

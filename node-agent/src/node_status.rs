@@ -31,6 +31,11 @@ pub struct NodeFacts {
     pub labels: BTreeMap<String, String>,
     pub max_pods: u32,
     pub lease_duration: Duration,
+    /// The port of the agent's own HTTP server (/metrics, /healthz),
+    /// reported as the node's kubelet endpoint: scrapers' node discovery
+    /// (Prometheus' and vmagent's `role: node`) takes it for the node's
+    /// port. 0: none.
+    pub http_port: u16,
 }
 
 /// The Ready condition's status in a NodeStatus as JSON.
@@ -64,6 +69,7 @@ async fn status<R: Runtime>(rt: &R, facts: &NodeFacts) -> Result<Value, String> 
             {"type": "InternalIP", "address": facts.address},
             {"type": "Hostname", "address": facts.name},
         ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": facts.http_port}},
         "nodeInfo": {
             "machineID": read_trimmed("/etc/machine-id"),
             "systemUUID": read_trimmed("/sys/class/dmi/id/product_uuid"),
@@ -147,5 +153,64 @@ pub async fn run<R: Runtime>(
             last = Some(s);
             last_sent = tokio::time::Instant::now();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::agent::from_agent;
+
+    use super::*;
+    use crate::runtime::fake::FakeRuntime;
+
+    /// The status reported names the agent's HTTP port as the node's
+    /// kubelet endpoint (it had none: scrapers' node discovery saw port 0),
+    /// and Kubernetes' own types read it there.
+    #[tokio::test]
+    async fn the_status_names_the_agents_http_port_as_the_kubelet_endpoint() {
+        let facts = Arc::new(NodeFacts {
+            name: "n1".into(),
+            address: "10.0.0.1".into(),
+            labels: BTreeMap::new(),
+            max_pods: 110,
+            lease_duration: Duration::from_secs(40),
+            http_port: 10255,
+        });
+        let reports = Arc::new(Reports::default());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(
+            FakeRuntime::default(),
+            facts,
+            reports.clone(),
+            Arc::new(Desired::default()),
+            stop.clone(),
+        ));
+        let status = loop {
+            let frames = tokio::time::timeout(Duration::from_secs(5), reports.next())
+                .await
+                .expect("a node report within 5 s");
+            let node = frames.into_iter().find_map(|f| match f.message {
+                Some(from_agent::Message::Node(n)) => Some(n.status_json),
+                _ => None,
+            });
+            if let Some(s) = node {
+                break s;
+            }
+        };
+        stop.cancel();
+        task.await.unwrap();
+        let status: Value = serde_json::from_slice(&status).unwrap();
+        assert_eq!(
+            status["daemonEndpoints"]["kubeletEndpoint"]["Port"], 10255,
+            "{status}"
+        );
+        let typed: k8s_openapi::api::core::v1::NodeStatus = serde_json::from_value(status).unwrap();
+        assert_eq!(
+            typed
+                .daemon_endpoints
+                .and_then(|d| d.kubelet_endpoint)
+                .map(|e| e.port),
+            Some(10255)
+        );
     }
 }

@@ -152,6 +152,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             backoff_reset: Duration::from_secs(600),
             stats_interval: Duration::from_secs(10),
             lease_duration: Duration::from_secs(40),
+            http_port: 0,
             links: opts.links,
             network: None,
         };
