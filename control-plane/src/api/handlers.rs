@@ -270,8 +270,9 @@ impl Api {
         self.store_update(r, ns, name, &current, next, q).await
     }
 
-    /// Write `next` over the object last seen at `revision`. An object that is
-    /// being deleted and has no finalizers left goes away instead.
+    /// Write `next` over the object last seen at `revision`. An object whose
+    /// deletion waited only on finalizers goes away instead, once the
+    /// last of them is removed.
     async fn store_update(
         &self,
         r: &'static Resource,
@@ -288,12 +289,7 @@ impl Api {
             return Ok(next);
         }
         let k = key(r, ns, name);
-        let deleting = next.pointer("/metadata/deletionTimestamp").is_some();
-        let finalizers = next
-            .pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|f| !f.is_empty());
-        if deleting && !finalizers && r.plural != "namespaces" {
+        if r.plural != "namespaces" && finishes_deletion(&current.object, &next) {
             let (_, rev) = self
                 .registry
                 .delete(&k, Some(current.revision), &release_all(r, &current.object))
@@ -544,13 +540,13 @@ impl Api {
     ) -> ApiResult<Value> {
         let current = self.get(r, ns, name).await?;
         if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str) {
-            if current
+            let stored = current
                 .object
                 .pointer("/metadata/uid")
                 .and_then(Value::as_str)
-                != Some(uid)
-            {
-                return Err(ApiError::conflict(r, name));
+                .unwrap_or("");
+            if stored != uid {
+                return Err(ApiError::uid_precondition(r, name, uid, stored));
             }
         }
         if let Some(rv) = opts
@@ -597,6 +593,11 @@ impl Api {
             next["metadata"]["finalizers"] = json!(finalizers);
             if next.pointer("/metadata/deletionTimestamp").is_none() {
                 next["metadata"]["deletionTimestamp"] = json!(objects::now());
+            }
+            if r.plural == "pods" {
+                // Its node is done with it (or it never ran): only the
+                // finalizers hold it now.
+                next["metadata"]["deletionGracePeriodSeconds"] = json!(0);
             }
             return self.store_update(r, ns, name, &current, next, q).await;
         }
@@ -777,7 +778,7 @@ where
     let mut pause_ms = 1u64;
     loop {
         match attempt().await {
-            Err(e) if e.reason == "Conflict" && std::time::Instant::now() < deadline => {
+            Err(e) if e.stale && std::time::Instant::now() < deadline => {
                 let ms = rand::random::<u64>() % pause_ms + 1;
                 tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
                 pause_ms = (pause_ms * 2).min(50);
@@ -785,6 +786,29 @@ where
             other => return other,
         }
     }
+}
+
+fn has_finalizers(object: &Value) -> bool {
+    object
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty())
+}
+
+/// Whether writing `next` over `current` completes its deletion: the
+/// write removes the last finalizer of an object marked for deletion with
+/// no grace left to wait out, as Kubernetes' ShouldDeleteDuringUpdate.
+/// Any other write to an object being deleted is a write: above all a
+/// pod's status while its node stops it (a pod in its grace period has no
+/// finalizers, and deleting it then would let a replacement start while
+/// its containers still run).
+fn finishes_deletion(current: &Value, next: &Value) -> bool {
+    let marked = next.pointer("/metadata/deletionTimestamp").is_some();
+    let grace_over = current
+        .pointer("/metadata/deletionGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .is_none_or(|g| g == 0);
+    marked && grace_over && has_finalizers(current) && !has_finalizers(next)
 }
 
 /// The claims an object gives back when it is deleted.
@@ -845,4 +869,50 @@ fn dry_run(q: &Query) -> bool {
 
 pub fn parse_rv_param(q: &Query) -> ApiResult<i64> {
     parse_rv(q.get("resourceVersion"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(finalizers: &[&str], marked: bool, grace: Option<i64>) -> Value {
+        let mut o = json!({"metadata": {"name": "x", "finalizers": finalizers}});
+        if marked {
+            o["metadata"]["deletionTimestamp"] = json!("2026-12-07T00:00:00Z");
+        }
+        if let Some(g) = grace {
+            o["metadata"]["deletionGracePeriodSeconds"] = json!(g);
+        }
+        o
+    }
+
+    #[test]
+    fn a_write_to_a_pod_in_its_grace_period_does_not_delete_it() {
+        // A node's status for a pod it is stopping: no finalizers before
+        // or after, but the grace is the node's to end.
+        let pod = object(&[], true, Some(30));
+        assert!(!finishes_deletion(&pod, &pod));
+        // Nor does any write to an object marked with no finalizers.
+        let marked = object(&[], true, None);
+        assert!(!finishes_deletion(&marked, &marked));
+    }
+
+    #[test]
+    fn removing_the_last_finalizer_of_a_marked_object_deletes_it() {
+        let held = object(&["foregroundDeletion"], true, None);
+        let released = object(&[], true, None);
+        assert!(finishes_deletion(&held, &released));
+        // Not while another finalizer remains, nor when it was not marked.
+        let two = object(&["a", "b"], true, None);
+        assert!(!finishes_deletion(&two, &object(&["b"], true, None)));
+        assert!(!finishes_deletion(
+            &object(&["a"], false, None),
+            &object(&[], false, None)
+        ));
+        // A pod's finalizer removed while its node still has grace: kept.
+        let pod = object(&["x"], true, Some(30));
+        assert!(!finishes_deletion(&pod, &object(&[], true, Some(30))));
+        let done = object(&["x"], true, Some(0));
+        assert!(finishes_deletion(&done, &object(&[], true, Some(0))));
+    }
 }

@@ -290,6 +290,23 @@ pub fn for_update(
     };
     // Fields only the server sets.
     let old_meta = meta(old).cloned().unwrap_or_default();
+    // A uid in the request is a precondition, as in Kubernetes: a write
+    // meant for an object that was deleted and made again under the same
+    // name (a node's status for a pod replaced meanwhile) must not land on
+    // the new one.
+    let stored_uid = old_meta.get("uid").and_then(Value::as_str).unwrap_or("");
+    if let Some(wanted) = meta(&out)
+        .and_then(|m| m.get("uid"))
+        .and_then(Value::as_str)
+        .filter(|u| !u.is_empty() && *u != stored_uid)
+    {
+        return Err(ApiError::uid_precondition(
+            r,
+            name_of(old),
+            wanted,
+            stored_uid,
+        ));
+    }
     let m = meta_mut(&mut out);
     for k in [
         "uid",
@@ -600,7 +617,18 @@ mod tests {
         let mut new = old.clone();
         new["spec"]["replicas"] = json!(3);
         new["status"] = json!({"replicas": 100});
-        new["metadata"]["uid"] = json!("forged");
+        // A uid is a precondition: another object's is refused, not
+        // overwritten (and not worth retrying).
+        let mut forged = new.clone();
+        forged["metadata"]["uid"] = json!("forged");
+        let e = for_update(r, Some("d"), &old, forged, None).unwrap_err();
+        assert_eq!(e.code, axum::http::StatusCode::CONFLICT);
+        assert!(!e.stale);
+        assert!(
+            e.message.contains("UID in precondition: forged"),
+            "{}",
+            e.message
+        );
         let o = for_update(r, Some("d"), &old, new, None).unwrap();
         assert_eq!(o["status"]["replicas"], 1);
         assert_eq!(o["metadata"]["generation"], 2);

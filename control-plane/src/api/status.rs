@@ -14,6 +14,10 @@ pub struct ApiError {
     pub reason: &'static str,
     pub message: String,
     pub details: Option<Value>,
+    /// The object changed between the request's read and its write: the
+    /// same request may succeed against the object as it is now (a patch or
+    /// an unconditional delete is retried on it).
+    pub stale: bool,
 }
 
 impl ApiError {
@@ -23,6 +27,7 @@ impl ApiError {
             reason,
             message: message.into(),
             details: None,
+            stale: false,
         }
     }
 
@@ -81,11 +86,28 @@ impl ApiError {
     }
 
     pub fn conflict(r: &Resource, name: &str) -> Self {
-        Self::new(
+        let mut e = Self::new(
             StatusCode::CONFLICT,
             "Conflict",
             format!(
                 "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                Self::what(r)
+            ),
+        )
+        .with_details(r, name);
+        e.stale = true;
+        e
+    }
+
+    /// A write that names another object than the one stored under its
+    /// name (`metadata.uid` differs): the object it meant is gone. Not
+    /// stale: retrying cannot make it the same object again.
+    pub fn uid_precondition(r: &Resource, name: &str, wanted: &str, stored: &str) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: UID in precondition: {wanted}, UID in object meta: {stored}",
                 Self::what(r)
             ),
         )
