@@ -149,6 +149,7 @@ pub async fn run<R: Runtime>(
                 status_json: serde_json::to_vec(&with_times(s.clone(), &started))
                     .unwrap_or_default(),
                 labels: facts.labels.clone().into_iter().collect(),
+                seq: 0,
             });
             last = Some(s);
             last_sent = tokio::time::Instant::now();

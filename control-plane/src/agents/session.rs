@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use proto::agent::{frame, from_agent, to_agent, Accepted, FromAgent, Hello, ToAgent};
+use proto::agent::{frame, from_agent, to_agent, Accepted, FromAgent, Hello, ReportAcks, ToAgent};
 use quinn::{RecvStream, SendStream};
 
 use super::{desired, masters, reports, Gateway};
@@ -41,6 +41,8 @@ pub async fn run(
         return;
     }
     let max_frame = gateway.settings.max_frame;
+    // Acknowledgements of written reports, from the reader to the writer.
+    let (acks_tx, mut acks) = tokio::sync::mpsc::unbounded_channel::<Vec<u64>>();
     let reader = {
         let gateway = gateway.clone();
         let node = node.clone();
@@ -51,7 +53,10 @@ pub async fn run(
                         message: Some(from_agent::Message::Resync(_)),
                     })) => return "the agent asked for a snapshot".to_string(),
                     Ok(Some(FromAgent { message: Some(m) })) => {
-                        reports::apply(&gateway, &node, m).await
+                        let written = reports::apply(&gateway, &node, m).await;
+                        if !written.is_empty() {
+                            let _ = acks_tx.send(written);
+                        }
                     }
                     Ok(Some(FromAgent { message: None })) => {
                         metrics::counter!("skiff_agent_bad_frames_total").increment(1);
@@ -71,6 +76,11 @@ pub async fn run(
     let reason = loop {
         tokio::select! {
             r = &mut reader => break r,
+            Some(mut seqs) = acks.recv() => {
+                while let Ok(more) = acks.try_recv() { seqs.extend(more) }
+                let f = ToAgent { message: Some(to_agent::Message::Acks(ReportAcks { seqs })) };
+                if write(&mut send, &f).await.is_err() { break "the stream failed".to_string() }
+            }
             f = attached.updates.recv() => {
                 let Some(f) = f else { break "cut off to resync".to_string() };
                 let oldest = f.at;

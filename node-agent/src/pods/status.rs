@@ -143,6 +143,12 @@ pub struct PodView<'a> {
     pub start_time: Option<String>,
     /// A reason the pod cannot run at all (say, an unsupported volume).
     pub failure: Option<(String, String)>,
+    /// The status this node last made for the pod, whose conditions keep
+    /// their transition times while they hold (None: the status as stored,
+    /// say after the agent restarts). Not the stored status always: that
+    /// echoes the node's writes late, and transition times taken from an
+    /// older echo would differ from the last report at every pass.
+    pub previous: Option<&'a Value>,
 }
 
 pub fn phase(v: &PodView<'_>) -> &'static str {
@@ -193,8 +199,10 @@ pub fn phase(v: &PodView<'_>) -> &'static str {
 }
 
 pub fn pod_status(v: &PodView<'_>) -> Value {
-    let previous =
-        serde_json::to_value(v.pod.status.clone().unwrap_or_default()).unwrap_or_default();
+    let previous = match v.previous {
+        Some(p) => p.clone(),
+        None => serde_json::to_value(v.pod.status.clone().unwrap_or_default()).unwrap_or_default(),
+    };
     let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let phase = phase(v);
     let initialized = v
@@ -273,5 +281,78 @@ pub fn qos_class(pod: &Pod) -> &'static str {
         (false, _) => "BestEffort",
         (true, true) => "Guaranteed",
         (true, false) => "Burstable",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready_since(status: &Value) -> (String, String) {
+        let c = status["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Ready")
+            .cloned()
+            .unwrap_or_default();
+        (
+            c["status"].as_str().unwrap_or("").to_string(),
+            c["lastTransitionTime"].as_str().unwrap_or("").to_string(),
+        )
+    }
+
+    #[test]
+    fn transition_times_follow_the_last_report_not_a_late_echo() {
+        let container = Container {
+            name: "c".into(),
+            ..Default::default()
+        };
+        // As stored: Ready since long ago (an echo of an older write).
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "uid": "u"},
+            "spec": {"containers": [{"name": "c"}]},
+            "status": {"phase": "Running", "conditions": [
+                {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+            ]},
+        }))
+        .unwrap();
+        let view = |previous| PodView {
+            pod: &pod,
+            init: Vec::new(),
+            app: vec![ContainerView {
+                spec: &container,
+                latest: None,
+                previous: None,
+                waiting: None,
+                ready: false,
+                started: false,
+                message: None,
+                previous_message: None,
+            }],
+            sandbox_ready: true,
+            pod_ip: None,
+            host_ip: "10.0.0.1",
+            start_time: None,
+            failure: None,
+            previous,
+        };
+        // The node's own last report said not Ready since 12:00: kept,
+        // whatever the stored copy says.
+        let last = json!({"conditions": [
+            {"type": "Ready", "status": "False", "lastTransitionTime": "2026-12-07T12:00:00Z"}
+        ]});
+        let again = pod_status(&view(Some(&last)));
+        assert_eq!(
+            ready_since(&again),
+            ("False".to_string(), "2026-12-07T12:00:00Z".to_string())
+        );
+        // With no report of its own yet, the stored status is the reference:
+        // Ready went False now.
+        let first = pod_status(&view(None));
+        let (status, since) = ready_since(&first);
+        assert_eq!(status, "False");
+        assert_ne!(since, "2026-01-01T00:00:00Z");
+        assert_ne!(since, "2026-12-07T12:00:00Z");
     }
 }

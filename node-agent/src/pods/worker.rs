@@ -68,6 +68,8 @@ pub struct Worker<R: Runtime> {
     start_time: Option<String>,
     failure: Option<(String, String)>,
     pre_stop_done: bool,
+    /// The status last reported (see [`status::PodView::previous`]).
+    last_status: Option<Value>,
 }
 
 enum Next {
@@ -97,6 +99,7 @@ impl<R: Runtime> Worker<R> {
             start_time,
             failure: None,
             pre_stop_done: false,
+            last_status: None,
         }
     }
 
@@ -824,6 +827,7 @@ impl<R: Runtime> Worker<R> {
                 uid: self.uid.clone(),
                 status_json: status,
                 terminated: true,
+                seq: 0,
             });
         }
         tracing::info!(pod = %spec::name(&self.pod), "pod stopped and removed");
@@ -926,17 +930,20 @@ impl<R: Runtime> Worker<R> {
             host_ip: &self.ctx.host_ip,
             start_time: self.start_time.clone(),
             failure: self.failure.clone(),
+            previous: self.last_status.as_ref(),
         })
     }
 
-    fn report(&self, observed: &[ContainerInfo], sandbox_ready: bool, pod_ip: Option<String>) {
+    fn report(&mut self, observed: &[ContainerInfo], sandbox_ready: bool, pod_ip: Option<String>) {
         let status = self.status_json(observed, sandbox_ready, pod_ip);
+        self.last_status = Some(status.clone());
         self.ctx.reports.pod(PodReport {
             namespace: spec::namespace(&self.pod).to_string(),
             name: spec::name(&self.pod).to_string(),
             uid: self.uid.clone(),
             status_json: serde_json::to_vec(&status).unwrap_or_default(),
             terminated: false,
+            seq: 0,
         });
     }
 }

@@ -166,6 +166,7 @@ impl Session {
                             return Ok::<_, anyhow::Error>(true);
                         }
                     }
+                    Some(to_agent::Message::Acks(a)) => self.reports.acknowledged(&a.seqs),
                     Some(to_agent::Message::Refused(why)) => {
                         bail!("the master refused the session: {why}")
                     }
