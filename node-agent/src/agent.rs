@@ -36,6 +36,9 @@ pub struct Config {
     /// The port the agent serves /metrics on (0: none), reported as the
     /// node's kubelet endpoint so that scrapers' node discovery finds it.
     pub http_port: u16,
+    /// Hard eviction thresholds (`--eviction-hard`): crossing one shows
+    /// as the node's MemoryPressure, DiskPressure or PIDPressure.
+    pub eviction_hard: Vec<crate::pressure::Threshold>,
     /// Keep a connection to every master for the streams they open (logs,
     /// exec, stats). Off only where nobody will ask (the scale benchmark).
     pub links: bool,
@@ -144,6 +147,11 @@ pub async fn start<R: Runtime>(cfg: Config, rt: R, stop: CancellationToken) -> R
         max_pods: cfg.max_pods,
         lease_duration: cfg.lease_duration,
         http_port: cfg.http_port,
+        eviction_hard: cfg.eviction_hard.clone(),
+        sources: crate::pressure::Sources {
+            nodefs: cfg.data_dir.clone(),
+            imagefs: None,
+        },
     });
     let mut tasks = vec![
         tokio::spawn(session.clone().run(stop.clone())),

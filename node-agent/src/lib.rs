@@ -6,7 +6,7 @@
 //! bootstrap token ([`join`], [`identity`]); `node-agent run` then keeps a
 //! QUIC session with the masters ([`session`]) that brings the node's
 //! desired state ([`desired`]) and takes its reports back ([`reports`],
-//! [`node_status`]), and runs the node's pods ([`pods`]) on a container
+//! [`node_status`], with the pressure it reads in [`pressure`]), and runs the node's pods ([`pods`]) on a container
 //! runtime ([`runtime`]: Docker, or a fake for scale tests), reading image
 //! names with [`image_ref`]. `/metrics`
 //! serves the agent's Prometheus metrics ([`metrics_http`]); [`stats`]
@@ -28,6 +28,7 @@ pub mod metrics_http;
 pub mod network;
 pub mod node_status;
 pub mod pods;
+pub mod pressure;
 pub mod proxy;
 pub mod reports;
 pub mod runtime;

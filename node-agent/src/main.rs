@@ -88,6 +88,11 @@ struct RunArgs {
     /// well within the masters' --node-monitor-grace-period-secs.
     #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
     node_lease_duration: Duration,
+    /// Hard eviction thresholds, as the kubelet's: `signal<amount` or
+    /// `signal<percent%`, comma-separated; crossing one shows as the
+    /// node's MemoryPressure, DiskPressure or PIDPressure condition.
+    #[arg(long, default_value = node_agent::pressure::DEFAULT_EVICTION_HARD)]
+    eviction_hard: String,
     /// "routed": pods take addresses from the node's podCIDR on a bridge
     /// of their own, with routes to other nodes' pods, Services in
     /// nftables and cluster DNS (the agent must own the host's network:
@@ -183,6 +188,7 @@ async fn run(args: RunArgs) -> Result<()> {
             .local_addr()
             .context("the metrics listener's address")?
             .port(),
+        eviction_hard: node_agent::pressure::parse_thresholds(&args.eviction_hard)?,
         links: true,
         network: (args.network == NetworkMode::Routed).then(|| agent::NetworkConfig {
             pods: node_agent::network::Settings {

@@ -8,7 +8,7 @@
 //! after the controller marked it Unknown through a lapse, the status is
 //! reported again at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +17,9 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::desired::Desired;
+use crate::pressure;
 use crate::reports::Reports;
-use crate::runtime::Runtime;
+use crate::runtime::{Info, Runtime};
 
 const STATUS_REFRESH: Duration = Duration::from_secs(60);
 /// Reports forced by the masters' view come at most this often.
@@ -36,6 +37,10 @@ pub struct NodeFacts {
     /// (Prometheus' and vmagent's `role: node`) takes it for the node's
     /// port. 0: none.
     pub http_port: u16,
+    /// Hard eviction thresholds: crossing one shows as pressure.
+    pub eviction_hard: Vec<pressure::Threshold>,
+    /// Where the node's memory, disk and pid readings come from.
+    pub sources: pressure::Sources,
 }
 
 /// The Ready condition's status in a NodeStatus as JSON.
@@ -53,16 +58,87 @@ fn read_trimmed(path: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The pressure conditions, as the kubelet words them, from the
+/// thresholds crossed.
+fn pressure_conditions(crossed: &[&pressure::Threshold]) -> Vec<Value> {
+    let under = |condition: &str| {
+        let signals: Vec<&str> = crossed
+            .iter()
+            .filter(|t| pressure::condition_of(t.signal) == condition)
+            .map(|t| t.signal.name())
+            .collect();
+        (!signals.is_empty()).then(|| signals.join(", "))
+    };
+    let one = |condition: &str, ok: (&str, &str), short: (&str, &str)| match under(condition) {
+        None => json!({"type": condition, "status": "False", "reason": ok.0, "message": ok.1}),
+        Some(signals) => json!({
+            "type": condition, "status": "True", "reason": short.0,
+            "message": format!("{} (below the eviction threshold: {signals})", short.1),
+        }),
+    };
+    vec![
+        one(
+            "MemoryPressure",
+            (
+                "KubeletHasSufficientMemory",
+                "the agent has sufficient memory available",
+            ),
+            (
+                "KubeletHasInsufficientMemory",
+                "the agent has insufficient memory available",
+            ),
+        ),
+        one(
+            "DiskPressure",
+            ("KubeletHasNoDiskPressure", "the agent has no disk pressure"),
+            ("KubeletHasDiskPressure", "the agent has disk pressure"),
+        ),
+        one(
+            "PIDPressure",
+            (
+                "KubeletHasSufficientPID",
+                "the agent has sufficient PID available",
+            ),
+            (
+                "KubeletHasInsufficientPID",
+                "the agent has insufficient PID available",
+            ),
+        ),
+    ]
+}
+
 /// The status without its heartbeat times (compared to tell a change).
-async fn status<R: Runtime>(rt: &R, facts: &NodeFacts) -> Result<Value, String> {
-    let info = rt.info().await.map_err(|e| e.to_string())?;
+/// When the runtime does not answer, the node is not Ready, saying why,
+/// and what it last knew of the runtime stands for the rest.
+async fn status<R: Runtime>(rt: &R, facts: &NodeFacts, known: &mut Option<Info>) -> Value {
+    let runtime_down = match rt.info().await {
+        Ok(info) => {
+            *known = Some(info);
+            None
+        }
+        Err(e) => Some(e.to_string()),
+    };
+    let info = known.clone().unwrap_or_default();
+    let sources = facts.sources.clone();
+    let readings = tokio::task::spawn_blocking(move || pressure::read(&sources))
+        .await
+        .unwrap_or_default();
+    let crossed = pressure::crossed(&facts.eviction_hard, &readings);
+    let mut conditions = pressure_conditions(&crossed);
+    conditions.push(match &runtime_down {
+        None => json!({"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "the skiff agent is posting ready status"}),
+        Some(e) => json!({
+            "type": "Ready", "status": "False", "reason": "KubeletNotReady",
+            "message": format!("container runtime is down: {e}"),
+        }),
+    });
     let memory_ki = info.memory_bytes / 1024;
     let resources = json!({
         "cpu": info.cpus.to_string(),
         "memory": format!("{memory_ki}Ki"),
         "pods": facts.max_pods.to_string(),
     });
-    Ok(json!({
+    json!({
         "capacity": resources,
         "allocatable": resources,
         "addresses": [
@@ -82,20 +158,29 @@ async fn status<R: Runtime>(rt: &R, facts: &NodeFacts) -> Result<Value, String> 
             "operatingSystem": std::env::consts::OS,
             "architecture": match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a },
         },
-        "conditions": [
-            {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory", "message": "the agent has sufficient memory available"},
-            {"type": "DiskPressure", "status": "False", "reason": "KubeletHasNoDiskPressure", "message": "the agent has no disk pressure"},
-            {"type": "PIDPressure", "status": "False", "reason": "KubeletHasSufficientPID", "message": "the agent has sufficient PID available"},
-            {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "the skiff agent is posting ready status"},
-        ],
-    }))
+        "conditions": conditions,
+    })
 }
 
-fn with_times(mut status: Value, transition: &str) -> Value {
+/// Heartbeat times on every condition, and when each last changed status
+/// (`transitions`: type -> (status, since); the agent's start for the first).
+fn with_times(
+    mut status: Value,
+    transitions: &mut HashMap<String, (String, String)>,
+    started: &str,
+) -> Value {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     for c in status["conditions"].as_array_mut().into_iter().flatten() {
+        let kind = c["type"].as_str().unwrap_or("").to_string();
+        let state = c["status"].as_str().unwrap_or("").to_string();
+        let seen = transitions
+            .entry(kind)
+            .or_insert_with(|| (state.clone(), started.to_string()));
+        if seen.0 != state {
+            *seen = (state, now.clone());
+        }
         c["lastHeartbeatTime"] = json!(now);
-        c["lastTransitionTime"] = json!(transition);
+        c["lastTransitionTime"] = json!(seen.1);
     }
     status
 }
@@ -109,6 +194,8 @@ pub async fn run<R: Runtime>(
 ) {
     let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let mut last: Option<Value> = None;
+    let mut known: Option<Info> = None;
+    let mut transitions = HashMap::new();
     let mut last_sent = tokio::time::Instant::now();
     let mut check = tokio::time::interval(STATUS_CHECK);
     let mut lease = tokio::time::interval(facts.lease_duration / 4);
@@ -137,17 +224,14 @@ pub async fn run<R: Runtime>(
                 force = true;
             }
         }
-        let s = match status(&rt, &facts).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("node status: the runtime does not answer: {e}");
-                continue;
-            }
-        };
+        let s = status(&rt, &facts, &mut known).await;
         if force || last.as_ref() != Some(&s) || last_sent.elapsed() >= STATUS_REFRESH {
+            if last.as_ref().and_then(ready_of) != ready_of(&s) {
+                tracing::info!(node = %facts.name, ready = ?ready_of(&s), conditions = %s["conditions"], "node condition changed");
+            }
+            let timed = with_times(s.clone(), &mut transitions, &started);
             reports.node(NodeReport {
-                status_json: serde_json::to_vec(&with_times(s.clone(), &started))
-                    .unwrap_or_default(),
+                status_json: serde_json::to_vec(&timed).unwrap_or_default(),
                 labels: facts.labels.clone().into_iter().collect(),
                 seq: 0,
             });
@@ -176,6 +260,11 @@ mod tests {
             max_pods: 110,
             lease_duration: Duration::from_secs(40),
             http_port: 10255,
+            eviction_hard: Vec::new(),
+            sources: pressure::Sources {
+                nodefs: std::env::temp_dir(),
+                imagefs: None,
+            },
         });
         let reports = Arc::new(Reports::default());
         let stop = CancellationToken::new();

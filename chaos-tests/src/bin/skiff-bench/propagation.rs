@@ -153,6 +153,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             stats_interval: Duration::from_secs(10),
             lease_duration: Duration::from_secs(40),
             http_port: 0,
+            eviction_hard: Vec::new(),
             links: opts.links,
             network: None,
         };
