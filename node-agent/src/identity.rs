@@ -125,6 +125,13 @@ impl Identity {
         self.save_cluster(dir)
     }
 
+    /// Write only the key and certificate (the cluster file is the
+    /// session's to keep: it learns the masters' addresses meanwhile).
+    pub fn save_credentials(&self, dir: &Path) -> Result<()> {
+        write_atomic(&dir.join(KEY), self.key_pem.as_bytes(), 0o600)?;
+        write_atomic(&dir.join(CERT), self.cert_pem.as_bytes(), 0o644)
+    }
+
     pub fn save_cluster(&self, dir: &Path) -> Result<()> {
         let json = serde_json::to_vec_pretty(&self.cluster)?;
         write_atomic(&dir.join(CLUSTER), &json, 0o644)

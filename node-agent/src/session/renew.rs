@@ -3,7 +3,8 @@
 //! with it over a connection authenticated by the old certificate, and
 //! swaps the files and the certificate later connections use.
 
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Result};
@@ -45,7 +46,7 @@ pub async fn run(session: Arc<Session>, stop: CancellationToken) {
 }
 
 async fn renew(session: &Session) -> Result<()> {
-    let mut id = session.identity();
+    let id = session.identity();
     let (key_pem, csr_pem) = identity::new_key_and_csr(&id.cluster.node_name)?;
     let (_, conn) = session.connect_any().await?;
     let answer: CertificateResponse = connect::request(
@@ -60,10 +61,73 @@ async fn renew(session: &Session) -> Result<()> {
     if !answer.refused.is_empty() {
         bail!("the master refused: {}", answer.refused);
     }
-    id.key_pem = key_pem;
-    id.cert_pem = answer.certificate_pem;
-    id.save(&session.data_dir)?;
-    *session.identity.write().unwrap_or_else(|e| e.into_inner()) = id;
+    install(
+        &session.identity,
+        &session.data_dir,
+        key_pem,
+        answer.certificate_pem,
+    )?;
     metrics::counter!("skiff_agent_certificate_renewals_total").increment(1);
     Ok(())
+}
+
+/// Put the new key and certificate in place, on disk and for later
+/// connections, into the identity as it is now: the session may have
+/// learnt new master addresses while the renewal was on the wire, and the
+/// copy taken before it must not be written back over them.
+fn install(
+    identity: &RwLock<identity::Identity>,
+    dir: &Path,
+    key_pem: String,
+    cert_pem: String,
+) -> Result<()> {
+    let mut id = identity.write().unwrap_or_else(|e| e.into_inner());
+    let mut next = id.clone();
+    next.key_pem = key_pem;
+    next.cert_pem = cert_pem;
+    next.save_credentials(dir)?;
+    *id = next;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use identity::{Cluster, Identity};
+
+    #[test]
+    fn a_renewal_keeps_the_masters_learnt_while_it_was_on_the_wire() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Identity {
+            key_pem: "old key".into(),
+            cert_pem: "old cert".into(),
+            ca_pem: "ca".into(),
+            cluster: Cluster {
+                node_name: "n1".into(),
+                masters: vec!["10.0.0.1:6444".into()],
+            },
+        };
+        old.save(dir.path()).unwrap();
+        let shared = RwLock::new(old);
+        // The renewal starts from a copy...
+        let _snapshot = shared.read().unwrap().clone();
+        // ...while the session learns a second master and saves it.
+        {
+            let mut id = shared.write().unwrap();
+            id.cluster.masters.push("10.0.0.2:6444".into());
+            id.save_cluster(dir.path()).unwrap();
+        }
+        install(&shared, dir.path(), "new key".into(), "new cert".into()).unwrap();
+        let on_disk = Identity::load(dir.path()).unwrap();
+        assert_eq!(
+            on_disk.cluster.masters.len(),
+            2,
+            "the masters learnt are kept"
+        );
+        assert_eq!(on_disk.cert_pem, "new cert");
+        assert_eq!(on_disk.key_pem, "new key");
+        let in_memory = shared.read().unwrap();
+        assert_eq!(in_memory.cluster.masters.len(), 2);
+        assert_eq!(in_memory.cert_pem, "new cert");
+    }
 }
