@@ -23,29 +23,43 @@ pub enum StreamError {
 /// Each node's latest connection to this master.
 #[derive(Default)]
 pub struct NodeConnections {
-    conns: Mutex<HashMap<String, Connection>>,
+    /// Each node's open connections, oldest first. A node holds more than
+    /// one now and then (its renewal's short connection beside its link),
+    /// and the one that closes must not take the other with it.
+    conns: Mutex<HashMap<String, Vec<Connection>>>,
 }
 
 impl NodeConnections {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Connection>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Connection>>> {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn add(&self, node: &str, conn: Connection) {
-        self.lock().insert(node.to_string(), conn);
-        metrics::gauge!("skiff_agent_connections").set(self.lock().len() as f64);
+        let mut conns = self.lock();
+        conns.entry(node.to_string()).or_default().push(conn);
+        metrics::gauge!("skiff_agent_connections").set(conns.len() as f64);
     }
 
-    /// Forget `conn` (unless the node has connected again since).
+    /// Forget `conn`; the node's other connections stay.
     pub fn remove(&self, node: &str, conn: &Connection) {
         let mut conns = self.lock();
-        if conns
-            .get(node)
-            .is_some_and(|c| c.stable_id() == conn.stable_id())
-        {
-            conns.remove(node);
+        if let Some(list) = conns.get_mut(node) {
+            list.retain(|c| c.stable_id() != conn.stable_id());
+            if list.is_empty() {
+                conns.remove(node);
+            }
         }
         metrics::gauge!("skiff_agent_connections").set(conns.len() as f64);
+    }
+
+    /// The node's newest connection still open.
+    fn newest(&self, node: &str) -> Option<Connection> {
+        self.lock()
+            .get(node)?
+            .iter()
+            .rev()
+            .find(|c| c.close_reason().is_none())
+            .cloned()
     }
 
     /// Open a stream to `node`, send `req`, and wait for the agent's go-ahead.
@@ -55,9 +69,7 @@ impl NodeConnections {
         req: MasterRequest,
     ) -> Result<(SendStream, RecvStream), StreamError> {
         let conn = self
-            .lock()
-            .get(node)
-            .cloned()
+            .newest(node)
             .ok_or_else(|| StreamError::NotConnected(node.to_string()))?;
         let broken = |detail: String| StreamError::Broken {
             node: node.to_string(),
