@@ -17,8 +17,9 @@
 //! NotReady with the runtime's error, is tainted, and the pod is evicted.
 //!
 //! And a pod status the masters fail to write (they have lost their
-//! quorum) is sent again by the agent until it lands; a deleted pod's
-//! final report, once acknowledged, is not sent to the next session.
+//! quorum) is sent again by the agent until it lands; a node under memory
+//! pressure is tainted and evicts its pod; a deleted pod's final report,
+//! once acknowledged, is not sent to the next session.
 
 mod common;
 
@@ -354,6 +355,51 @@ async fn a_pod_status_the_masters_could_not_write_lands_once_they_can() {
         std::future::ready((phase(&kc) == "Failed" && code == "3").then_some(()))
     })
     .await;
+
+    // A node under memory pressure (a threshold it always crosses): the
+    // condition, the NoSchedule taint, and its pod evicted, Failed with the
+    // kubelet's reason and message.
+    let mut pressed = cluster.join("r2", &join).expect("node joins");
+    pressed.run(&["--eviction-hard", "memory.available<1000Ti"]);
+    eventually("r2 under memory pressure and tainted", SETTLE, || {
+        let (_, out, _) = kubectl(&kc, &["get", "node", &pressed.name, "-o", "json"]);
+        let n: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        let under = n["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "MemoryPressure" && c["status"] == "True");
+        let tainted = n["spec"]["taints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| {
+                t["key"] == "node.kubernetes.io/memory-pressure" && t["effect"] == "NoSchedule"
+            });
+        std::future::ready((under && tainted).then_some(()))
+    })
+    .await;
+    let squeezed = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: squeezed}}\nspec:\n  nodeName: {}\n  containers:\n  - {{name: c, image: busybox:local, imagePullPolicy: Never, command: [sleep, '3600']}}\n",
+        pressed.name
+    );
+    let (ok, _, err) = kubectl_stdin(&kc, &["apply", "-f", "-"], Some(&squeezed));
+    assert!(ok, "{err}");
+    let status = eventually("squeezed evicted", SETTLE, || {
+        let (_, out, _) = kubectl(&kc, &["get", "pod", "squeezed", "-o", "json"]);
+        let p: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        std::future::ready(
+            (p["status"]["phase"] == "Failed" && p["status"]["reason"] == "Evicted")
+                .then(|| p["status"].clone()),
+        )
+    })
+    .await;
+    let message = status["message"].as_str().unwrap_or("");
+    assert!(
+        message.starts_with("The node was low on resource: memory."),
+        "{message}"
+    );
+    pressed.kill();
 
     // A running pod deleted: its node confirms with a final report, which
     // is acknowledged and forgotten, so a new session (its master killed)

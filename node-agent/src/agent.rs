@@ -140,6 +140,8 @@ pub async fn start<R: Runtime>(cfg: Config, rt: R, stop: CancellationToken) -> R
             .map(|n| n.cluster_domain.clone())
             .unwrap_or_else(|| "cluster.local".into()),
     });
+    // The thresholds the node crosses, from its status to its pod manager.
+    let (pressure_tx, pressure) = tokio::sync::watch::channel(Vec::new());
     let facts = Arc::new(node_status::NodeFacts {
         name: node.clone(),
         address: cfg.host_ip,
@@ -161,9 +163,16 @@ pub async fn start<R: Runtime>(cfg: Config, rt: R, stop: CancellationToken) -> R
             facts,
             reports.clone(),
             desired.clone(),
+            pressure_tx,
             stop.clone(),
         )),
-        tokio::spawn(pods::run(rt.clone(), ctx, desired.clone(), stop.clone())),
+        tokio::spawn(pods::run(
+            rt.clone(),
+            ctx,
+            desired.clone(),
+            pressure,
+            stop.clone(),
+        )),
         tokio::spawn(stats::run(
             rt.clone(),
             node.clone(),

@@ -60,12 +60,12 @@ fn read_trimmed(path: &str) -> String {
 
 /// The pressure conditions, as the kubelet words them, from the
 /// thresholds crossed.
-fn pressure_conditions(crossed: &[&pressure::Threshold]) -> Vec<Value> {
+fn pressure_conditions(crossed: &[pressure::Crossed]) -> Vec<Value> {
     let under = |condition: &str| {
         let signals: Vec<&str> = crossed
             .iter()
-            .filter(|t| pressure::condition_of(t.signal) == condition)
-            .map(|t| t.signal.name())
+            .filter(|c| pressure::condition_of(c.threshold.signal) == condition)
+            .map(|c| c.threshold.signal.name())
             .collect();
         (!signals.is_empty()).then(|| signals.join(", "))
     };
@@ -110,7 +110,11 @@ fn pressure_conditions(crossed: &[&pressure::Threshold]) -> Vec<Value> {
 /// The status without its heartbeat times (compared to tell a change).
 /// When the runtime does not answer, the node is not Ready, saying why,
 /// and what it last knew of the runtime stands for the rest.
-async fn status<R: Runtime>(rt: &R, facts: &NodeFacts, known: &mut Option<Info>) -> Value {
+async fn status<R: Runtime>(
+    rt: &R,
+    facts: &NodeFacts,
+    known: &mut Option<Info>,
+) -> (Value, Vec<pressure::Crossed>) {
     let runtime_down = match rt.info().await {
         Ok(info) => {
             *known = Some(info);
@@ -138,7 +142,7 @@ async fn status<R: Runtime>(rt: &R, facts: &NodeFacts, known: &mut Option<Info>)
         "memory": format!("{memory_ki}Ki"),
         "pods": facts.max_pods.to_string(),
     });
-    json!({
+    let status = json!({
         "capacity": resources,
         "allocatable": resources,
         "addresses": [
@@ -159,7 +163,8 @@ async fn status<R: Runtime>(rt: &R, facts: &NodeFacts, known: &mut Option<Info>)
             "architecture": match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a },
         },
         "conditions": conditions,
-    })
+    });
+    (status, crossed)
 }
 
 /// Heartbeat times on every condition, and when each last changed status
@@ -185,11 +190,14 @@ fn with_times(
     status
 }
 
+/// Report the node's status until `stop`; the thresholds crossed go to
+/// `pressure` (for eviction) at every look.
 pub async fn run<R: Runtime>(
     rt: R,
     facts: Arc<NodeFacts>,
     reports: Arc<Reports>,
     desired: Arc<Desired>,
+    pressure: tokio::sync::watch::Sender<Vec<pressure::Crossed>>,
     stop: CancellationToken,
 ) {
     let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -224,7 +232,12 @@ pub async fn run<R: Runtime>(
                 force = true;
             }
         }
-        let s = status(&rt, &facts, &mut known).await;
+        let (s, crossed) = status(&rt, &facts, &mut known).await;
+        pressure.send_if_modified(|was| {
+            let changed = *was != crossed;
+            *was = crossed;
+            changed
+        });
         if force || last.as_ref() != Some(&s) || last_sent.elapsed() >= STATUS_REFRESH {
             if last.as_ref().and_then(ready_of) != ready_of(&s) {
                 tracing::info!(node = %facts.name, ready = ?ready_of(&s), conditions = %s["conditions"], "node condition changed");
@@ -273,6 +286,7 @@ mod tests {
             facts,
             reports.clone(),
             Arc::new(Desired::default()),
+            tokio::sync::watch::channel(Vec::new()).0,
             stop.clone(),
         ));
         let status = loop {

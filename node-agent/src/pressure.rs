@@ -155,11 +155,24 @@ impl Readings {
     }
 }
 
+/// A threshold crossed, with the reading that crossed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Crossed {
+    pub threshold: Threshold,
+    pub reading: Reading,
+}
+
 /// The thresholds crossed now.
-pub fn crossed<'a>(thresholds: &'a [Threshold], r: &Readings) -> Vec<&'a Threshold> {
+pub fn crossed(thresholds: &[Threshold], r: &Readings) -> Vec<Crossed> {
     thresholds
         .iter()
-        .filter(|t| r.get(t.signal).is_some_and(|v| v.below(t.below)))
+        .filter_map(|t| {
+            let reading = r.get(t.signal)?;
+            reading.below(t.below).then(|| Crossed {
+                threshold: t.clone(),
+                reading,
+            })
+        })
         .collect()
 }
 
@@ -321,7 +334,7 @@ mod tests {
         });
         let c: Vec<&str> = crossed(&t, &r)
             .iter()
-            .map(|t| condition_of(t.signal))
+            .map(|c| condition_of(c.threshold.signal))
             .collect();
         assert_eq!(c, ["MemoryPressure", "DiskPressure"]);
     }

@@ -1,7 +1,9 @@
 //! Node lifecycle: a node whose heartbeat is older than the grace period
 //! goes Ready=Unknown and gets the `unreachable` NoExecute taint (a node
 //! that reports Ready=False gets `not-ready`); pods on a tainted node are
-//! evicted once their toleration of the taint runs out.
+//! evicted once their toleration of the taint runs out. A node under
+//! memory, disk or pid pressure gets the matching NoSchedule taint while
+//! it lasts.
 //!
 //! Heartbeats are the nodes' Leases in `kube-node-lease`, renewed by the
 //! node every 10 s: one small Raft write per node per 10 s (100 writes/s for
@@ -27,6 +29,13 @@ const COMPONENT: &str = "node-controller";
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+/// The NoSchedule taint each pressure condition brings while it is True
+/// (Kubernetes' TaintNodesByCondition), so that no new pod goes there.
+const PRESSURE_TAINTS: [(&str, &str); 3] = [
+    ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
+    ("DiskPressure", "node.kubernetes.io/disk-pressure"),
+    ("PIDPressure", "node.kubernetes.io/pid-pressure"),
+];
 
 /// When this leader last saw each node's heartbeat.
 #[derive(Default)]
@@ -89,6 +98,43 @@ fn ready_status(node: &Node) -> Option<&str> {
         .map(|c| c.status.as_str())
 }
 
+fn condition_true(node: &Node, kind: &str) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == kind && c.status == "True"))
+}
+
+/// The node's taints with the pressure taints as its conditions say, or
+/// None if they are right already.
+fn pressure_taints(node: &Node, now: chrono::DateTime<chrono::Utc>) -> Option<Vec<Taint>> {
+    let current = taints(node);
+    let is_pressure = |t: &Taint| {
+        t.effect == "NoSchedule" && PRESSURE_TAINTS.iter().any(|(_, key)| t.key == *key)
+    };
+    let want: Vec<&str> = PRESSURE_TAINTS
+        .iter()
+        .filter(|(condition, _)| condition_true(node, condition))
+        .map(|(_, key)| *key)
+        .collect();
+    let have: Vec<&str> = current
+        .iter()
+        .filter(|t| is_pressure(t))
+        .map(|t| t.key.as_str())
+        .collect();
+    if want.len() == have.len() && want.iter().all(|k| have.contains(k)) {
+        return None;
+    }
+    let mut next: Vec<Taint> = current.into_iter().filter(|t| !is_pressure(t)).collect();
+    next.extend(want.into_iter().map(|key| Taint {
+        key: key.into(),
+        effect: "NoSchedule".into(),
+        value: None,
+        time_added: Some(Time(now)),
+    }));
+    Some(next)
+}
+
 fn taints(node: &Node) -> Vec<Taint> {
     node.spec
         .as_ref()
@@ -100,6 +146,11 @@ pub async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action> {
     let Some(node) = ctx.nodes.get(&key) else {
         return Ok(Action::Done);
     };
+    if let Some(next) = pressure_taints(&node, ctx.now()) {
+        let patch = json!({"spec": {"taints": next}});
+        ctx.client.patch::<Node>(None, &key, None, &patch).await?;
+        return Ok(Action::Done); // the node's change brings us back
+    }
     let grace = ctx.settings.node_monitor_grace;
     let silent_for = ctx.heartbeats.last(&key).elapsed();
     let mut ready = ready_status(&node).unwrap_or("Unknown").to_string();
@@ -249,4 +300,46 @@ async fn evict(ctx: &Ctx, node: &str, taint: &Taint) -> Result<Option<Duration>>
         );
     }
     Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(conditions: serde_json::Value, taints: serde_json::Value) -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": "n"},
+            "spec": {"taints": taints},
+            "status": {"conditions": conditions},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn pressure_conditions_bring_and_take_their_no_schedule_taints() {
+        let now = chrono::Utc::now();
+        let other = json!({"key": "dedicated", "value": "gpu", "effect": "NoSchedule"});
+        let under = node(
+            json!([{"type": "MemoryPressure", "status": "True"}, {"type": "Ready", "status": "True"}]),
+            json!([other]),
+        );
+        let next = pressure_taints(&under, now).expect("a taint to add");
+        let keys: Vec<&str> = next.iter().map(|t| t.key.as_str()).collect();
+        assert_eq!(keys, ["dedicated", "node.kubernetes.io/memory-pressure"]);
+        assert!(next.iter().all(|t| t.effect == "NoSchedule"));
+        // Right already: nothing to write.
+        let tainted = node(
+            json!([{"type": "MemoryPressure", "status": "True"}]),
+            serde_json::to_value(&next).unwrap(),
+        );
+        assert!(pressure_taints(&tainted, now).is_none());
+        // The pressure gone: the taint goes, the other stays.
+        let relieved = node(
+            json!([{"type": "MemoryPressure", "status": "False"}]),
+            serde_json::to_value(&next).unwrap(),
+        );
+        let after = pressure_taints(&relieved, now).expect("a taint to remove");
+        assert_eq!(after.len(), 1);
+        assert_eq!(after[0].key, "dedicated");
+    }
 }

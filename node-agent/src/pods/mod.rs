@@ -10,6 +10,7 @@
 //! - [`spec`]: a pod's spec as runtime configuration; [`volumes`]: volumes
 //!   on the node; [`probes`]: health probes; [`status`]: the pod status.
 
+pub mod eviction;
 pub mod orphans;
 pub mod probes;
 pub mod spec;
@@ -56,10 +57,13 @@ pub struct Context {
     pub cluster_domain: String,
 }
 
+/// Run the node's pods until `stop`; while `pressure` names thresholds
+/// the node crosses, evict a pod every [`EVICTION_INTERVAL`].
 pub async fn run<R: Runtime>(
     rt: R,
     ctx: Arc<Context>,
     desired: Arc<Desired>,
+    pressure: watch::Receiver<Vec<crate::pressure::Crossed>>,
     stop: CancellationToken,
 ) {
     let mut workers: HashMap<String, mpsc::Sender<Message>> = HashMap::new();
@@ -82,9 +86,14 @@ pub async fn run<R: Runtime>(
     let mut changes = desired.subscribe();
     let mut events = rt.events(&ctx.node);
     let mut relist = tokio::time::interval(RELIST);
+    let mut evictions = tokio::time::interval(EVICTION_INTERVAL);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
+            _ = evictions.tick() => {
+                evict_one(&desired, &workers, &pressure.borrow());
+                continue;
+            }
             r = changes.changed() => { if r.is_err() { return } }
             e = events.next() => match e {
                 Some(Ok(uid)) => {
@@ -111,6 +120,38 @@ pub async fn run<R: Runtime>(
         sync(&rt, &ctx, &desired, &mut workers, &done_tx).await;
         publish_owned(&owned, &workers);
         metrics::gauge!("skiff_agent_pod_workers").set(workers.len() as f64);
+    }
+}
+
+/// While a hard eviction threshold is crossed, the kubelet's
+/// housekeeping period: one pod evicted per period.
+const EVICTION_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Evict one pod if the node is under pressure ([`eviction`]).
+fn evict_one(
+    desired: &Desired,
+    workers: &HashMap<String, mpsc::Sender<Message>>,
+    crossed: &[crate::pressure::Crossed],
+) {
+    let Some(first) = crossed.first() else { return };
+    let running: Vec<_> = desired
+        .pods()
+        .into_iter()
+        .filter(|p| {
+            p["metadata"]["uid"]
+                .as_str()
+                .is_some_and(|uid| workers.contains_key(uid))
+        })
+        .collect();
+    let Some(uid) = eviction::victim(&running) else {
+        return;
+    };
+    let message = eviction::message(first);
+    tracing::info!(pod_uid = %uid, signal = first.threshold.signal.name(), %message, "evicting a pod");
+    metrics::counter!("skiff_agent_evictions_total", "signal" => first.threshold.signal.name())
+        .increment(1);
+    if let Some(w) = workers.get(&uid) {
+        let _ = w.try_send(Message::Evict(message));
     }
 }
 

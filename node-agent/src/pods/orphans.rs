@@ -421,6 +421,7 @@ mod tests {
             rt.clone(),
             ctx,
             desired.clone(),
+            tokio::sync::watch::channel(Vec::new()).1,
             stop.clone(),
         ));
 

@@ -133,6 +133,9 @@ fn condition(previous: &Value, kind: &str, ok: bool, now: &str, reason: Option<&
     c
 }
 
+/// The reason an evicted pod's status gives.
+pub const EVICTED: &str = "Evicted";
+
 pub struct PodView<'a> {
     pub pod: &'a Pod,
     pub init: Vec<ContainerView<'a>>,
@@ -152,6 +155,10 @@ pub struct PodView<'a> {
 }
 
 pub fn phase(v: &PodView<'_>) -> &'static str {
+    // Evicted under pressure: over, whatever its restart policy.
+    if v.failure.as_ref().is_some_and(|(r, _)| r == EVICTED) {
+        return "Failed";
+    }
     let policy = v
         .pod
         .spec

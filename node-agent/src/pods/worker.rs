@@ -40,6 +40,9 @@ pub enum Message {
     Poke,
     /// The node no longer holds the pod: stop its containers and go.
     Gone,
+    /// Evicted under pressure (why, in the kubelet's words): kill its
+    /// containers and report it Failed; it never starts again.
+    Evict(String),
 }
 
 /// Per container: back-off, probes, and why it waits.
@@ -117,6 +120,7 @@ impl<R: Runtime> Worker<R> {
                         Err(e) => tracing::warn!(uid = %self.uid, "undecodable pod: {e}"),
                     },
                     Some(Message::Poke) => {}
+                    Some(Message::Evict(why)) => self.evict(why),
                     Some(Message::Gone) | None => self.gone = true,
                 },
                 _ = tokio::time::sleep_until(next) => {}
@@ -130,6 +134,7 @@ impl<R: Runtime> Worker<R> {
                         }
                     }
                     Message::Poke => {}
+                    Message::Evict(why) => self.evict(why),
                     Message::Gone => self.gone = true,
                 }
             }
@@ -166,6 +171,9 @@ impl<R: Runtime> Worker<R> {
         };
         if self.deleting() {
             return self.terminate(observed).await;
+        }
+        if self.evicted() {
+            return self.stay_evicted(observed).await;
         }
         let mut wake = Some(Instant::now() + RESYNC);
         let (sandbox, sandbox_ip) = match self.ensure_sandbox(&observed).await {
@@ -308,6 +316,34 @@ impl<R: Runtime> Worker<R> {
         self.collect_garbage(&observed).await;
         self.report(&observed, true, sandbox_ip);
         Next::At(wake.unwrap_or_else(|| Instant::now() + RESYNC))
+    }
+
+    fn evict(&mut self, why: String) {
+        if !self.evicted() {
+            self.failure = Some((status::EVICTED.into(), why));
+        }
+    }
+
+    fn evicted(&self) -> bool {
+        self.failure
+            .as_ref()
+            .is_some_and(|f| f.0 == status::EVICTED)
+    }
+
+    /// An evicted pod: its containers killed at once (a hard threshold
+    /// allows no grace) and kept for their logs; Failed, for good.
+    async fn stay_evicted(&mut self, observed: Vec<ContainerInfo>) -> Next {
+        let running = observed.iter().filter(|c| c.state == State::Running);
+        let stops = running.map(|c| self.rt.stop(&c.id, Duration::ZERO));
+        let stopped = futures::future::join_all(stops).await;
+        let observed = if stopped.is_empty() {
+            observed
+        } else {
+            tracing::info!(pod = %spec::name(&self.pod), "evicted; containers killed");
+            self.observed().await.unwrap_or(observed)
+        };
+        self.report(&observed, false, None);
+        Next::At(Instant::now() + RESYNC)
     }
 
     fn state(&mut self, c: &Container) -> &mut ContainerState {
