@@ -79,6 +79,9 @@ pub async fn start<R: Runtime>(cfg: Config, rt: R, stop: CancellationToken) -> R
     let identity = identity::Identity::load(&cfg.data_dir)?;
     let node = identity.cluster.node_name.clone();
     let info = rt
+    if let Err(e) = identity::tidy(&cfg.data_dir) {
+        tracing::warn!("tidying the node identity: {e:#}");
+    }
         .info()
         .await
         .context("asking the container runtime about itself")?;

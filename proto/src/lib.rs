@@ -4,12 +4,14 @@
 //! - [`etcd`]: the subset of etcd's v3 gRPC API that Skiff serves, with
 //!   etcd's package names and field numbers so that etcd clients work.
 //! - [`agent`]: the node agent's protocol with the masters (over QUIC),
-//!   and [`agent::frame`], how its messages are framed on a stream.
+//!   [`agent::frame`], how its messages are framed on a stream, and
+//!   [`agent::close`], why a master closes a connection.
 //! - [`quantity`]: Kubernetes resource quantities as they are written on
 //!   the wire, parsed exactly (both masters and agents read them).
 
 pub mod agent {
     tonic::include_proto!("skiff.agent");
+    pub mod close;
     pub mod frame;
 }
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use prost::Message;
-use proto::agent::{frame, AgentRequest};
-use quinn::{Connection, Endpoint};
+use proto::agent::{close, frame, AgentRequest};
+use quinn::{Connection, ConnectionError, Endpoint};
 
 use crate::identity::{self, ALPN};
 
@@ -149,4 +149,41 @@ pub async fn request<M: Message + Default>(
         Ok(None) => bail!("the master closed the stream without answering"),
         Err(e) => Err(e).context("reading the master's answer"),
     }
+}
+
+/// A master refused this node's certificate: the node is not a member of
+/// the cluster (its Node was deleted, or deleted and made again), and the
+/// certificate will not work again.
+#[derive(Debug, thiserror::Error)]
+#[error("{master} refused this node's certificate: {reason}")]
+pub struct NotAMember {
+    pub master: String,
+    pub reason: String,
+}
+
+fn not_a_member(e: &ConnectionError) -> Option<String> {
+    match e {
+        ConnectionError::ApplicationClosed(c)
+            if c.error_code == quinn::VarInt::from_u32(close::NOT_A_MEMBER) =>
+        {
+            Some(String::from_utf8_lossy(&c.reason).into_owned())
+        }
+        _ => None,
+    }
+}
+
+/// Why the master closed `conn`, if it closed it because the node is not
+/// a member.
+pub fn refusal(conn: &Connection) -> Option<String> {
+    not_a_member(&conn.close_reason()?)
+}
+
+/// The same, from an error (a connection closed before it was up).
+pub fn refusal_in(e: &anyhow::Error) -> Option<String> {
+    e.chain().find_map(|cause| {
+        if let Some(r) = cause.downcast_ref::<NotAMember>() {
+            return Some(r.reason.clone());
+        }
+        not_a_member(cause.downcast_ref::<ConnectionError>()?)
+    })
 }

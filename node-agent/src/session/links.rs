@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{connect, Session, CONNECT_TIMEOUT};
+use super::{connect, Session, CONNECT_TIMEOUT, REFUSED_RETRY};
 
 const LINK_RETRY: Duration = Duration::from_secs(1);
 const RESCAN: Duration = Duration::from_secs(10);
@@ -48,14 +48,25 @@ async fn link(session: Arc<Session>, master: String, stop: CancellationToken) {
             while let Ok((send, recv)) = conn.accept_bi().await {
                 (session.streams)(send, recv);
             }
+            if let Some(reason) = connect::refusal(&conn) {
+                let master = master.clone();
+                return Err(connect::NotAMember { master, reason }.into());
+            }
             Ok::<_, anyhow::Error>(())
         };
+        let mut wait = LINK_RETRY;
         tokio::select! {
-            r = attempt => if let Err(e) = r { tracing::debug!(%master, "stream link: {e:#}") },
+            r = attempt => if let Err(e) = r {
+                // The session says so in the log; the link only waits.
+                if connect::refusal_in(&e).is_some() {
+                    wait = REFUSED_RETRY;
+                }
+                tracing::debug!(%master, "stream link: {e:#}")
+            },
             _ = stop.cancelled() => return,
         }
         tokio::select! {
-            _ = tokio::time::sleep(LINK_RETRY) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.cancelled() => return,
         }
     }

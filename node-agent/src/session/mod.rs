@@ -32,6 +32,10 @@ use crate::reports::Reports;
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long to wait after a master said the node is not a member: nothing
+/// will change that but a new join, so there is no hurry (a Node deleted
+/// by mistake cannot be brought back for this certificate either).
+pub(crate) const REFUSED_RETRY: Duration = Duration::from_secs(30);
 
 /// What serves a stream a master opens on any of the agent's connections
 /// (logs, exec, attach, port-forward, stats: [`crate::streams`]).
@@ -97,6 +101,9 @@ impl Session {
                 };
                 let r = self.serve(&conn).await;
                 accepting.abort();
+                if let Some(reason) = connect::refusal(&conn) {
+                    return Err(connect::NotAMember { master, reason }.into());
+                }
                 conn.close(0u32.into(), b"session ended");
                 r.with_context(|| format!("session with {master}"))
             };
@@ -104,12 +111,29 @@ impl Session {
                 r = attempt => r,
                 _ = stop.cancelled() => return,
             };
+            let mut refused = false;
             if let Err(e) = result {
-                tracing::warn!("{e:#}; reconnecting");
+                if connect::refusal_in(&e).is_some() {
+                    refused = true;
+                    tracing::error!(
+                        data_dir = %self.data_dir.display(),
+                        "{e:#}. This node is no longer a member of the cluster: its pods \
+                         keep running, but it takes no more changes. To bring the machine \
+                         back, remove its data directory and join it again with a bootstrap \
+                         token (node-agent join). Trying again in {}s",
+                        REFUSED_RETRY.as_secs()
+                    );
+                } else {
+                    tracing::warn!("{e:#}; reconnecting");
+                }
             }
             metrics::counter!("skiff_agent_session_reconnects_total").increment(1);
             let jitter = rand::thread_rng().gen_range(0.5..1.5);
-            let wait = backoff.mul_f64(jitter);
+            let wait = if refused {
+                REFUSED_RETRY
+            } else {
+                backoff.mul_f64(jitter)
+            };
             backoff = (backoff * 2).min(BACKOFF_MAX);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}

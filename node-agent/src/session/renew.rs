@@ -35,9 +35,14 @@ pub async fn run(session: Arc<Session>, stop: CancellationToken) {
         match renew(&session).await {
             Ok(()) => tracing::info!("node certificate renewed"),
             Err(e) => {
+                let wait = if connect::refusal_in(&e).is_some() {
+                    super::REFUSED_RETRY
+                } else {
+                    RETRY
+                };
                 tracing::warn!("renewing the node certificate: {e:#}");
                 tokio::select! {
-                    _ = tokio::time::sleep(RETRY) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = stop.cancelled() => return,
                 }
             }
@@ -48,18 +53,22 @@ pub async fn run(session: Arc<Session>, stop: CancellationToken) {
 async fn renew(session: &Session) -> Result<()> {
     let id = session.identity();
     let (key_pem, csr_pem) = identity::new_key_and_csr(&id.cluster.node_name)?;
-    let (_, conn) = session.connect_any().await?;
-    let answer: CertificateResponse = connect::request(
+    let (master, conn) = session.connect_any().await?;
+    let answer: Result<CertificateResponse> = connect::request(
         &conn,
         AgentRequest {
             request: Some(agent_request::Request::Renew(RenewRequest { csr_pem })),
         },
         frame::MAX_FRAME,
     )
-    .await?;
+    .await;
+    if let Some(reason) = connect::refusal(&conn) {
+        return Err(connect::NotAMember { master, reason }.into());
+    }
+    let answer = answer?;
     conn.close(0u32.into(), b"done");
     if !answer.refused.is_empty() {
-        bail!("the master refused: {}", answer.refused);
+        bail!("{master} refused to renew it: {}", answer.refused);
     }
     install(
         &session.identity,
@@ -98,9 +107,10 @@ mod tests {
     #[test]
     fn a_renewal_keeps_the_masters_learnt_while_it_was_on_the_wire() {
         let dir = tempfile::tempdir().unwrap();
+        let (key_pem, cert_pem) = identity::test_pair("n1");
         let old = Identity {
-            key_pem: "old key".into(),
-            cert_pem: "old cert".into(),
+            key_pem,
+            cert_pem,
             ca_pem: "ca".into(),
             cluster: Cluster {
                 node_name: "n1".into(),
@@ -117,17 +127,18 @@ mod tests {
             id.cluster.masters.push("10.0.0.2:6444".into());
             id.save_cluster(dir.path()).unwrap();
         }
-        install(&shared, dir.path(), "new key".into(), "new cert".into()).unwrap();
+        let (new_key, new_cert) = identity::test_pair("n1");
+        install(&shared, dir.path(), new_key.clone(), new_cert.clone()).unwrap();
         let on_disk = Identity::load(dir.path()).unwrap();
         assert_eq!(
             on_disk.cluster.masters.len(),
             2,
             "the masters learnt are kept"
         );
-        assert_eq!(on_disk.cert_pem, "new cert");
-        assert_eq!(on_disk.key_pem, "new key");
+        assert_eq!(on_disk.cert_pem, new_cert);
+        assert_eq!(on_disk.key_pem, new_key);
         let in_memory = shared.read().unwrap();
         assert_eq!(in_memory.cluster.masters.len(), 2);
-        assert_eq!(in_memory.cert_pem, "new cert");
+        assert_eq!(in_memory.cert_pem, new_cert);
     }
 }
