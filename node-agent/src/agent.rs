@@ -77,11 +77,11 @@ impl Agent {
 /// Start an agent on `rt`; it runs until `stop`.
 pub async fn start<R: Runtime>(cfg: Config, rt: R, stop: CancellationToken) -> Result<Agent> {
     let identity = identity::Identity::load(&cfg.data_dir)?;
-    let node = identity.cluster.node_name.clone();
-    let info = rt
     if let Err(e) = identity::tidy(&cfg.data_dir) {
         tracing::warn!("tidying the node identity: {e:#}");
     }
+    let node = identity.cluster.node_name.clone();
+    let info = rt
         .info()
         .await
         .context("asking the container runtime about itself")?;
