@@ -2,16 +2,48 @@
 //! itself, and gets a client certificate `system:node:<name>` from the
 //! cluster CA. A connected node renews its certificate the same way,
 //! authenticated by the certificate it has.
+//!
+//! A join registers the node: it creates the Node, and the certificate
+//! names the new Node's uid ([`crate::pki::node_cert`]). A join under the
+//! name of a Node that exists is refused, as kubeadm refuses one: a token
+//! does not let anyone take the name (and the pods) of a node already in
+//! the cluster. A renewal is refused unless the certificate it presents
+//! is a member's ([`super::membership`]).
 
+use axum::http::StatusCode;
 use proto::agent::{CertificateResponse, JoinRequest, RenewRequest};
+use serde_json::json;
 
+use super::membership::{Membership, Verdict};
 use super::{masters, Gateway};
+use crate::api::{ApiQuery, Resource};
 use crate::tokens::{self, Refusal, Token};
+
+fn nodes() -> &'static Resource {
+    crate::api::find_resource("", "v1", "nodes").expect("nodes are served")
+}
+
+fn exists(node: &str) -> String {
+    format!(
+        "a Node named {node} already exists in the cluster: a node cannot join under the name \
+         of another; if that Node is this machine's and its identity is lost, delete it first \
+         (kubectl delete node {node}), then join again"
+    )
+}
 
 fn refused(reason: impl Into<String>) -> CertificateResponse {
     let reason = reason.into();
     tracing::info!(%reason, "join refused");
     metrics::counter!("skiff_agent_joins_total", "result" => "refused").increment(1);
+    CertificateResponse {
+        refused: reason,
+        ..Default::default()
+    }
+}
+
+fn renewal_refused(node: &str, reason: String) -> CertificateResponse {
+    tracing::info!(node, %reason, "renewal refused");
+    metrics::counter!("skiff_agent_renewals_refused_total").increment(1);
     CertificateResponse {
         refused: reason,
         ..Default::default()
@@ -70,35 +102,111 @@ pub async fn join(gateway: &Gateway, req: JoinRequest) -> CertificateResponse {
             other => other.to_string(),
         });
     }
-    let response = issue(gateway, &req.node_name, &req.csr_pem).await;
+    if let Err(e) = crate::pki::node_cert::check_csr(&req.csr_pem) {
+        return refused(format!("{e:#}"));
+    }
+    let node = req.node_name.as_str();
+    let uid = match register(gateway, node).await {
+        Ok(uid) => uid,
+        Err(why) => return refused(why),
+    };
+    let response = issue(gateway, node, &uid, &req.csr_pem).await;
     if response.refused.is_empty() {
-        tracing::info!(node = %req.node_name, token = %token.id, "node joined");
+        tracing::info!(node, token = %token.id, %uid, "node joined");
         metrics::counter!("skiff_agent_joins_total", "result" => "joined").increment(1);
+    } else {
+        // No certificate for it: the Node made for it goes.
+        unregister(gateway, node, &uid).await;
     }
     response
 }
 
-pub async fn renew(gateway: &Gateway, node: &str, req: RenewRequest) -> CertificateResponse {
-    let response = issue(gateway, node, &req.csr_pem).await;
-    if response.refused.is_empty() {
-        tracing::info!(node, "node certificate renewed");
-        metrics::counter!("skiff_agent_renewals_total").increment(1);
+/// Create the Node for a joining node; its uid. Refused if one exists.
+async fn register(gateway: &Gateway, node: &str) -> Result<String, String> {
+    let api = &gateway.api;
+    match api.get(nodes(), None, node).await {
+        Ok(_) => return Err(exists(node)),
+        Err(e) if e.code == StatusCode::NOT_FOUND => {}
+        Err(e) => return Err(format!("reading Node {node}: {}", e.message)),
     }
-    response
+    let object = json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": node,
+            "labels": {"kubernetes.io/hostname": node},
+        },
+    });
+    match api.create(nodes(), None, object, &ApiQuery::new()).await {
+        Ok(created) => created["metadata"]["uid"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("Node {node} was created without a uid")),
+        // Another join took the name first.
+        Err(e) if e.code == StatusCode::CONFLICT => Err(exists(node)),
+        Err(e) => Err(format!("creating Node {node}: {}", e.message)),
+    }
 }
 
-async fn issue(gateway: &Gateway, node: &str, csr_pem: &str) -> CertificateResponse {
+async fn unregister(gateway: &Gateway, node: &str, uid: &str) {
+    let opts = json!({"preconditions": {"uid": uid}});
+    if let Err(e) = gateway
+        .api
+        .delete(nodes(), None, node, &opts, &ApiQuery::new())
+        .await
+    {
+        tracing::warn!(node, "the Node of a refused join stays: {}", e.message);
+    }
+}
+
+pub async fn renew(
+    gateway: &Gateway,
+    membership: &Membership,
+    node: &str,
+    cert_uid: Option<&str>,
+    req: RenewRequest,
+) -> CertificateResponse {
+    let uid = match membership.check(node, cert_uid).await {
+        Verdict::Member(uid) => uid,
+        Verdict::NotMember(why) => return renewal_refused(node, why),
+        Verdict::CannotCheck(why) => {
+            return renewal_refused(
+                node,
+                format!("this master cannot check the node's membership now: {why}"),
+            )
+        }
+    };
+    match gateway.ca.sign_node_bound(
+        &req.csr_pem,
+        node,
+        &uid,
+        gateway.settings.node_cert_validity,
+    ) {
+        Ok(cert) => {
+            tracing::info!(node, "node certificate renewed");
+            metrics::counter!("skiff_agent_renewals_total").increment(1);
+            issued(gateway, cert).await
+        }
+        Err(e) => renewal_refused(node, format!("{e:#}")),
+    }
+}
+
+async fn issue(gateway: &Gateway, node: &str, uid: &str, csr_pem: &str) -> CertificateResponse {
     match gateway
         .ca
-        .sign_node(csr_pem, node, gateway.settings.node_cert_validity)
+        .sign_node_bound(csr_pem, node, uid, gateway.settings.node_cert_validity)
     {
-        Ok(cert) => CertificateResponse {
-            certificate_pem: cert,
-            ca_pem: gateway.ca.pem().to_string(),
-            masters: masters::list(&gateway.api).await,
-            refused: String::new(),
-        },
+        Ok(cert) => issued(gateway, cert).await,
         Err(e) => refused(format!("{e:#}")),
+    }
+}
+
+async fn issued(gateway: &Gateway, cert: String) -> CertificateResponse {
+    CertificateResponse {
+        certificate_pem: cert,
+        ca_pem: gateway.ca.pem().to_string(),
+        masters: masters::list(&gateway.api).await,
+        refused: String::new(),
     }
 }
 

@@ -9,6 +9,9 @@
 //!   ([`reports`]).
 //! - [`masters`]: where every master's gateway is, so that an agent can
 //!   fail over to any of them.
+//! - [`membership`]: a node is a member while its Node exists, and its
+//!   certificate works only for the Node it was issued for; a deleted
+//!   node's connections are closed at once.
 //! - [`streams`]: streams this master opens to nodes (logs, exec, attach).
 //!
 //! Each stream the agent opens starts with an `AgentRequest` frame
@@ -18,6 +21,7 @@
 pub mod desired;
 pub mod join;
 pub mod masters;
+pub mod membership;
 pub mod reports;
 pub mod session;
 pub mod streams;
@@ -27,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use proto::agent::{agent_request, frame, AgentRequest, CaResponse};
+use proto::agent::{agent_request, close, frame, AgentRequest, CaResponse};
 use quinn::{RecvStream, SendStream};
 
 use crate::api::Api;
@@ -88,6 +92,11 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::spawn(gateway.desired.clone().run(gateway.api.clone()));
+    let membership = Arc::new(membership::Membership::new(
+        gateway.api.clone(),
+        gateway.connections.clone(),
+    ));
+    tokio::spawn(membership.clone().run());
     tokio::spawn(masters::register(
         gateway.api.clone(),
         gateway.settings.master.clone(),
@@ -99,12 +108,16 @@ pub async fn serve(
             i = endpoint.accept() => match i { Some(i) => i, None => break },
             _ = &mut shutdown => break,
         };
-        tokio::spawn(connection(gateway.clone(), incoming));
+        tokio::spawn(connection(gateway.clone(), membership.clone(), incoming));
     }
     endpoint.close(quinn::VarInt::from_u32(0), b"master stopping");
 }
 
-async fn connection(gateway: Arc<Gateway>, incoming: quinn::Incoming) {
+async fn connection(
+    gateway: Arc<Gateway>,
+    membership: Arc<membership::Membership>,
+    incoming: quinn::Incoming,
+) {
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
@@ -113,23 +126,59 @@ async fn connection(gateway: Arc<Gateway>, incoming: quinn::Incoming) {
             return;
         }
     };
-    let who = conn
+    let cert = conn
         .peer_identity()
         .and_then(|a| {
             a.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
                 .ok()
         })
-        .and_then(|chain| chain.first().and_then(|c| crate::pki::identity_of(c)));
+        .and_then(|chain| chain.first().cloned());
+    let who = cert.as_ref().and_then(|c| crate::pki::identity_of(c));
     let node = who.as_ref().and_then(|w| w.node_name()).map(str::to_string);
+    let node_uid = cert
+        .as_ref()
+        .and_then(|c| crate::pki::node_cert::node_uid_of(c));
     if let Some(node) = &node {
-        gateway.connections.add(node, conn.clone());
+        // Listed before it is checked: a deletion from now on closes it.
+        gateway
+            .connections
+            .add(node, conn.clone(), node_uid.clone());
+        let refused = match membership.check(node, node_uid.as_deref()).await {
+            membership::Verdict::Member(_) => None,
+            membership::Verdict::NotMember(why) => Some((close::NOT_A_MEMBER, why)),
+            membership::Verdict::CannotCheck(why) => Some((
+                close::CANNOT_CHECK,
+                format!("this master cannot check the node's membership now: {why}"),
+            )),
+        };
+        if let Some((code, why)) = refused {
+            tracing::info!(%node, reason = %why, "agent connection refused");
+            metrics::counter!("skiff_agent_connections_refused_total").increment(1);
+            conn.close(code.into(), why.as_bytes());
+            gateway.connections.remove(node, &conn);
+            return;
+        }
     }
     while let Ok((send, recv)) = conn.accept_bi().await {
-        tokio::spawn(stream(gateway.clone(), who.clone(), send, recv));
+        let peer = Peer {
+            who: who.clone(),
+            node_uid: node_uid.clone(),
+        };
+        let (gateway, membership) = (gateway.clone(), membership.clone());
+        tokio::spawn(stream(gateway, membership, peer, send, recv));
     }
     if let Some(node) = &node {
         gateway.connections.remove(node, &conn);
     }
+}
+
+/// Who is on the other end of a connection: the identity in its client
+/// certificate (None: a joiner without one) and, for a node, the uid of
+/// the Node its certificate was issued for.
+#[derive(Clone)]
+struct Peer {
+    who: Option<Identity>,
+    node_uid: Option<String>,
 }
 
 /// Reset a stream whose request is refused or malformed.
@@ -137,10 +186,12 @@ const REFUSED: quinn::VarInt = quinn::VarInt::from_u32(1);
 
 async fn stream(
     gateway: Arc<Gateway>,
-    who: Option<Identity>,
+    membership: Arc<membership::Membership>,
+    peer: Peer,
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
+    let Peer { who, node_uid } = peer;
     let node = who.as_ref().and_then(|w| w.node_name()).map(str::to_string);
     let max = if node.is_some() {
         MAX_REQUEST
@@ -169,7 +220,7 @@ async fn stream(
             frame::write(&mut send, &response).await
         }
         (Some(agent_request::Request::Renew(r)), Some(node)) => {
-            let response = join::renew(&gateway, &node, r).await;
+            let response = join::renew(&gateway, &membership, &node, node_uid.as_deref(), r).await;
             frame::write(&mut send, &response).await
         }
         (Some(agent_request::Request::Hello(h)), Some(node)) => {

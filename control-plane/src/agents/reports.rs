@@ -1,8 +1,8 @@
 //! What a node reports, written through the API like any other write: its
-//! Node (created on first report, then its status and labels), its Lease
-//! in `kube-node-lease`, and the status of its pods. A node reports only
-//! for itself and its own pods (the node authorizer's rule); anything else
-//! is refused and logged.
+//! Node's status and labels (the Node itself is made when the node joins),
+//! its Lease in `kube-node-lease`, and the status of its pods. A node
+//! reports only for itself and its own pods (the node authorizer's rule);
+//! anything else is refused and logged.
 //!
 //! Node and pod reports are acknowledged (by their `seq`) once written to
 //! the store, or once nothing can ever be written for them (the pod is
@@ -81,18 +81,19 @@ async fn node_report(gateway: &Gateway, node: &str, r: NodeReport) -> Result<(),
     let nodes = resource("", "v1", "nodes");
     let q = ApiQuery::new();
     let api = &gateway.api;
-    if api.get(nodes, None, node).await.is_err() {
-        let object = json!({
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": node, "labels": r.labels},
-        });
-        if let Err(e) = api.create(nodes, None, object, &q).await {
-            if e.code != axum::http::StatusCode::CONFLICT {
-                return Err(e.message);
-            }
+    // The Node is made when the node joins, and a report never makes it
+    // again: a report on its way when the Node was deleted must not bring
+    // it back (the node's connections are being closed).
+    match api.get(nodes, None, node).await {
+        Ok(_) => {}
+        Err(e) if e.code == StatusCode::NOT_FOUND => {
+            return Err(format!(
+                "Node {node} does not exist (deleted?): not made again"
+            ));
         }
-    } else if !r.labels.is_empty() {
+        Err(e) => return Err(e.message),
+    }
+    if !r.labels.is_empty() {
         let patch = json!({"metadata": {"labels": r.labels}}).to_string();
         api.patch(
             nodes,

@@ -20,23 +20,33 @@ pub enum StreamError {
     Broken { node: String, detail: String },
 }
 
-/// Each node's latest connection to this master.
+/// One open connection of a node, and the uid of the Node its certificate
+/// was issued for (None: a certificate from before they named one).
+struct Open {
+    conn: Connection,
+    node_uid: Option<String>,
+}
+
+/// Each node's open connections to this master.
 #[derive(Default)]
 pub struct NodeConnections {
     /// Each node's open connections, oldest first. A node holds more than
     /// one now and then (its renewal's short connection beside its link),
     /// and the one that closes must not take the other with it.
-    conns: Mutex<HashMap<String, Vec<Connection>>>,
+    conns: Mutex<HashMap<String, Vec<Open>>>,
 }
 
 impl NodeConnections {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Connection>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Open>>> {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn add(&self, node: &str, conn: Connection) {
+    pub fn add(&self, node: &str, conn: Connection, node_uid: Option<String>) {
         let mut conns = self.lock();
-        conns.entry(node.to_string()).or_default().push(conn);
+        conns
+            .entry(node.to_string())
+            .or_default()
+            .push(Open { conn, node_uid });
         metrics::gauge!("skiff_agent_connections").set(conns.len() as f64);
     }
 
@@ -44,12 +54,48 @@ impl NodeConnections {
     pub fn remove(&self, node: &str, conn: &Connection) {
         let mut conns = self.lock();
         if let Some(list) = conns.get_mut(node) {
-            list.retain(|c| c.stable_id() != conn.stable_id());
+            list.retain(|o| o.conn.stable_id() != conn.stable_id());
             if list.is_empty() {
                 conns.remove(node);
             }
         }
         metrics::gauge!("skiff_agent_connections").set(conns.len() as f64);
+    }
+
+    /// Close each of `node`'s connections whose certificate's Node uid
+    /// `doomed` picks, with `code` and `reason` (which the agent logs);
+    /// how many.
+    pub fn close_where(
+        &self,
+        node: &str,
+        doomed: impl Fn(Option<&str>) -> bool,
+        code: u32,
+        reason: &str,
+    ) -> usize {
+        let conns = self.lock();
+        let Some(list) = conns.get(node) else {
+            return 0;
+        };
+        let mut closed = 0;
+        for o in list.iter().filter(|o| doomed(o.node_uid.as_deref())) {
+            o.conn.close(code.into(), reason.as_bytes());
+            closed += 1;
+        }
+        closed
+    }
+
+    /// Each connected node with the Node uids its connections' certificates
+    /// name.
+    pub fn bindings(&self) -> Vec<(String, Vec<Option<String>>)> {
+        self.lock()
+            .iter()
+            .map(|(node, list)| {
+                let mut uids: Vec<Option<String>> =
+                    list.iter().map(|o| o.node_uid.clone()).collect();
+                uids.dedup();
+                (node.clone(), uids)
+            })
+            .collect()
     }
 
     /// The node's newest connection still open.
@@ -58,6 +104,7 @@ impl NodeConnections {
             .get(node)?
             .iter()
             .rev()
+            .map(|o| &o.conn)
             .find(|c| c.close_reason().is_none())
             .cloned()
     }

@@ -20,6 +20,8 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
 };
 
+pub mod node_cert;
+
 pub const CA_CERT: &str = "ca.crt";
 pub const CA_KEY: &str = "ca.key";
 pub const ADMIN_KUBECONFIG: &str = "admin.kubeconfig";
