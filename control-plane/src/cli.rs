@@ -495,6 +495,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     .advertise_agents
                     .clone()
                     .unwrap_or_else(|| args.listen_agents.to_string()),
+                // Behind a wildcard, others reach this master where its API is.
+                metrics_url: Some(crate::metrics_http::advertised_url(
+                    args.listen_metrics,
+                    Some(args.listen_api.ip().to_string())
+                        .filter(|_| !args.listen_api.ip().is_unspecified())
+                        .or_else(|| args.api_host.first().cloned())
+                        .as_deref(),
+                )),
                 node_cert_validity: args.node_cert_validity,
                 max_frame: proto::agent::frame::MAX_FRAME,
             },

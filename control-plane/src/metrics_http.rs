@@ -1,6 +1,7 @@
 //! HTTP endpoint for Prometheus (`/metrics`) and liveness (`/health`).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -27,6 +28,21 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .context("histogram buckets")?
         .install_recorder()
         .context("installing the metrics recorder")
+}
+
+/// The URL other hosts scrape this master's `/metrics` at: the listen
+/// address, or, when that is a wildcard (0.0.0.0, ::), `host` (the
+/// address this master advertises elsewhere) with the listen port.
+pub fn advertised_url(listen: SocketAddr, host: Option<&str>) -> String {
+    let host = match (listen.ip().is_unspecified(), host) {
+        (true, Some(h)) if !h.is_empty() => h.to_string(),
+        (true, _) => "127.0.0.1".to_string(),
+        (false, _) => match listen.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        },
+    };
+    format!("http://{host}:{}/metrics", listen.port())
 }
 
 #[derive(Clone)]
@@ -65,5 +81,31 @@ async fn health(State(s): State<AppState>) -> (StatusCode, &'static str) {
             StatusCode::SERVICE_UNAVAILABLE,
             "{\"health\":\"false\",\"reason\":\"no leader\"}\n",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::advertised_url;
+
+    #[test]
+    fn a_wildcard_listen_address_is_advertised_as_the_masters_host() {
+        let at = |s: &str| s.parse().expect("address");
+        assert_eq!(
+            advertised_url(at("10.0.0.5:2381"), Some("ignored")),
+            "http://10.0.0.5:2381/metrics"
+        );
+        assert_eq!(
+            advertised_url(at("0.0.0.0:2381"), Some("10.0.0.6")),
+            "http://10.0.0.6:2381/metrics"
+        );
+        assert_eq!(
+            advertised_url(at("0.0.0.0:9000"), None),
+            "http://127.0.0.1:9000/metrics"
+        );
+        assert_eq!(
+            advertised_url(at("[fd00::1]:2381"), None),
+            "http://[fd00::1]:2381/metrics"
+        );
     }
 }

@@ -50,6 +50,9 @@ pub struct Settings {
     pub master: String,
     /// Where agents reach this master's gateway (host:port).
     pub advertise: String,
+    /// Where Prometheus reaches this master's `/metrics` (a URL), listed
+    /// by the service discovery every master serves.
+    pub metrics_url: Option<String>,
     /// How long a node certificate is valid; agents renew at two thirds.
     pub node_cert_validity: Duration,
     /// The largest frame accepted from an agent.
@@ -101,6 +104,7 @@ pub async fn serve(
         gateway.api.clone(),
         gateway.settings.master.clone(),
         gateway.settings.advertise.clone(),
+        gateway.settings.metrics_url.clone(),
     ));
     tokio::pin!(shutdown);
     loop {

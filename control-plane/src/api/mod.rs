@@ -17,6 +17,7 @@
 //! - [`usage`]: `metrics.k8s.io`, the nodes' and pods' CPU and memory use.
 //! - [`pod_streams`]: logs, exec and attach; [`port_forward`] (over
 //!   [`spdy`]): port forwarding; [`eviction`]: `pods/<name>/eviction`.
+//! - [`http_sd`]: `/skiff/v1/http-sd`, what Prometheus should scrape.
 //!
 //! Every request must carry a client certificate signed by the cluster CA or
 //! a known bearer token; anything else gets 401. A node's certificate gets
@@ -27,6 +28,7 @@ mod discovery;
 mod eviction;
 mod fields;
 mod handlers;
+mod http_sd;
 mod job_selector;
 mod objects;
 mod openapi;
@@ -305,6 +307,9 @@ async fn dispatch(
         (Some(who), Ok(Target::Usage(_))) if who.node_name().is_some() => {
             Some(ApiError::forbidden("nodes may not read metrics.k8s.io"))
         }
+        (Some(who), Ok(Target::HttpSd)) if who.node_name().is_some() => Some(
+            ApiError::forbidden("nodes may not read the service discovery"),
+        ),
         _ => None,
     };
     let response = match (who, body) {
@@ -437,6 +442,8 @@ async fn route(
         Target::OpenApiV2 => Err(ApiError::not_found_path("/openapi/v2")),
         Target::Usage(p) if method == Method::GET => ok(usage::serve(api, p, q).await?),
         Target::Usage(_) => Err(ApiError::method_not_allowed(method.as_str())),
+        Target::HttpSd if method == Method::GET => ok(http_sd::serve(api, q).await?),
+        Target::HttpSd => Err(ApiError::method_not_allowed(method.as_str())),
         Target::Object(o) => object(api, method, headers, o, q, body).await,
     }
 }

@@ -73,6 +73,9 @@ pub struct Agent {
     pub name: String,
     pub dir: PathBuf,
     pub metrics: String,
+    /// The address the node reports as its InternalIP (`--node-ip`); for
+    /// an agent on this host, 127.0.0.1 unless a test sets it.
+    pub node_ip: String,
     child: Option<Child>,
     log: PathBuf,
     extra: Vec<String>,
@@ -123,6 +126,7 @@ impl Cluster {
         let n = 100 + AGENTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 150;
         Ok(Agent {
             metrics: format!("{ip}.{n}:10255"),
+            node_ip: "127.0.0.1".into(),
             log: self.dir.path().join(format!("agent-{short}.log")),
             name,
             dir,
@@ -143,6 +147,7 @@ impl Cluster {
         let (name, dir) = self.run_join(host.command(&agent_bin()), short, join)?;
         Ok(Agent {
             metrics: format!("{}:10255", host.ip),
+            node_ip: host.ip.clone(),
             log: self.dir.path().join(format!("agent-{short}.log")),
             name,
             dir,
@@ -173,7 +178,7 @@ impl Agent {
             None => {
                 let mut c = Command::new(agent_bin());
                 // These nodes share this host's network and engine.
-                c.args(["run", "--node-ip", "127.0.0.1", "--network", "none"]);
+                c.args(["run", "--node-ip", &self.node_ip, "--network", "none"]);
                 c
             }
         };
