@@ -14,6 +14,7 @@
 //!   `proposer` batches concurrent writes into one log entry, `read_index`
 //!   concurrent linearizable reads into one leadership confirmation.
 //! - `jobs`: background work (lease expiry, compaction, metrics, publishing).
+//! - [`metrics`]: what each Prometheus series means (Skiff's and etcd's).
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -26,6 +27,7 @@ pub mod error;
 mod jobs;
 pub mod lease;
 pub mod log_store;
+pub mod metrics;
 pub mod mvcc;
 pub mod network;
 pub mod node;

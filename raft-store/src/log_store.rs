@@ -252,8 +252,9 @@ fn sync_loop(db: Arc<DB>, rx: mpsc::Receiver<SyncWork>) {
         }
         let started = Instant::now();
         let result = db.flush_wal(true);
-        metrics::histogram!("skiff_store_wal_fsync_seconds")
-            .record(started.elapsed().as_secs_f64());
+        let took = started.elapsed().as_secs_f64();
+        metrics::histogram!("skiff_store_wal_fsync_seconds").record(took);
+        metrics::histogram!("etcd_disk_wal_fsync_duration_seconds").record(took);
         metrics::histogram!("skiff_store_wal_fsync_batch").record(waiting.len() as f64);
         for cb in waiting {
             let r = result
@@ -358,6 +359,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let index = committed.map(|l| l.index).unwrap_or(0);
         self.committed.store(index, Ordering::Release);
         metrics::gauge!("skiff_raft_commit_index").set(index as f64);
+        metrics::counter!("etcd_server_proposals_committed_total").absolute(index);
         self.put_meta(KEY_COMMITTED, &committed, false)
             .map_err(write_err)
     }

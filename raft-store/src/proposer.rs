@@ -114,6 +114,23 @@ struct Pending {
     reply: oneshot::Sender<Result<Response>>,
 }
 
+/// One proposal counted as pending (`etcd_server_proposals_pending`) from
+/// its submission until it is answered or abandoned.
+struct PendingCount;
+
+impl PendingCount {
+    fn start() -> Self {
+        metrics::gauge!("etcd_server_proposals_pending").increment(1.0);
+        PendingCount
+    }
+}
+
+impl Drop for PendingCount {
+    fn drop(&mut self) {
+        metrics::gauge!("etcd_server_proposals_pending").decrement(1.0);
+    }
+}
+
 #[derive(Clone)]
 pub struct Proposer {
     tx: mpsc::Sender<Pending>,
@@ -128,6 +145,7 @@ impl Proposer {
 
     /// Commit `cmd` through the leader and wait for its result.
     pub async fn propose(&self, cmd: Command) -> Result<Response> {
+        let _pending = PendingCount::start();
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Pending { cmd, reply })
@@ -175,6 +193,7 @@ fn deliver(result: Result<Vec<Response>>, replies: Vec<oneshot::Sender<Result<Re
             }
         }
         Ok(results) => {
+            metrics::counter!("etcd_server_proposals_failed_total").increment(replies.len() as u64);
             let msg = format!("{} results for {} commands", results.len(), replies.len());
             for reply in replies {
                 let _ = reply.send(Err(StoreError::Raft(msg.clone())));
@@ -182,6 +201,7 @@ fn deliver(result: Result<Vec<Response>>, replies: Vec<oneshot::Sender<Result<Re
         }
         Err(e) => {
             // Every command of the batch shares the fate of the call.
+            metrics::counter!("etcd_server_proposals_failed_total").increment(replies.len() as u64);
             let msg = e.to_string();
             for reply in replies {
                 let err = match &e {
