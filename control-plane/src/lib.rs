@@ -21,6 +21,7 @@ pub mod api;
 pub mod cli;
 pub mod controllers;
 pub mod etcd;
+pub mod kube_state;
 pub mod leader;
 pub mod metrics_http;
 pub mod node_authorizer;

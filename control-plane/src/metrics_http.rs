@@ -1,4 +1,8 @@
 //! HTTP endpoint for Prometheus (`/metrics`) and liveness (`/health`).
+//!
+//! `/metrics` holds the recorder's series (every one described, by
+//! `describe`) and, on the Raft leader, the object state series of
+//! [`crate::kube_state`]. docs/metrics.md lists them.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,8 +21,11 @@ const SECONDS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
+/// Install the recorder and give every series its help text. Histograms
+/// named for etcd's or kube-apiserver's take their buckets, so that
+/// dashboards' `le` thresholds exist.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
-    PrometheusBuilder::new()
+    let mut builder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
         .context("histogram buckets")?
         .set_buckets_for_metric(
@@ -26,8 +33,50 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
             &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0],
         )
         .context("histogram buckets")?
+        .set_buckets_for_metric(
+            Matcher::Full("apiserver_request_duration_seconds".into()),
+            crate::api::REQUEST_DURATION_BUCKETS,
+        )
+        .context("histogram buckets")?;
+    for name in raft_store::metrics::ETCD_DISK_HISTOGRAMS {
+        builder = builder
+            .set_buckets_for_metric(
+                Matcher::Full((*name).into()),
+                raft_store::metrics::ETCD_DISK_BUCKETS,
+            )
+            .context("histogram buckets")?;
+    }
+    let handle = builder
         .install_recorder()
-        .context("installing the metrics recorder")
+        .context("installing the metrics recorder")?;
+    describe();
+    Ok(handle)
+}
+
+/// Help text and units for every series a master exports (each module
+/// describes its own).
+fn describe() {
+    raft_store::metrics::describe();
+    crate::api::describe_metrics();
+    crate::agents::describe_metrics();
+    crate::controllers::runtime::describe_metrics();
+    crate::scheduler::describe_metrics();
+    metrics::describe_gauge!(
+        "skiff_store_db_size_bytes",
+        metrics::Unit::Bytes,
+        "Size of the store's RocksDB files on disk."
+    );
+    // The etcd v3 API's (etcd/).
+    metrics::describe_counter!(
+        "skiff_grpc_requests_total",
+        metrics::Unit::Count,
+        "etcd v3 API calls answered, by method and gRPC status code."
+    );
+    metrics::describe_histogram!(
+        "skiff_grpc_request_seconds",
+        metrics::Unit::Seconds,
+        "Time to answer an etcd v3 API call, by method."
+    );
 }
 
 /// The URL other hosts scrape this master's `/metrics` at: the listen
@@ -66,11 +115,25 @@ pub async fn serve(
         .await
 }
 
+/// The recorder's series, then (on the leader) kube-state-metrics' series
+/// computed from the store now.
 async fn render(State(s): State<AppState>) -> String {
     if let Ok(status) = s.store.status() {
         metrics::gauge!("skiff_store_db_size_bytes").set(status.db_size as f64);
+        metrics::gauge!("etcd_mvcc_db_total_size_in_bytes").set(status.db_size as f64);
     }
-    s.metrics.render()
+    let mut text = s.metrics.render();
+    match crate::kube_state::scrape(&s.store).await {
+        Ok(objects) if !objects.is_empty() => {
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&objects);
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("kube-state metrics: reading the store: {e}"),
+    }
+    text
 }
 
 /// Healthy when this master knows a leader (it can serve reads and writes).

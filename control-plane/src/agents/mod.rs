@@ -246,3 +246,88 @@ async fn stream(
     }
     let _ = send.finish();
 }
+
+/// Help text and units of the agent gateway's series.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "skiff_agent_handshake_failures_total",
+        Unit::Count,
+        "QUIC connections from agents that failed their handshake."
+    );
+    describe_counter!(
+        "skiff_agent_bad_frames_total",
+        Unit::Count,
+        "Frames from agents that could not be read or were not expected."
+    );
+    describe_counter!(
+        "skiff_agent_joins_total",
+        Unit::Count,
+        "Node join requests, by result (joined, refused)."
+    );
+    describe_counter!(
+        "skiff_agent_renewals_total",
+        Unit::Count,
+        "Node certificates renewed."
+    );
+    describe_gauge!(
+        "skiff_agent_connections",
+        Unit::Count,
+        "Nodes with at least one QUIC connection open to this master."
+    );
+    describe_counter!(
+        "skiff_agent_sessions_opened_total",
+        Unit::Count,
+        "Agent control sessions opened on this master."
+    );
+    describe_gauge!(
+        "skiff_agent_sessions",
+        Unit::Count,
+        "Agent control sessions this master streams desired state to."
+    );
+    describe_counter!(
+        "skiff_agent_sessions_cut_total",
+        Unit::Count,
+        "Agent sessions cut off because they could not keep up with their updates."
+    );
+    describe_counter!(
+        "skiff_agent_attach_total",
+        Unit::Count,
+        "Agent sessions attached, by kind (snapshot, or resume from the agent's revision)."
+    );
+    describe_counter!(
+        "skiff_agent_deltas_total",
+        Unit::Count,
+        "Deltas of desired state queued for agents."
+    );
+    describe_counter!(
+        "skiff_agent_frames_sent_total",
+        Unit::Count,
+        "Frames written to agents' control streams."
+    );
+    describe_histogram!(
+        "skiff_agent_stream_lag_seconds",
+        Unit::Seconds,
+        "Time from the oldest queued frame of a write to agents until it was written."
+    );
+    describe_counter!(
+        "skiff_agent_reports_total",
+        Unit::Count,
+        "Reports received from agents, by kind."
+    );
+    describe_counter!(
+        "skiff_agent_reports_refused_total",
+        Unit::Count,
+        "Pod reports from agents about pods not bound to them."
+    );
+    describe_counter!(
+        "skiff_agent_pod_reports_obsolete_total",
+        Unit::Count,
+        "Pod reports dropped because the pod is gone or replaced (acknowledged, not written)."
+    );
+    describe_counter!(
+        "skiff_agent_pod_reports_failed_total",
+        Unit::Count,
+        "Pod reports that could not be written to the store (the agent sends them again)."
+    );
+}

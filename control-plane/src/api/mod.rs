@@ -37,6 +37,7 @@ mod path;
 mod pod_streams;
 mod port_forward;
 mod protobuf;
+mod request_metrics;
 mod resources;
 mod selector;
 mod services;
@@ -62,6 +63,8 @@ use crate::pki::{self, Identity};
 use crate::registry::Registry;
 use handlers::{json_response, Query};
 use path::{ObjectPath, Target};
+use request_metrics::RequestLabels;
+pub use request_metrics::DURATION_BUCKETS as REQUEST_DURATION_BUCKETS;
 use status::ApiResult;
 
 /// Request bodies above this are refused with 413.
@@ -250,9 +253,13 @@ async fn dispatch(
         .map(|s| serde_urlencoded::from_str(s).unwrap_or_default())
         .unwrap_or_default();
     let target = path::parse(uri.path());
-    let (verb, resource) = match &target {
-        Ok(t @ Target::Object(o)) => (verb_of(&method, t, &q), o.resource.plural),
-        _ => ("get", ""),
+    let verb = match &target {
+        Ok(t @ Target::Object(_)) => verb_of(&method, t, &q),
+        _ => "get",
+    };
+    let labels = match &target {
+        Ok(t) => RequestLabels::of(&method, &headers, t, &q),
+        Err(_) => RequestLabels::of(&method, &headers, &Target::Version, &q),
     };
     if let Ok(Target::Object(o)) = &target {
         let streams =
@@ -280,7 +287,7 @@ async fn dispatch(
                 }
             };
             metrics::gauge!("apiserver_current_inflight_requests").increment(1.0);
-            return finish(response, "create", "pods", started);
+            return finish(response, labels, started);
         }
     }
     metrics::gauge!("apiserver_current_inflight_requests").increment(1.0);
@@ -330,24 +337,18 @@ async fn dispatch(
             }
         },
     };
-    finish(response, verb, resource, started)
+    finish(response, labels, started)
 }
 
-fn finish(
-    response: Response,
-    verb: &'static str,
-    resource: &'static str,
-    started: Instant,
-) -> Response {
+fn finish(response: Response, labels: RequestLabels, started: Instant) -> Response {
     metrics::gauge!("apiserver_current_inflight_requests").decrement(1.0);
-    let code = response.status().as_u16().to_string();
-    metrics::counter!("apiserver_request_total", "verb" => verb, "resource" => resource, "code" => code)
-        .increment(1);
-    if verb != "watch" {
-        metrics::histogram!("apiserver_request_duration_seconds", "verb" => verb, "resource" => resource)
-            .record(started.elapsed().as_secs_f64());
-    }
+    labels.record(response.status().as_u16(), started.elapsed());
     response
+}
+
+/// Help text and units of the API's series.
+pub fn describe_metrics() {
+    request_metrics::describe();
 }
 
 fn authenticate(api: &Api, peer: &Peer, headers: &HeaderMap) -> Option<Identity> {

@@ -237,3 +237,23 @@ async fn report_unschedulable(ctx: &Ctx, pod: &Pod, message: String) {
         tracing::debug!(pod = name, "could not report unschedulable: {e}");
     }
 }
+
+/// Help text and units of the scheduler's series.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        "skiff_scheduler_pending_pods",
+        Unit::Count,
+        "Pods waiting to be scheduled."
+    );
+    describe_counter!(
+        "skiff_scheduler_schedule_attempts_total",
+        Unit::Count,
+        "Attempts to schedule a pod, by result (scheduled, unschedulable, error)."
+    );
+    describe_histogram!(
+        "skiff_scheduler_scheduling_duration_seconds",
+        Unit::Seconds,
+        "Time to choose a node for a pod and bind it."
+    );
+}
