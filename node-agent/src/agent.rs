@@ -64,6 +64,8 @@ pub struct Agent {
     pub node: String,
     /// What the node holds, as the masters sent it.
     pub desired: Arc<Desired>,
+    /// The latest CPU and memory sample of its containers.
+    pub stats: Arc<stats::Latest>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -180,7 +182,7 @@ pub async fn start<R: Runtime>(cfg: Config, rt: R, stop: CancellationToken) -> R
             rt.clone(),
             node.clone(),
             cfg.stats_interval,
-            latest,
+            latest.clone(),
             stop.clone(),
         )),
     ];
@@ -212,6 +214,7 @@ pub async fn start<R: Runtime>(cfg: Config, rt: R, stop: CancellationToken) -> R
     Ok(Agent {
         node,
         desired,
+        stats: latest,
         tasks,
     })
 }

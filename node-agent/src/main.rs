@@ -221,6 +221,7 @@ async fn run(args: RunArgs) -> Result<()> {
         listener,
         metrics,
         agent.desired.clone(),
+        agent.stats.clone(),
         stop.clone(),
     ));
     tracing::info!(node = %agent.node, docker = %version, "agent running");

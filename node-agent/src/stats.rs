@@ -5,6 +5,12 @@
 //! The node's own use comes from the host (`/proc/stat`, `/proc/meminfo`).
 //! Masters ask for the latest sample over the node's link
 //! ([`crate::streams`]) to serve `metrics.k8s.io`.
+//!
+//! The same readings are served on the agent's `/metrics` as cAdvisor's
+//! series ([`Latest::render_cadvisor`]: `container_cpu_usage_seconds_total`,
+//! `container_memory_working_set_bytes`, with `namespace`, `pod`,
+//! `container` and `image` labels), from the latest sample only, so a
+//! container gone is gone from them at the next sample.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,6 +30,19 @@ const PARALLEL: usize = 8;
 #[derive(Default)]
 pub struct Latest {
     summary: Mutex<Option<StatsSummary>>,
+    readings: Mutex<Vec<ContainerReading>>,
+}
+
+/// One running container's cumulative readings at the latest sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContainerReading {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub image: String,
+    /// CPU time used since the container started.
+    pub cpu_ns: u64,
+    pub memory_working_set: u64,
 }
 
 impl Latest {
@@ -37,6 +56,63 @@ impl Latest {
     fn set(&self, s: StatsSummary) {
         *self.summary.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
     }
+
+    fn set_readings(&self, r: Vec<ContainerReading>) {
+        *self.readings.lock().unwrap_or_else(|e| e.into_inner()) = r;
+    }
+
+    /// The latest readings as cAdvisor's series, in the exposition format.
+    pub fn render_cadvisor(&self) -> String {
+        let readings = self
+            .readings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        render_cadvisor(&readings)
+    }
+}
+
+/// cAdvisor's two series the ecosystem's dashboards use most.
+fn render_cadvisor(readings: &[ContainerReading]) -> String {
+    use std::fmt::Write;
+    let labels = |r: &ContainerReading| {
+        let esc = |v: &str| {
+            v.replace('\\', r"\\")
+                .replace('"', "\\\"")
+                .replace('\n', r"\n")
+        };
+        format!(
+            "container=\"{}\",image=\"{}\",namespace=\"{}\",pod=\"{}\"",
+            esc(&r.container),
+            esc(&r.image),
+            esc(&r.namespace),
+            esc(&r.pod)
+        )
+    };
+    let mut out = String::new();
+    out.push_str(
+        "# HELP container_cpu_usage_seconds_total Cumulative cpu time consumed in seconds.\n",
+    );
+    out.push_str("# TYPE container_cpu_usage_seconds_total counter\n");
+    for r in readings {
+        let _ = writeln!(
+            out,
+            "container_cpu_usage_seconds_total{{{}}} {}",
+            labels(r),
+            r.cpu_ns as f64 / 1e9
+        );
+    }
+    out.push_str("# HELP container_memory_working_set_bytes Current working set in bytes.\n");
+    out.push_str("# TYPE container_memory_working_set_bytes gauge\n");
+    for r in readings {
+        let _ = writeln!(
+            out,
+            "container_memory_working_set_bytes{{{}}} {}",
+            labels(r),
+            r.memory_working_set
+        );
+    }
+    out
 }
 
 /// A cumulative CPU counter (nanoseconds) read at an instant.
@@ -105,7 +181,9 @@ pub async fn run<R: Runtime>(
         }
         match rt.list(&node, None).await {
             Ok(containers) => {
-                if let Some(s) = sampler.sample(&rt, containers).await {
+                let (summary, readings) = sampler.sample(&rt, containers).await;
+                latest.set_readings(readings);
+                if let Some(s) = summary {
                     latest.set(s);
                 }
             }
@@ -122,12 +200,12 @@ struct Sampler {
 
 impl Sampler {
     /// One sample: the summary once there is a previous reading to rate
-    /// against.
+    /// against, and every running container's cumulative readings.
     async fn sample<R: Runtime>(
         &mut self,
         rt: &R,
         containers: Vec<ContainerInfo>,
-    ) -> Option<StatsSummary> {
+    ) -> (Option<StatsSummary>, Vec<ContainerReading>) {
         let running: Vec<ContainerInfo> = containers
             .into_iter()
             .filter(|c| c.state == State::Running && c.container_name() != SANDBOX)
@@ -149,6 +227,7 @@ impl Sampler {
 
         let mut pods: HashMap<String, PodUsage> = HashMap::new();
         let mut seen = HashMap::new();
+        let mut readings = Vec::new();
         for (c, at, usage) in usages {
             let usage = match usage {
                 Ok(u) => u,
@@ -161,6 +240,14 @@ impl Sampler {
                 at,
                 cpu_ns: usage.cpu_ns,
             };
+            readings.push(ContainerReading {
+                namespace: c.label(runtime::LABEL_POD_NAMESPACE).to_string(),
+                pod: c.label(runtime::LABEL_POD_NAME).to_string(),
+                container: c.container_name().to_string(),
+                image: c.image_id.clone(),
+                cpu_ns: usage.cpu_ns,
+                memory_working_set: usage.memory_working_set,
+            });
             let cpu = self.containers.get(&c.id).and_then(|r| rate(*r, reading));
             seen.insert(c.id.clone(), reading);
             let Some(cpu) = cpu else { continue };
@@ -182,13 +269,18 @@ impl Sampler {
         }
         // Containers gone since are forgotten.
         self.containers = seen;
-        let window = window?;
+        readings.sort_by(|a, b| {
+            (&a.namespace, &a.pod, &a.container).cmp(&(&b.namespace, &b.pod, &b.container))
+        });
+        let Some(window) = window else {
+            return (None, readings);
+        };
         let mut pods: Vec<PodUsage> = pods.into_values().collect();
         pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         for p in &mut pods {
             p.containers.sort_by(|a, b| a.name.cmp(&b.name));
         }
-        Some(StatsSummary {
+        let summary = StatsSummary {
             timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             window_ms: i64::try_from(window.as_millis()).unwrap_or(i64::MAX),
             node: Some(Usage {
@@ -196,7 +288,8 @@ impl Sampler {
                 memory_bytes: host_memory_bytes().unwrap_or(0),
             }),
             pods,
-        })
+        };
+        (Some(summary), readings)
     }
 }
 
@@ -218,5 +311,34 @@ mod tests {
         assert_eq!(rate(b, a), None);
         assert!(host_cpu_ns().is_some_and(|n| n > 0));
         assert!(host_memory_bytes().is_some_and(|m| m > 0));
+    }
+
+    #[test]
+    fn cadvisor_series_carry_the_pod_labels() {
+        let text = render_cadvisor(&[ContainerReading {
+            namespace: "default".into(),
+            pod: "web-1".into(),
+            container: "httpd".into(),
+            image: "sha256:abc".into(),
+            cpu_ns: 1_500_000_000,
+            memory_working_set: 4096,
+        }]);
+        let labels = r#"container="httpd",image="sha256:abc",namespace="default",pod="web-1""#;
+        assert!(
+            text.contains(&format!(
+                "container_cpu_usage_seconds_total{{{labels}}} 1.5\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "container_memory_working_set_bytes{{{labels}}} 4096\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE container_cpu_usage_seconds_total counter\n"),
+            "{text}"
+        );
     }
 }

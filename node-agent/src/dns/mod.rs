@@ -275,3 +275,38 @@ pub async fn run(server: Arc<Server>, net: Arc<PodNetwork>, port: u16, stop: Can
         }
     }
 }
+
+/// Help text and units of the cluster DNS's series.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "skiff_dns_queries_total",
+        Unit::Count,
+        "DNS queries answered, by query type and result."
+    );
+    describe_histogram!(
+        "skiff_dns_query_duration_seconds",
+        Unit::Seconds,
+        "Time to answer a DNS query (forwarded ones included)."
+    );
+    describe_counter!(
+        "skiff_dns_shed_total",
+        Unit::Count,
+        "DNS queries or connections refused because too many were in flight, by transport."
+    );
+    describe_gauge!(
+        "skiff_dns_tcp_connections",
+        Unit::Count,
+        "DNS connections open over TCP."
+    );
+    describe_counter!(
+        "skiff_dns_upstream_timeouts_total",
+        Unit::Count,
+        "Forwarded queries the upstream server did not answer in time."
+    );
+    describe_counter!(
+        "skiff_dns_upstream_sockets_opened_total",
+        Unit::Count,
+        "Sockets opened to upstream DNS servers."
+    );
+}

@@ -233,3 +233,48 @@ fn count_phases(desired: &Desired) {
             .set(by_phase.get(phase).copied().unwrap_or(0) as f64);
     }
 }
+
+/// Help text and units of the pod manager's series.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, Unit};
+    describe_gauge!(
+        "skiff_agent_pods",
+        Unit::Count,
+        "Pods bound to this node, by phase."
+    );
+    describe_gauge!(
+        "skiff_agent_pod_workers",
+        Unit::Count,
+        "Pod workers running on this node (one per pod it runs or stops)."
+    );
+    describe_counter!(
+        "skiff_agent_evictions_total",
+        Unit::Count,
+        "Pods evicted by this node under resource pressure, by the signal whose threshold was crossed."
+    );
+    describe_counter!(
+        "skiff_agent_container_starts_total",
+        Unit::Count,
+        "Containers started."
+    );
+    describe_counter!(
+        "skiff_agent_container_restarts_total",
+        Unit::Count,
+        "Containers started again after they ended (restart policy)."
+    );
+    describe_counter!(
+        "skiff_agent_probe_results_total",
+        Unit::Count,
+        "Probe runs, by probe (liveness, readiness, startup) and result."
+    );
+    describe_gauge!(
+        "skiff_agent_orphan_pods_removing",
+        Unit::Count,
+        "Orphaned pods (no longer bound here) whose containers are being removed."
+    );
+    describe_counter!(
+        "skiff_agent_orphans_removed_total",
+        Unit::Count,
+        "Orphaned containers removed."
+    );
+}

@@ -145,3 +145,48 @@ pub async fn run(node: String, desired: Arc<Desired>, settings: Settings, stop: 
 async fn intact(table: &str) -> Result<bool, netlink::NetlinkError> {
     Ok(netlink::count_rules(table, "nat-prerouting").await? > 0)
 }
+
+/// Help text and units of the service proxy's series.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_histogram!(
+        "skiff_proxy_sync_duration_seconds",
+        Unit::Seconds,
+        "Time to write the service rules to nftables, by kind of sync."
+    );
+    describe_counter!(
+        "skiff_proxy_resyncs_total",
+        Unit::Count,
+        "Times the whole table was written again, by reason (drift: changed behind the proxy's back)."
+    );
+    describe_counter!(
+        "skiff_proxy_sync_errors_total",
+        Unit::Count,
+        "Writes of the service rules that failed."
+    );
+    describe_gauge!(
+        "skiff_proxy_chains",
+        Unit::Count,
+        "Chains in the proxy's nftables table."
+    );
+    describe_gauge!(
+        "skiff_proxy_rules",
+        Unit::Count,
+        "Rules in the proxy's nftables table."
+    );
+    describe_gauge!(
+        "skiff_proxy_elements",
+        Unit::Count,
+        "Set and map elements in the proxy's nftables table."
+    );
+    describe_gauge!(
+        "skiff_proxy_service_ports",
+        Unit::Count,
+        "Service ports the proxy serves."
+    );
+    describe_gauge!(
+        "skiff_proxy_last_sync_timestamp_seconds",
+        Unit::Seconds,
+        "When the service rules were last written (Unix time)."
+    );
+}

@@ -240,3 +240,28 @@ impl Session {
         }
     }
 }
+
+/// Help text and units of the session's series (and its renewals').
+pub fn describe_metrics() {
+    use metrics::{describe_counter, Unit};
+    describe_counter!(
+        "skiff_agent_session_connects_total",
+        Unit::Count,
+        "Sessions to a master opened."
+    );
+    describe_counter!(
+        "skiff_agent_session_reconnects_total",
+        Unit::Count,
+        "Sessions that ended and were opened again."
+    );
+    describe_counter!(
+        "skiff_agent_gaps_total",
+        Unit::Count,
+        "Deltas that did not follow the revision held (a snapshot was asked for)."
+    );
+    describe_counter!(
+        "skiff_agent_certificate_renewals_total",
+        Unit::Count,
+        "Node certificates renewed."
+    );
+}
