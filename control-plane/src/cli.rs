@@ -12,6 +12,8 @@ use raft_store::{member_id, Member, Store};
 #[derive(Parser)]
 #[command(name = "control-plane", version, about = "The Skiff master")]
 pub struct Cli {
+    #[command(flatten)]
+    pub log: crate::logging::Args,
     #[command(subcommand)]
     command: Command,
 }

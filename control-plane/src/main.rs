@@ -40,13 +40,10 @@ fn keep_freed_memory() {
 fn main() -> std::process::ExitCode {
     keep_freed_memory();
     let cli = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(e) = control_plane::logging::init(&cli.log) {
+        eprintln!("control-plane: {e}");
+        return std::process::ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

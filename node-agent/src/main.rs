@@ -16,9 +16,13 @@ use node_agent::runtime::Runtime;
 use node_agent::{agent, identity, join, metrics_http};
 use tokio_util::sync::CancellationToken;
 
+mod logging;
+
 #[derive(Parser)]
 #[command(name = "node-agent", version, about = "The Skiff node agent")]
 struct Cli {
+    #[command(flatten)]
+    log: logging::Args,
     #[command(subcommand)]
     command: Command,
 }
@@ -124,6 +128,11 @@ struct RunArgs {
     /// the nameservers of /etc/resolv.conf).
     #[arg(long, value_delimiter = ',')]
     dns_upstream: Vec<SocketAddr>,
+    /// A file holding a log filter ("debug", "info,node_agent=debug"):
+    /// read at start if it exists and on every SIGHUP, so the level
+    /// changes without a restart.
+    #[arg(long)]
+    log_level_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -152,7 +161,11 @@ fn default_ip() -> String {
         .unwrap_or_else(|| "127.0.0.1".into())
 }
 
-async fn run(args: RunArgs) -> Result<()> {
+async fn run(args: RunArgs, filter: logging::Filter) -> Result<()> {
+    let stop = CancellationToken::new();
+    let hangups = logging::reload_on_hangup(args.log_level_file.clone(), filter, stop.clone())
+        .context("taking SIGHUP")?;
+    tokio::spawn(hangups);
     let metrics = metrics_http::install()?;
     let listener = tokio::net::TcpListener::bind(args.listen_metrics)
         .await
@@ -215,7 +228,6 @@ async fn run(args: RunArgs) -> Result<()> {
             cluster_domain: args.cluster_domain,
         }),
     };
-    let stop = CancellationToken::new();
     let agent = agent::start(cfg, rt, stop.clone()).await?;
     let metrics_task = tokio::spawn(metrics_http::serve(
         listener,
@@ -247,7 +259,7 @@ async fn shutdown_signal() {
     }
 }
 
-async fn main_async(cli: Cli) -> Result<()> {
+async fn main_async(cli: Cli, filter: logging::Filter) -> Result<()> {
     match cli.command {
         Command::Join(a) => {
             let node = a.node_name.clone().unwrap_or_else(host_name);
@@ -275,19 +287,19 @@ async fn main_async(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Run(a) => run(*a).await,
+        Command::Run(a) => run(*a, filter).await,
     }
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = match logging::init(&cli.log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("node-agent: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -299,7 +311,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(main_async(cli)) {
+    match runtime.block_on(main_async(cli, filter)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("node-agent: {e:#}");

@@ -17,6 +17,7 @@
 //! - [`usage`]: `metrics.k8s.io`, the nodes' and pods' CPU and memory use.
 //! - [`pod_streams`]: logs, exec and attach; [`port_forward`] (over
 //!   [`spdy`]): port forwarding; [`eviction`]: `pods/<name>/eviction`.
+//! - [`debug_flags`]: `/debug/flags/v`, the log filter, for cluster admins.
 //! - [`http_sd`]: `/skiff/v1/http-sd`, what Prometheus should scrape.
 //!
 //! Every request must carry a client certificate signed by the cluster CA or
@@ -24,6 +25,7 @@
 //! what the node authorizer allows ([`crate::node_authorizer`]), else 403.
 
 mod conversion;
+mod debug_flags;
 mod discovery;
 mod eviction;
 mod fields;
@@ -314,6 +316,7 @@ async fn dispatch(
         (Some(who), Ok(Target::Usage(_))) if who.node_name().is_some() => {
             Some(ApiError::forbidden("nodes may not read metrics.k8s.io"))
         }
+        (Some(who), Ok(Target::DebugFlagsV)) => debug_flags::denied(who),
         (Some(who), Ok(Target::HttpSd)) if who.node_name().is_some() => Some(
             ApiError::forbidden("nodes may not read the service discovery"),
         ),
@@ -446,6 +449,7 @@ async fn route(
         Target::HttpSd if method == Method::GET => ok(http_sd::serve(api, q).await?),
         Target::HttpSd => Err(ApiError::method_not_allowed(method.as_str())),
         Target::Object(o) => object(api, method, headers, o, q, body).await,
+        Target::DebugFlagsV => debug_flags::serve(method, body),
     }
 }
 

@@ -20,6 +20,8 @@ pub enum Target<'a> {
     /// `/openapi/v3` (the index) or `/openapi/v3/<api/v1|apis/g/v>`.
     OpenApiV3(Option<&'a str>),
     OpenApiV2,
+    /// `/debug/flags/v`: the log filter.
+    DebugFlagsV,
     /// `/skiff/v1/http-sd`: Prometheus service discovery.
     HttpSd,
 }
@@ -51,6 +53,7 @@ pub fn parse(path: &str) -> Result<Target<'_>, Unknown> {
         ["api"] => Ok(Target::CoreVersions),
         ["apis"] => Ok(Target::Groups),
         ["openapi", ..] => Ok(Target::OpenApiV2),
+        ["debug", "flags", "v"] => Ok(Target::DebugFlagsV),
         ["skiff", "v1", "http-sd"] => Ok(Target::HttpSd),
         ["api", "v1"] => Ok(Target::GroupVersion {
             group: "",
