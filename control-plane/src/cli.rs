@@ -29,6 +29,9 @@ enum Command {
     Kubeconfig(KubeconfigArgs),
     /// Manage bootstrap tokens, with which node agents join (as kubeadm's).
     Token(TokenArgs),
+    /// Write a new member's data directory from a snapshot file (`etcdctl
+    /// snapshot save`), as `etcdutl snapshot restore`.
+    Restore(crate::restore::RestoreArgs),
 }
 
 #[derive(clap::Args)]
@@ -204,7 +207,7 @@ struct RunArgs {
     controller_clock_offset_secs: i64,
 }
 
-fn parse_initial_cluster(s: &str) -> anyhow::Result<Vec<(String, String)>> {
+pub(crate) fn parse_initial_cluster(s: &str) -> anyhow::Result<Vec<(String, String)>> {
     s.split(',')
         .filter(|p| !p.trim().is_empty())
         .map(|pair| {
@@ -230,6 +233,7 @@ impl Cli {
                 Ok(())
             }
             Command::Token(args) => token(args).await,
+            Command::Restore(args) => crate::restore::run(args),
             Command::Kubeconfig(args) => {
                 let ca = crate::pki::Ca::load(&args.pki_dir)?;
                 let who = match args.user {

@@ -8,6 +8,8 @@
 //! - [`mvcc`]: the key-value model with revisions: layout, the in-memory
 //!   key index, reads, writes.
 //! - [`state_machine`]: applies commands; [`snapshot`] dumps and loads it.
+//! - [`backup`]: the state machine as a backup file (`etcdctl snapshot
+//!   save`) and a new data directory made from one (`control-plane restore`).
 //! - [`lease`]: lease deadlines; [`watch`]: the watch hub and watchers.
 //! - [`network`]: peer RPCs over tonic (Raft messages, forwarding).
 //! - [`node`]: [`Store`], a master's handle tying it all together;
@@ -22,6 +24,7 @@
 // openraft traits require; boxing them at every call site buys nothing.
 #![allow(clippy::result_large_err)]
 
+pub mod backup;
 pub mod db;
 pub mod error;
 mod jobs;

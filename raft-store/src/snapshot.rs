@@ -32,7 +32,7 @@ const DATA_ID: &str = "snapshot.data.id";
 const META: &str = "snapshot.meta";
 const CHECKPOINT: &str = "checkpoint";
 const INCOMING: &str = "incoming.data";
-const END: u8 = 0xff;
+pub(crate) const END: u8 = 0xff;
 /// Marker in the `raft` family while a snapshot is being loaded: if it is
 /// found at start-up, the load was interrupted and is done again.
 pub const INSTALLING: &[u8] = b"installing_snapshot";
@@ -130,25 +130,61 @@ fn open_read_only(path: &Path) -> Result<DB> {
 
 /// Dump the state-machine families of `db` into `path`.
 fn dump(db: &DB, path: &Path) -> Result<()> {
-    let snap = db.snapshot();
     let mut out = BufWriter::with_capacity(1 << 20, fs::File::create(path)?);
+    write_state(db, &db.snapshot(), &mut out)?;
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Every record of the state-machine families as `snap` sees them, then
+/// the end marker.
+pub(crate) fn write_state(
+    db: &DB,
+    snap: &rocksdb::SnapshotWithThreadMode<'_, DB>,
+    out: &mut impl Write,
+) -> Result<()> {
     for (i, family) in SM_FAMILIES.iter().enumerate() {
         let mut it = snap.raw_iterator_cf(cf(db, family));
         it.seek_to_first();
         while let Some((k, v)) = it.item() {
-            out.write_all(&[i as u8])?;
-            out.write_all(&(k.len() as u32).to_be_bytes())?;
-            out.write_all(k)?;
-            out.write_all(&(v.len() as u32).to_be_bytes())?;
-            out.write_all(v)?;
+            write_record(out, i as u8, k, v)?;
             it.next();
         }
         it.status()?;
     }
     out.write_all(&[END])?;
-    let file = out.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
     Ok(())
+}
+
+/// One record of the file: the family's index in [`SM_FAMILIES`], the key
+/// and the value, each with its length.
+pub(crate) fn write_record(
+    out: &mut impl Write,
+    family: u8,
+    key: &[u8],
+    value: &[u8],
+) -> std::io::Result<()> {
+    out.write_all(&[family])?;
+    out.write_all(&(key.len() as u32).to_be_bytes())?;
+    out.write_all(key)?;
+    out.write_all(&(value.len() as u32).to_be_bytes())?;
+    out.write_all(value)
+}
+
+/// The next record as (family name, key, value); `None` at the end marker.
+pub(crate) fn read_record(r: &mut impl Read) -> Result<Option<(&'static str, Vec<u8>, Vec<u8>)>> {
+    let mut family = [0u8; 1];
+    r.read_exact(&mut family)?;
+    if family[0] == END {
+        return Ok(None);
+    }
+    let name = SM_FAMILIES
+        .get(family[0] as usize)
+        .ok_or_else(|| StoreError::corrupt("snapshot", format!("family {}", family[0])))?;
+    let key = read_chunk(r)?;
+    let value = read_chunk(r)?;
+    Ok(Some((name, key, value)))
 }
 
 /// Make sure `snapshot.data` holds the snapshot `id`, dumping the checkpoint if needed.
@@ -283,17 +319,7 @@ pub fn load(db: &DB, path: &Path) -> Result<()> {
         it.status()?;
     }
     let mut reader = BufReader::with_capacity(1 << 20, fs::File::open(path)?);
-    loop {
-        let mut family = [0u8; 1];
-        reader.read_exact(&mut family)?;
-        if family[0] == END {
-            break;
-        }
-        let name = SM_FAMILIES
-            .get(family[0] as usize)
-            .ok_or_else(|| StoreError::corrupt("snapshot", format!("family {}", family[0])))?;
-        let key = read_chunk(&mut reader)?;
-        let value = read_chunk(&mut reader)?;
+    while let Some((name, key, value)) = read_record(&mut reader)? {
         batch.put_cf(cf(db, name), key, value);
     }
     batch.delete_cf(cf(db, CF_RAFT), INSTALLING);

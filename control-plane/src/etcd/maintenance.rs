@@ -1,10 +1,12 @@
-//! The Maintenance service: status, alarms, defragmentation.
+//! The Maintenance service: status, alarms, defragmentation, snapshots.
 
 use std::pin::Pin;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use proto::etcd::maintenance_server::Maintenance;
 use proto::etcd::{self as pb};
+use raft_store::backup::{self, BackupError};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{errors, observe, Api};
@@ -98,13 +100,38 @@ impl Maintenance for Api {
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
 
+    /// A backup of this master's state machine (see `raft_store::backup`),
+    /// streamed in chunks; `etcdctl snapshot save` writes them to a file.
     async fn snapshot(
         &self,
         _: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(Status::unimplemented(
-            "skiff: snapshot save is not supported",
-        ))
+        // Everything the cluster acknowledged before the request, even when
+        // asked of a follower. Without a quorum this master's own state is
+        // still worth saving, as etcd does.
+        if let Err(e) = self.store.read_barrier().await {
+            tracing::warn!("snapshot without a read barrier ({e}): it holds this master's applied state, which may miss the latest writes");
+        }
+        let (info, chunks) = backup::start(
+            self.store.shared().clone(),
+            self.store.cluster_id(),
+            self.store.id(),
+        )
+        .await
+        .map_err(backup_status)?;
+        tracing::info!(revision = info.revision, "sending a snapshot");
+        let header = self.header(info.revision);
+        let stream = ReceiverStream::new(chunks).map(move |chunk| {
+            chunk
+                .map(|blob| pb::SnapshotResponse {
+                    header: Some(header.clone()),
+                    // Unknown until the end; etcd's clients do not read it.
+                    remaining_bytes: 0,
+                    blob,
+                })
+                .map_err(backup_status)
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn move_leader(
@@ -115,5 +142,15 @@ impl Maintenance for Api {
             Err(Status::unimplemented("skiff: move-leader is not supported"))
         })
         .await
+    }
+}
+
+fn backup_status(e: BackupError) -> Status {
+    match e {
+        BackupError::Store(e) => errors::store(e),
+        e => {
+            tracing::error!("snapshot: {e}");
+            Status::internal(format!("etcdserver: snapshot: {e}"))
+        }
     }
 }

@@ -248,6 +248,12 @@ impl Cluster {
         m.child = Some(child);
     }
 
+    /// The flags master `i` is started with, to start it differently next
+    /// time (a restored member gets its new cluster token).
+    pub fn args_mut(&mut self, i: usize) -> &mut Vec<String> {
+        &mut self.masters[i].args
+    }
+
     /// kill -9 one master.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.masters[i].child.take() {
