@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{etcdctl, kubectl, put, Cluster};
+use proto::etcd::mvccpb::KeyValue;
 use proto::etcd::RangeRequest;
-use proto::mvccpb::KeyValue;
 
 /// Every key as of `revision`, with its revisions, version, value and lease.
 async fn all_keys(c: &Cluster, i: usize, revision: i64) -> Vec<KeyValue> {
