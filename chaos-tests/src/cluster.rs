@@ -12,6 +12,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use proto::etcd::maintenance_client::MaintenanceClient;
 use proto::etcd::StatusRequest;
+use raft_store::network::tls::Connector;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::net::{run, Host, Net};
@@ -53,17 +54,48 @@ pub struct Master {
 pub struct Cluster {
     pub masters: Vec<Master>,
     pub opts: Options,
+    /// The etcd API's client certificate.
+    pub tls: Connector,
     mounts: Vec<PathBuf>,
     // Dropped last: the namespaces outlive the processes in them.
     pub net: Net,
 }
 
-pub fn channel(url: &str, timeout: Duration) -> Result<Channel> {
-    Ok(Endpoint::from_shared(url.to_string())?
+/// A lazily connecting channel to a master's etcd API at `url`, with the
+/// client certificate in `tls` for `https://` URLs.
+pub fn channel(url: &str, timeout: Duration, tls: Option<&Connector>) -> Result<Channel> {
+    let endpoint = Endpoint::from_shared(url.to_string())?
         .connect_timeout(Duration::from_millis(300))
         .timeout(timeout)
-        .tcp_nodelay(true)
-        .connect_lazy())
+        .tcp_nodelay(true);
+    Ok(raft_store::network::tls::channel(endpoint, tls)?)
+}
+
+/// The cluster CA and the etcd client certificate, made by `control-plane
+/// init` in `dir` (the masters get `--pki-dir dir`).
+pub fn make_pki(bin: &std::path::Path, dir: &std::path::Path) -> Result<Connector> {
+    let out = Command::new(bin)
+        .args(["init", "--pki-dir"])
+        .arg(dir)
+        .output()
+        .context("running control-plane init")?;
+    if !out.status.success() {
+        bail!(
+            "control-plane init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    client_tls(dir)
+}
+
+/// The etcd client certificate in the PKI directory `dir`.
+pub fn client_tls(dir: &std::path::Path) -> Result<Connector> {
+    let config = raft_store::network::tls::client_config(
+        &dir.join("ca.crt"),
+        &dir.join("etcd-client.crt"),
+        &dir.join("etcd-client.key"),
+    )?;
+    Ok(Connector::new(std::sync::Arc::new(config)))
 }
 
 impl Cluster {
@@ -78,10 +110,12 @@ impl Cluster {
         remove_stale_mounts();
         let net = Net::create(opts.masters)?;
         std::fs::create_dir_all(opts.root.join("logs"))?;
+        let tls = make_pki(&opts.bin, &opts.root.join("pki"))?;
         let mut cluster = Cluster {
             masters: Vec::new(),
             mounts: Vec::new(),
             opts,
+            tls,
             net,
         };
         for (i, host) in cluster.net.hosts().to_vec().into_iter().enumerate() {
@@ -99,7 +133,7 @@ impl Cluster {
                 ])?;
                 cluster.mounts.push(data.clone());
             }
-            let url = format!("http://{}:{CLIENT_PORT}", host.ip);
+            let url = format!("https://{}:{CLIENT_PORT}", host.ip);
             cluster.masters.push(Master {
                 name: format!("m{i}"),
                 log: cluster.opts.root.join("logs").join(format!("m{i}.log")),
@@ -109,7 +143,7 @@ impl Cluster {
                 paused: false,
                 joining: false,
                 id: None,
-                channel: channel(&url, Duration::from_millis(500))?,
+                channel: channel(&url, Duration::from_millis(500), Some(&cluster.tls))?,
             });
         }
         for i in 0..cluster.masters.len() {
@@ -134,11 +168,11 @@ impl Cluster {
     }
 
     pub fn client_url(&self, i: usize) -> String {
-        format!("http://{}:{CLIENT_PORT}", self.masters[i].host.ip)
+        format!("https://{}:{CLIENT_PORT}", self.masters[i].host.ip)
     }
 
     pub fn peer_url(&self, i: usize) -> String {
-        format!("http://{}:{PEER_PORT}", self.masters[i].host.ip)
+        format!("https://{}:{PEER_PORT}", self.masters[i].host.ip)
     }
 
     fn initial_cluster(&self) -> String {
@@ -176,6 +210,9 @@ impl Cluster {
                 if m.joining { "existing" } else { "new" }
             ))
             .arg("--initial-cluster-token=chaos")
+            .arg("--pki-dir")
+            .arg(self.opts.root.join("pki"))
+            .arg("--store-only")
             .arg(format!(
                 "--election-timeout-ms={}",
                 self.opts.election_timeout_ms

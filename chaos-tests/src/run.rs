@@ -78,7 +78,7 @@ pub async fn run(s: &Scenario) -> Result<Outcome> {
     let mut rng = StdRng::seed_from_u64(s.seed);
     let mut cluster = Cluster::start(s.cluster.clone()).await?;
     let endpoints: Vec<Channel> = (0..cluster.len())
-        .map(|i| cluster::channel(&cluster.client_url(i), REQUEST_TIMEOUT))
+        .map(|i| cluster::channel(&cluster.client_url(i), REQUEST_TIMEOUT, Some(&cluster.tls)))
         .collect::<Result<_>>()?;
     let deadline = Instant::now() + s.time;
     let history = History::default();

@@ -29,6 +29,9 @@ enum Command {
     Kubeconfig(KubeconfigArgs),
     /// Manage bootstrap tokens, with which node agents join (as kubeadm's).
     Token(TokenArgs),
+    /// Check and renew the certificates kept in the PKI directory (as
+    /// `kubeadm certs`); masters renew their own while they run.
+    Certs(CertsArgs),
     /// Write a new member's data directory from a snapshot file (`etcdctl
     /// snapshot save`), as `etcdutl snapshot restore`.
     Restore(crate::restore::RestoreArgs),
@@ -67,6 +70,24 @@ enum TokenCommand {
         #[arg(required = true)]
         tokens: Vec<String>,
     },
+}
+
+#[derive(clap::Args)]
+struct CertsArgs {
+    /// The PKI directory (`init --pki-dir`).
+    #[arg(long, global = true, default_value = "pki")]
+    pki_dir: PathBuf,
+    #[command(subcommand)]
+    command: CertsCommand,
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// List each certificate with its expiry and the time left.
+    CheckExpiration,
+    /// Issue a certificate again with a fresh key and a new year of
+    /// validity: `all`, `admin.kubeconfig` or `etcd-client`.
+    Renew { which: String },
 }
 
 #[derive(clap::Args)]
@@ -119,12 +140,30 @@ struct RunArgs {
     /// HTTP: /metrics (Prometheus) and /health.
     #[arg(long, default_value = "127.0.0.1:2381")]
     listen_metrics: SocketAddr,
-    /// Peer URL other masters use (default: http://<listen-peer>).
+    /// Peer URL other masters use (default: https://<listen-peer>, or
+    /// http:// with --plaintext-store).
     #[arg(long)]
     advertise_peer_url: Option<String>,
-    /// Client URL shown in `member list` (default: http://<listen-client>).
+    /// Client URL shown in `member list` (default: https://<listen-client>,
+    /// or http:// with --plaintext-store).
     #[arg(long)]
     advertise_client_url: Option<String>,
+    /// Serve the Raft peer port and the etcd API in plaintext, with no
+    /// client authentication: for experiments only. Without it both use
+    /// mutual TLS under the cluster CA (--pki-dir): peers must present a
+    /// master's certificate, etcd clients one in system:masters (such as
+    /// the etcd-client.crt that `init` writes).
+    #[arg(long)]
+    plaintext_store: bool,
+    /// Serve only the store (the etcd API, the peer port and metrics): no
+    /// Kubernetes API, agent gateway, scheduler or controllers. Skiff as a
+    /// drop-in etcd, as the chaos harness and the store benchmarks run it.
+    #[arg(long)]
+    store_only: bool,
+    /// How long this master's own certificate (API, agents, etcd API,
+    /// peers) is valid; it is renewed in place at two thirds of that.
+    #[arg(long, default_value = "8760h", value_parser = humantime::parse_duration)]
+    master_cert_validity: Duration,
     /// Initial members as name=peer-url,... (like etcd's --initial-cluster).
     #[arg(long, default_value = "")]
     initial_cluster: String,
@@ -233,6 +272,7 @@ impl Cli {
                 Ok(())
             }
             Command::Token(args) => token(args).await,
+            Command::Certs(args) => certs(args),
             Command::Restore(args) => crate::restore::run(args),
             Command::Kubeconfig(args) => {
                 let ca = crate::pki::Ca::load(&args.pki_dir)?;
@@ -248,6 +288,31 @@ impl Cli {
             }
         }
     }
+}
+
+fn certs(args: CertsArgs) -> anyhow::Result<()> {
+    use crate::pki::files;
+    match args.command {
+        CertsCommand::CheckExpiration => {
+            let rows = files::expiries(&args.pki_dir)?;
+            print!(
+                "{}",
+                files::expiry_table(&rows, time::OffsetDateTime::now_utc())
+            );
+            println!(
+                "\nEach master issues its own certificate at start and renews it at two \
+                 thirds of its lifetime; see the skiff_certificate_expiry_timestamp_seconds \
+                 gauge on its /metrics."
+            );
+        }
+        CertsCommand::Renew { which } => {
+            for what in files::Renewable::parse(&which)? {
+                files::renew(&args.pki_dir, what)?;
+                println!("{} renewed", what.name());
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn token(args: TokenArgs) -> anyhow::Result<()> {
@@ -349,18 +414,88 @@ async fn token(args: TokenArgs) -> anyhow::Result<()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let initial = parse_initial_cluster(&args.initial_cluster)?;
+    let scheme = if args.plaintext_store {
+        "http"
+    } else {
+        "https"
+    };
     let peer_url = match (
         &args.advertise_peer_url,
         initial.iter().find(|(n, _)| *n == args.name),
     ) {
         (Some(u), _) => u.clone(),
         (None, Some((_, u))) => u.clone(),
-        (None, None) => format!("http://{}", args.listen_peer),
+        (None, None) => format!("{scheme}://{}", args.listen_peer),
     };
     let client_url = args
         .advertise_client_url
         .clone()
-        .unwrap_or_else(|| format!("http://{}", args.listen_client));
+        .unwrap_or_else(|| format!("{scheme}://{}", args.listen_client));
+    for (what, url) in initial
+        .iter()
+        .map(|(_, u)| ("--initial-cluster", u))
+        .chain([("peer URL", &peer_url), ("client URL", &client_url)])
+    {
+        if !url.starts_with(&format!("{scheme}://")) {
+            bail!(
+                "{what} {url:?} must be {scheme}://: the store's ports {}",
+                if args.plaintext_store {
+                    "are plaintext (--plaintext-store)"
+                } else {
+                    "use TLS (only --plaintext-store serves them in plaintext)"
+                }
+            );
+        }
+    }
+    let ca = match &args.pki_dir {
+        Some(dir) => Some(std::sync::Arc::new(
+            crate::pki::Ca::load(dir).with_context(|| {
+                format!(
+                    "no cluster CA in {} (run `control-plane init --pki-dir {}`)",
+                    dir.display(),
+                    dir.display()
+                )
+            })?,
+        )),
+        None if args.plaintext_store => None,
+        None => bail!(
+            "the etcd API and the peer port need the cluster CA for TLS: pass --pki-dir \
+             (see `control-plane init`), or --plaintext-store for an experiment without TLS"
+        ),
+    };
+    let master_cert = match &ca {
+        Some(ca) => Some(crate::pki::MasterCert::issue(
+            ca.clone(),
+            &args.name,
+            master_hosts(&args, &peer_url, &client_url),
+            args.master_cert_validity,
+        )?),
+        None => None,
+    };
+    let store_tls = match (&ca, &master_cert, args.plaintext_store) {
+        (Some(ca), Some(cert), false) => {
+            use crate::pki::verify::Allowed;
+            Some((
+                std::sync::Arc::new(crate::pki::store_server_tls(
+                    ca,
+                    cert.clone(),
+                    Allowed::Administrators,
+                )?),
+                raft_store::PeerTls {
+                    server: std::sync::Arc::new(crate::pki::store_server_tls(
+                        ca,
+                        cert.clone(),
+                        Allowed::Masters,
+                    )?),
+                    client: std::sync::Arc::new(crate::pki::peer_client_tls(ca, cert.clone())?),
+                },
+            ))
+        }
+        _ => {
+            tracing::warn!("--plaintext-store: the etcd API and the peer port are plaintext, with no authentication");
+            None
+        }
+    };
     let metrics = crate::metrics_http::install()?;
 
     let mut config = raft_store::Config::new(&args.name, args.data_dir.clone(), args.listen_peer);
@@ -380,6 +515,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     config.min_free_bytes = args.min_free_space_mb << 20;
     config.compaction_interval = (args.compaction_interval_secs > 0)
         .then(|| Duration::from_secs(args.compaction_interval_secs));
+    let (client_tls, peer_tls) = store_tls.unzip();
+    config.peer_tls = peer_tls;
     let client_listener = tokio::net::TcpListener::bind(args.listen_client)
         .await
         .with_context(|| format!("binding the client address {}", args.listen_client))?;
@@ -401,42 +538,26 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?,
         ),
     };
-    let kube = match &args.pki_dir {
-        Some(dir) => {
-            let ca = crate::pki::Ca::load(dir).with_context(|| {
-                format!(
-                    "no cluster CA in {} (run `control-plane init --pki-dir {}`)",
-                    dir.display(),
-                    dir.display()
-                )
-            })?;
-            let mut hosts = vec![
-                "localhost".to_string(),
-                "127.0.0.1".to_string(),
-                args.listen_api.ip().to_string(),
-            ];
-            hosts.extend(args.api_host.iter().cloned());
-            hosts.dedup();
-            let mut agent_hosts = hosts.clone();
-            agent_hosts.push(args.listen_agents.ip().to_string());
-            if let Some(a) = &args.advertise_agents {
-                agent_hosts.push(a.rsplit_once(':').map(|(h, _)| h).unwrap_or(a).to_string());
-            }
-            agent_hosts.dedup();
-            let tls = crate::pki::server_tls(&ca, &args.name, &hosts)?;
-            let agent_tls = crate::pki::agent_server_tls(&ca, &args.name, &agent_hosts)?;
+    let kube = match (&args.pki_dir, &ca, &master_cert) {
+        _ if args.store_only => None,
+        (Some(dir), Some(ca), Some(cert)) => {
+            let tls = crate::pki::api_server_tls(ca, cert.clone())?;
+            let agent_tls = crate::pki::agent_server_tls(ca, cert.clone())?;
             let tokens = crate::api::load_tokens(&dir.join("tokens.csv"))?;
             let listener = tokio::net::TcpListener::bind(args.listen_api)
                 .await
                 .with_context(|| format!("binding the API address {}", args.listen_api))?;
             let agents = crate::agents::endpoint(agent_tls, args.listen_agents)?;
-            Some((listener, tls, tokens, agents, std::sync::Arc::new(ca)))
+            Some((listener, tls, tokens, agents, ca.clone()))
         }
-        None => {
+        _ => {
             tracing::warn!("no --pki-dir: the Kubernetes API is not served");
             None
         }
     };
+    if let Some(cert) = &master_cert {
+        tokio::spawn(cert.clone().keep_renewed());
+    }
     let store = Store::start(config).await.context("starting the store")?;
 
     if args.initial_cluster_state == ClusterState::New && !initial.is_empty() {
@@ -468,6 +589,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let etcd = tokio::spawn(crate::etcd::serve(
         store.clone(),
         client_listener,
+        client_tls,
         stopped(stop_rx.clone()),
     ));
     let http = tokio::spawn(crate::metrics_http::serve(
@@ -561,6 +683,43 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     store.shutdown().await;
     Ok(())
+}
+
+/// Every name and address this master answers on, for its certificate.
+fn master_hosts(args: &RunArgs, peer_url: &str, client_url: &str) -> Vec<String> {
+    let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    let listening = [
+        args.listen_api,
+        args.listen_client,
+        args.listen_peer,
+        args.listen_agents,
+    ];
+    hosts.extend(
+        listening
+            .iter()
+            .filter(|a| !a.ip().is_unspecified())
+            .map(|a| a.ip().to_string()),
+    );
+    let url_host = |url: &str| {
+        let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+        let authority = rest.split('/').next().unwrap_or(rest);
+        let host = match authority.rsplit_once(':') {
+            Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+            _ => authority,
+        };
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string()
+    };
+    hosts.push(url_host(peer_url));
+    hosts.push(url_host(client_url));
+    if let Some(a) = &args.advertise_agents {
+        hosts.push(url_host(a));
+    }
+    hosts.extend(args.api_host.iter().cloned());
+    let mut seen = std::collections::HashSet::new();
+    hosts.retain(|h| !h.is_empty() && seen.insert(h.clone()));
+    hosts
 }
 
 async fn shutdown_signal() {

@@ -29,7 +29,7 @@ pub mod metrics_http;
 pub mod node_authorizer;
 pub mod pki;
 pub mod registry;
-pub mod restore;
 pub mod rest_client;
+pub mod restore;
 pub mod scheduler;
 pub mod tokens;

@@ -100,11 +100,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
         (e.code(), e.message()),
         (Code::NotFound, "etcdserver: requested lease not found")
     );
-    let mut leases = LeaseClient::new(
-        tonic::transport::Channel::from_shared(c.endpoint(2))
-            .expect("url")
-            .connect_lazy(),
-    );
+    let mut leases = LeaseClient::new(c.channel(2));
     let e = leases
         .lease_revoke(LeaseRevokeRequest { id: 12345 })
         .await
@@ -207,14 +203,21 @@ async fn bad_requests_are_refused_and_change_nothing() {
     let body = c.dir.path().join("garbage.bin");
     std::fs::write(&body, [0u8, 0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff]).expect("write body");
     let body_arg = format!("@{}", body.display());
+    let pki = c.pki();
     let garbage = std::process::Command::new("curl")
+        .arg("--cacert")
+        .arg(pki.join("ca.crt"))
+        .arg("--cert")
+        .arg(pki.join("etcd-client.crt"))
+        .arg("--key")
+        .arg(pki.join("etcd-client.key"))
         .args([
             "-s",
             "-o",
             "/dev/null",
             "-D",
             "-",
-            "--http2-prior-knowledge",
+            "--http2",
             "-H",
             "content-type: application/grpc",
             "-H",

@@ -6,16 +6,24 @@ use std::time::Duration;
 
 use common::{etcdctl, eventually, Cluster};
 
-fn ok(endpoints: &str, args: &[&str]) -> String {
-    let (success, out, err) = etcdctl(endpoints, args);
+fn ok(c: &Cluster, args: &[&str]) -> String {
+    ok_at(c, &c.endpoints(), args)
+}
+
+/// etcdctl against `endpoints` only, with the cluster's client certificate.
+fn ok_at(c: &Cluster, endpoints: &str, args: &[&str]) -> String {
+    let tls = c.etcdctl_tls();
+    let mut all: Vec<&str> = tls.iter().map(String::as_str).collect();
+    all.extend_from_slice(args);
+    let (success, out, err) = etcdctl(endpoints, &all);
     assert!(success, "etcdctl {args:?} failed: {err}");
     out
 }
 
 /// The store's revision (the cluster is idle once started).
-fn revision(eps: &str) -> i64 {
+fn revision(c: &Cluster) -> i64 {
     let json: serde_json::Value =
-        serde_json::from_str(&ok(eps, &["get", "/none", "-w", "json"])).expect("json");
+        serde_json::from_str(&ok(c, &["get", "/none", "-w", "json"])).expect("json");
     json["header"]["revision"].as_i64().expect("revision")
 }
 
@@ -23,23 +31,20 @@ fn revision(eps: &str) -> i64 {
 async fn kv_txn_compaction_and_json() {
     let c = Cluster::start(3, &[]).await;
     let eps = c.endpoints();
-    let base = revision(&eps);
-    assert_eq!(ok(&eps, &["put", "/a/1", "one"]), "OK\n");
-    assert_eq!(ok(&eps, &["put", "/a/2", "two"]), "OK\n");
-    assert_eq!(ok(&eps, &["put", "/a/1", "uno"]), "OK\n");
-    assert_eq!(
-        ok(&eps, &["get", "/a", "--prefix"]),
-        "/a/1\nuno\n/a/2\ntwo\n"
-    );
+    let base = revision(&c);
+    assert_eq!(ok(&c, &["put", "/a/1", "one"]), "OK\n");
+    assert_eq!(ok(&c, &["put", "/a/2", "two"]), "OK\n");
+    assert_eq!(ok(&c, &["put", "/a/1", "uno"]), "OK\n");
+    assert_eq!(ok(&c, &["get", "/a", "--prefix"]), "/a/1\nuno\n/a/2\ntwo\n");
     let rev = |n: i64| format!("--rev={}", base + n);
-    assert_eq!(ok(&eps, &["get", "/a/1", &rev(1)]), "/a/1\none\n");
+    assert_eq!(ok(&c, &["get", "/a/1", &rev(1)]), "/a/1\none\n");
     assert_eq!(
-        ok(&eps, &["get", "/a", "--prefix", "--keys-only"]),
+        ok(&c, &["get", "/a", "--prefix", "--keys-only"]),
         "/a/1\n\n/a/2\n\n"
     );
 
     let json: serde_json::Value =
-        serde_json::from_str(&ok(&eps, &["get", "/a/1", "-w", "json"])).expect("json");
+        serde_json::from_str(&ok(&c, &["get", "/a/1", "-w", "json"])).expect("json");
     assert_eq!(json["header"]["revision"], base + 3);
     let kv = &json["kvs"][0];
     assert_eq!(kv["create_revision"], base + 1);
@@ -53,6 +58,7 @@ async fn kv_txn_compaction_and_json() {
             .env("ETCDCTL_API", "3")
             .env_remove("ETCDCTL_ENDPOINTS")
             .arg(format!("--endpoints={eps}"))
+            .args(c.etcdctl_tls())
             .arg("txn")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -75,31 +81,31 @@ async fn kv_txn_compaction_and_json() {
     };
     assert!(success, "txn: {err}");
     assert_eq!(out, "SUCCESS\n\nOK\n");
-    assert_eq!(ok(&eps, &["get", "/a/3", "--print-value-only"]), "three\n");
+    assert_eq!(ok(&c, &["get", "/a/3", "--print-value-only"]), "three\n");
 
-    assert_eq!(ok(&eps, &["del", "/a", "--prefix"]), "3\n");
-    assert_eq!(ok(&eps, &["get", "/a", "--prefix"]), "");
+    assert_eq!(ok(&c, &["del", "/a", "--prefix"]), "3\n");
+    assert_eq!(ok(&c, &["get", "/a", "--prefix"]), "");
     let at = (base + 3).to_string();
     assert_eq!(
-        ok(&eps, &["compaction", &at]),
+        ok(&c, &["compaction", &at]),
         format!("compacted revision {at}\n")
     );
-    let (success, _, err) = etcdctl(&eps, &["get", "/a/1", &rev(2)]);
+    let (success, _, err) = c.etcdctl(&["get", "/a/1", &rev(2)]);
     assert!(
         !success && err.contains("required revision has been compacted"),
         "{err}"
     );
     // Still readable at the compaction point.
-    assert_eq!(ok(&eps, &["get", "/a/1", &rev(3)]), "/a/1\nuno\n");
+    assert_eq!(ok(&c, &["get", "/a/1", &rev(3)]), "/a/1\nuno\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_from_revision_and_live() {
     let c = Cluster::start(3, &[]).await;
     let eps = c.endpoints();
-    ok(&eps, &["put", "/w/a", "1"]);
-    ok(&eps, &["put", "/w/b", "2"]);
-    ok(&eps, &["put", "/other", "x"]);
+    ok(&c, &["put", "/w/a", "1"]);
+    ok(&c, &["put", "/w/b", "2"]);
+    ok(&c, &["put", "/other", "x"]);
     let watcher = std::process::Command::new("timeout")
         .args([
             "4",
@@ -110,14 +116,15 @@ async fn watch_from_revision_and_live() {
             "--prefix",
             "--rev=1",
         ])
+        .args(c.etcdctl_tls())
         .env("ETCDCTL_API", "3")
         .env_remove("ETCDCTL_ENDPOINTS")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("watch");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    ok(&eps, &["del", "/w/a"]);
-    ok(&eps, &["put", "/w/c", "3"]);
+    ok(&c, &["del", "/w/a"]);
+    ok(&c, &["put", "/w/c", "3"]);
     let out = watcher.wait_with_output().expect("watch output");
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
@@ -130,7 +137,7 @@ async fn watch_from_revision_and_live() {
 async fn leases() {
     let c = Cluster::start(3, &[]).await;
     let eps = c.endpoints();
-    let granted = ok(&eps, &["lease", "grant", "3"]);
+    let granted = ok(&c, &["lease", "grant", "3"]);
     // "lease 694d77aa9e38260f granted with TTL(3s)"
     let id = granted
         .split_whitespace()
@@ -138,13 +145,13 @@ async fn leases() {
         .expect("lease id")
         .to_string();
     assert!(granted.ends_with("granted with TTL(3s)\n"), "{granted}");
-    ok(&eps, &["put", "/leased", "v", &format!("--lease={id}")]);
-    let ttl = ok(&eps, &["lease", "timetolive", &id, "--keys"]);
+    ok(&c, &["put", "/leased", "v", &format!("--lease={id}")]);
+    let ttl = ok(&c, &["lease", "timetolive", &id, "--keys"]);
     assert!(
         ttl.contains("granted with TTL(3s)") && ttl.contains("attached keys([/leased])"),
         "{ttl}"
     );
-    assert!(ok(&eps, &["lease", "list"]).contains(&id));
+    assert!(ok(&c, &["lease", "list"]).contains(&id));
     let ka = std::process::Command::new("timeout")
         .args([
             "2",
@@ -154,6 +161,7 @@ async fn leases() {
             "keep-alive",
             &id,
         ])
+        .args(c.etcdctl_tls())
         .env("ETCDCTL_API", "3")
         .env_remove("ETCDCTL_ENDPOINTS")
         .output()
@@ -165,21 +173,21 @@ async fn leases() {
     );
     // Expiry is decided by the leader and removes the key.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(ok(&eps, &["get", "/leased"]), "");
-    assert!(ok(&eps, &["lease", "timetolive", &id]).contains("already expired"));
+    assert_eq!(ok(&c, &["get", "/leased"]), "");
+    assert!(ok(&c, &["lease", "timetolive", &id]).contains("already expired"));
 
-    let second = ok(&eps, &["lease", "grant", "60"]);
+    let second = ok(&c, &["lease", "grant", "60"]);
     let id2 = second
         .split_whitespace()
         .nth(1)
         .expect("lease id")
         .to_string();
-    ok(&eps, &["put", "/leased2", "v", &format!("--lease={id2}")]);
+    ok(&c, &["put", "/leased2", "v", &format!("--lease={id2}")]);
     assert_eq!(
-        ok(&eps, &["lease", "revoke", &id2]),
+        ok(&c, &["lease", "revoke", &id2]),
         format!("lease {id2} revoked\n")
     );
-    assert_eq!(ok(&eps, &["get", "/leased2"]), "");
+    assert_eq!(ok(&c, &["get", "/leased2"]), "");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,7 +199,7 @@ async fn members_status_and_health() {
         .iter()
         .map(|m| {
             format!(
-                ", started, {}, http://{}:2380, http://{}:2379, false",
+                ", started, {}, https://{}:2380, https://{}:2379, false",
                 m.name, m.ip, m.ip
             )
         })
@@ -202,14 +210,14 @@ async fn members_status_and_health() {
         "every master's client URLs",
         Duration::from_secs(15),
         || {
-            let list = ok(&eps, &["member", "list"]);
+            let list = ok(&c, &["member", "list"]);
             let all = rows.iter().all(|r| list.contains(r.as_str()));
             async move { all.then_some(()) }
         },
     )
     .await;
     // etcdctl prints health results on stderr.
-    let (healthy, out, err) = etcdctl(&eps, &["endpoint", "health"]);
+    let (healthy, out, err) = c.etcdctl(&["endpoint", "health"]);
     assert!(healthy, "{err}");
     let health = format!("{out}{err}");
     assert_eq!(
@@ -220,7 +228,7 @@ async fn members_status_and_health() {
         "{health}"
     );
     let status: serde_json::Value =
-        serde_json::from_str(&ok(&eps, &["endpoint", "status", "-w", "json"])).expect("json");
+        serde_json::from_str(&ok(&c, &["endpoint", "status", "-w", "json"])).expect("json");
     let arr = status.as_array().expect("array");
     assert_eq!(arr.len(), 3);
     let leaders: Vec<_> = arr.iter().map(|s| s["Status"]["leader"].clone()).collect();
@@ -239,19 +247,19 @@ async fn members_status_and_health() {
     // Add a fourth master, start it, and see it take part.
     let ip4 = format!("{}.4", c.masters[0].ip.rsplit_once('.').expect("ip").0);
     let added = ok(
-        &eps,
+        &c,
         &[
             "member",
             "add",
             "m4",
-            &format!("--peer-urls=http://{ip4}:2380"),
+            &format!("--peer-urls=https://{ip4}:2380"),
         ],
     );
     assert!(added.contains("added to cluster"), "{added}");
     let m4 = c.add_master();
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let id4 = loop {
-        let list = ok(&eps, &["member", "list", "-w", "json"]);
+        let list = ok(&c, &["member", "list", "-w", "json"]);
         let v: serde_json::Value = serde_json::from_str(&list).expect("json");
         let found = v["members"]
             .as_array()
@@ -269,27 +277,27 @@ async fn members_status_and_health() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    let four = format!("{eps},{ip4}:2379");
-    ok(&four, &["put", "/after-add", "yes"]);
+    ok(&c, &["put", "/after-add", "yes"]);
     assert_eq!(
-        ok(
-            &format!("{ip4}:2379"),
+        ok_at(
+            &c,
+            &format!("https://{ip4}:2379"),
             &["get", "/after-add", "--print-value-only"]
         ),
         "yes\n"
     );
 
-    let removed = ok(&eps, &["member", "remove", &format!("{id4:x}")]);
+    let removed = ok_at(&c, &eps, &["member", "remove", &format!("{id4:x}")]);
     assert!(removed.contains("removed from cluster"), "{removed}");
-    let list = ok(&eps, &["member", "list"]);
+    let list = ok_at(&c, &eps, &["member", "list"]);
     assert!(!list.contains("m4"), "{list}");
-    ok(&eps, &["put", "/after-remove", "yes"]);
+    ok_at(&c, &eps, &["put", "/after-remove", "yes"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_perf_small_load_passes() {
     let c = Cluster::start(3, &[]).await;
-    let out = ok(&c.endpoints(), &["check", "perf", "--load=s"]);
+    let out = ok(&c, &["check", "perf", "--load=s"]);
     assert!(out.contains("PASS: Throughput is"), "{out}");
     assert!(out.trim_end().ends_with("PASS"), "{out}");
 }

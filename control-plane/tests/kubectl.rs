@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{etcdctl, kubectl, kubectl_stdin, Cluster};
+use common::{kubectl, kubectl_stdin, Cluster};
 
 const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n";
 
@@ -441,11 +441,7 @@ async fn kubectl_works_against_any_master() {
         let (_, _, err) = kubectl(&kc3, &["get", "ns", "demo"]);
         err.contains("not found").then_some(())
     });
-    let (endpoints, _) = (cluster.endpoints(), ());
-    let (_, keys, _) = etcdctl(
-        &endpoints,
-        &["get", "/registry/", "--prefix", "--keys-only"],
-    );
+    let (_, keys, _) = cluster.etcdctl(&["get", "/registry/", "--prefix", "--keys-only"]);
     assert!(!keys.contains("/demo/"), "objects left behind: {keys}");
 }
 
@@ -505,12 +501,12 @@ async fn watch_resumes_from_a_resource_version_and_answers_410_after_compaction(
     );
 
     // Compact past it: the same watch now gets 410 Gone.
-    let (_, status, _) = etcdctl(&cluster.endpoints(), &["endpoint", "status", "-w", "json"]);
+    let (_, status, _) = cluster.etcdctl(&["endpoint", "status", "-w", "json"]);
     let revision = serde_json::from_str::<serde_json::Value>(&status).unwrap()[0]["Status"]
         ["header"]["revision"]
         .as_i64()
         .unwrap();
-    let (good, _, err) = etcdctl(&cluster.endpoints(), &["compaction", &revision.to_string()]);
+    let (good, _, err) = cluster.etcdctl(&["compaction", &revision.to_string()]);
     assert!(good, "{err}");
     let out = ok(kubectl(&kc, &["get", "--raw", &raw]));
     let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
@@ -692,15 +688,12 @@ async fn bad_requests_get_a_status_and_store_nothing() {
     // Nothing was stored, and the server still serves.
     let out = ok(kubectl(&kc, &["get", "cm,deploy", "-o", "name"]));
     assert_eq!(out.trim(), "", "{out}");
-    let (_, keys, _) = etcdctl(
-        &cluster.endpoints(),
-        &[
-            "get",
-            "/registry/core/configmaps/default/",
-            "--prefix",
-            "--keys-only",
-        ],
-    );
+    let (_, keys, _) = cluster.etcdctl(&[
+        "get",
+        "/registry/core/configmaps/default/",
+        "--prefix",
+        "--keys-only",
+    ]);
     assert_eq!(keys.trim(), "");
 }
 

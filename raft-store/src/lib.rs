@@ -42,5 +42,5 @@ pub mod types;
 pub mod watch;
 
 pub use error::StoreError;
-pub use node::{member_id, Config, MemberInfo, Status, Store};
+pub use node::{member_id, Config, MemberInfo, PeerTls, Status, Store};
 pub use types::{ApplyError, Command, Member, NodeId, Outcome, Response};

@@ -56,6 +56,24 @@ pub struct Config {
     /// Compact history this often, to the revision of one interval before
     /// (see `jobs::auto_compact`); `None` keeps all history.
     pub compaction_interval: Option<Duration>,
+    /// Mutual TLS between masters; `None` speaks plaintext (peer URLs must
+    /// then be `http://`).
+    pub peer_tls: Option<PeerTls>,
+}
+
+/// The TLS configurations of the peer port: the server side (which client
+/// certificates it accepts is the caller's verifier's business) and the
+/// client side this master dials its peers with.
+#[derive(Clone)]
+pub struct PeerTls {
+    pub server: Arc<rustls::ServerConfig>,
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerTls")
+    }
 }
 
 impl Config {
@@ -73,6 +91,7 @@ impl Config {
             keep_entries: 1_000,
             min_free_bytes: 64 << 20,
             compaction_interval: None,
+            peer_tls: None,
         }
     }
 
@@ -189,7 +208,12 @@ impl Store {
         }
         .validate()
         .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let peers = Peers::default();
+        let peers = Peers::new(
+            config
+                .peer_tls
+                .as_ref()
+                .map(|t| crate::network::tls::Connector::new(t.client.clone())),
+        );
         let raft = Raft::new(id, Arc::new(raft_config), peers.clone(), log.clone(), sm)
             .await
             .map_err(|e| StoreError::Raft(e.to_string()))?;
@@ -240,25 +264,37 @@ impl Store {
 
     async fn serve_peers(self: &Arc<Self>) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(self.config.peer_listen).await?;
-        // Nagle's algorithm would hold small replies back for tens of milliseconds.
-        let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
-            .map_err(|e| StoreError::Raft(e.to_string()))?;
         let service = RaftPeerServer::new(PeerService::new(self.clone()))
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
         let mut stop = self.shutdown.subscribe();
-        tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-            if let Err(e) = result {
-                tracing::error!("peer server stopped: {e}");
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(service);
+        match &self.config.peer_tls {
+            Some(tls) => {
+                let incoming = crate::network::tls::incoming(listener, tls.server.clone(), "peer");
+                tokio::spawn(async move {
+                    if let Err(e) = server.serve_with_incoming_shutdown(incoming, stopped).await {
+                        tracing::error!("peer server stopped: {e}");
+                    }
+                });
             }
-        });
+            None => {
+                // Nagle's algorithm would hold small replies back for tens of milliseconds.
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
+                        .map_err(|e| StoreError::Raft(e.to_string()))?;
+                tokio::spawn(async move {
+                    if let Err(e) = server.serve_with_incoming_shutdown(incoming, stopped).await {
+                        tracing::error!("peer server stopped: {e}");
+                    }
+                });
+            }
+        }
         Ok(())
     }
 

@@ -172,8 +172,11 @@ pub(crate) fn write_record(
     out.write_all(value)
 }
 
-/// The next record as (family name, key, value); `None` at the end marker.
-pub(crate) fn read_record(r: &mut impl Read) -> Result<Option<(&'static str, Vec<u8>, Vec<u8>)>> {
+/// One record of a snapshot: its column family's name, key and value.
+pub(crate) type Record = (&'static str, Vec<u8>, Vec<u8>);
+
+/// The next record; `None` at the end marker.
+pub(crate) fn read_record(r: &mut impl Read) -> Result<Option<Record>> {
     let mut family = [0u8; 1];
     r.read_exact(&mut family)?;
     if family[0] == END {

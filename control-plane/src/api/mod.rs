@@ -317,9 +317,9 @@ async fn dispatch(
             Some(ApiError::forbidden("nodes may not read metrics.k8s.io"))
         }
         (Some(who), Ok(Target::DebugFlagsV)) => debug_flags::denied(who),
-        (Some(who), Ok(Target::HttpSd)) if who.node_name().is_some() => Some(
-            ApiError::forbidden("nodes may not read the service discovery"),
-        ),
+        (Some(who), Ok(Target::HttpSd)) if who.node_name().is_some() => Some(ApiError::forbidden(
+            "nodes may not read the service discovery",
+        )),
         _ => None,
     };
     let response = match (who, body) {

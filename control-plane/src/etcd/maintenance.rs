@@ -124,7 +124,7 @@ impl Maintenance for Api {
         let stream = ReceiverStream::new(chunks).map(move |chunk| {
             chunk
                 .map(|blob| pb::SnapshotResponse {
-                    header: Some(header.clone()),
+                    header: Some(header),
                     // Unknown until the end; etcd's clients do not read it.
                     remaining_bytes: 0,
                     blob,

@@ -72,24 +72,38 @@ pub async fn observe<T>(
     result.map(tonic::Response::new)
 }
 
-/// Serve the etcd API on `addr` until `shutdown` resolves.
+/// Serve the etcd API on `listener` until `shutdown` resolves: over
+/// mutual TLS with `tls` (etcd's `--client-cert-auth`), else plaintext.
 pub async fn serve(
     store: Arc<Store>,
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let api = Api { store };
-    // Nagle's algorithm would hold small replies back for tens of milliseconds.
-    let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(KvServer::new(api.clone()).max_decoding_message_size(MAX_DECODE_BYTES))
         .add_service(WatchServer::new(api.clone()).max_decoding_message_size(MAX_DECODE_BYTES))
         .add_service(LeaseServer::new(api.clone()).max_decoding_message_size(MAX_DECODE_BYTES))
         .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(MAX_DECODE_BYTES))
-        .add_service(MaintenanceServer::new(api).max_decoding_message_size(MAX_DECODE_BYTES))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .add_service(MaintenanceServer::new(api).max_decoding_message_size(MAX_DECODE_BYTES));
+    match tls {
+        Some(tls) => {
+            let incoming = raft_store::network::tls::incoming(listener, tls, "client");
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await?
+        }
+        None => {
+            // Nagle's algorithm would hold small replies back for tens of milliseconds.
+            let incoming =
+                tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await?
+        }
+    }
     Ok(())
 }

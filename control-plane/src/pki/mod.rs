@@ -8,6 +8,18 @@
 //! `system:masters` group, masters are `system:master:<name>`, nodes are
 //! `system:node:<name>` in `system:nodes`, signed from the node's own CSR
 //! ([`Ca::sign_node`]) so that its key never leaves it.
+//!
+//! Lifetimes are kubeadm's: ten years for the CA, one year for the
+//! certificates it issues. A master renews its own ([`master_cert`]);
+//! `control-plane certs` checks and renews the files in the PKI directory
+//! ([`files`]). [`verify`] holds the client checks of the store's ports.
+
+pub mod files;
+pub mod master_cert;
+pub mod node_cert;
+pub mod verify;
+
+pub use master_cert::MasterCert;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,13 +32,23 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
 };
 
-pub mod node_cert;
-
 pub const CA_CERT: &str = "ca.crt";
 pub const CA_KEY: &str = "ca.key";
 pub const ADMIN_KUBECONFIG: &str = "admin.kubeconfig";
+/// The client certificate and key etcdctl uses (`--cert`, `--key`).
+pub const ETCD_CLIENT_CERT: &str = "etcd-client.crt";
+pub const ETCD_CLIENT_KEY: &str = "etcd-client.key";
 pub const NODES_GROUP: &str = "system:nodes";
+pub const MASTERS_GROUP: &str = "system:masters";
 const NODE_USER_PREFIX: &str = "system:node:";
+const MASTER_USER_PREFIX: &str = "system:master:";
+
+/// How long the CA is valid (kubeadm: ten years).
+pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// How long the certificates it issues are valid (kubeadm: one year).
+pub const LEAF_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Issued certificates start this long before now, for clocks a little behind.
+const BACKDATE: Duration = Duration::from_secs(300);
 
 /// Who a client certificate (or token) speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,14 +61,22 @@ impl Identity {
     pub fn admin() -> Self {
         Identity {
             user: "kubernetes-admin".into(),
-            groups: vec!["system:masters".into()],
+            groups: vec![MASTERS_GROUP.into()],
         }
     }
 
     pub fn master(name: &str) -> Self {
         Identity {
-            user: format!("system:master:{name}"),
-            groups: vec!["system:masters".into()],
+            user: format!("{MASTER_USER_PREFIX}{name}"),
+            groups: vec![MASTERS_GROUP.into()],
+        }
+    }
+
+    /// The etcd API's client (etcdctl), as kubeadm's `apiserver-etcd-client`.
+    pub fn etcd_client() -> Self {
+        Identity {
+            user: "skiff-etcd-client".into(),
+            groups: vec![MASTERS_GROUP.into()],
         }
     }
 
@@ -80,6 +110,7 @@ pub struct Ca {
     cert: Certificate,
     key: KeyPair,
     pem: String,
+    not_after: time::OffsetDateTime,
 }
 
 /// A signed certificate and its private key, PEM-encoded.
@@ -103,10 +134,18 @@ impl Ca {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - BACKDATE;
+        params.not_after = now + CA_VALIDITY;
+        let not_after = params.not_after;
         let cert = params.self_signed(&key)?;
         let pem = cert.pem();
-        Ok(Ca { cert, key, pem })
+        Ok(Ca {
+            cert,
+            key,
+            pem,
+            not_after,
+        })
     }
 
     pub fn load(dir: &Path) -> Result<Ca> {
@@ -120,11 +159,24 @@ impl Ca {
         let cert = CertificateParams::from_ca_cert_pem(&pem)
             .context("parsing the CA certificate")?
             .self_signed(&key)?;
-        Ok(Ca { cert, key, pem })
+        let der = rustls_pemfile::certs(&mut pem.as_bytes())
+            .next()
+            .context("no certificate in the CA file")??;
+        let (_, not_after) = validity_of(&der)?;
+        Ok(Ca {
+            cert,
+            key,
+            pem,
+            not_after,
+        })
     }
 
     pub fn pem(&self) -> &str {
         &self.pem
+    }
+
+    pub fn not_after(&self) -> time::OffsetDateTime {
+        self.not_after
     }
 
     /// A client certificate for `who`.
@@ -133,11 +185,17 @@ impl Ca {
         params.distinguished_name = who.subject();
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        self.sign(params)
+        self.sign(params, LEAF_VALIDITY)
     }
 
-    /// A serving certificate valid for `hosts` (names or IP addresses).
-    pub fn issue_server(&self, who: &Identity, hosts: &[String]) -> Result<Issued> {
+    /// A serving certificate valid for `hosts` (names or IP addresses) for
+    /// `validity`, which also authenticates `who` as a client.
+    pub fn issue_server_for(
+        &self,
+        who: &Identity,
+        hosts: &[String],
+        validity: Duration,
+    ) -> Result<Issued> {
         let mut params = CertificateParams::new(hosts.to_vec())?;
         params.distinguished_name = who.subject();
         params.extended_key_usages = vec![
@@ -148,7 +206,7 @@ impl Ca {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        self.sign(params)
+        self.sign(params, validity)
     }
 
     /// A node's client certificate for the key in `csr_pem`, valid for
@@ -165,15 +223,17 @@ impl Ca {
         // Backdated for clocks a little behind, but by at most a tenth of
         // the validity: agents renew at two thirds of the whole span, so a
         // backdate near the validity would have them renew at once.
-        let backdate = (validity / 10).min(Duration::from_secs(300));
+        let backdate = (validity / 10).min(BACKDATE);
         params.not_before = now - backdate;
         params.not_after = now + validity;
         csr.params = params;
         Ok(csr.signed_by(&self.cert, &self.key)?.pem())
     }
 
-    fn sign(&self, mut params: CertificateParams) -> Result<Issued> {
-        params.not_after = rcgen::date_time_ymd(2035, 1, 1);
+    fn sign(&self, mut params: CertificateParams, validity: Duration) -> Result<Issued> {
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - (validity / 10).min(BACKDATE);
+        params.not_after = (now + validity).min(self.not_after);
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.cert, &self.key)?;
         Ok(Issued {
@@ -197,20 +257,28 @@ pub fn init(dir: &Path, server: &str) -> Result<PathBuf> {
     };
     let path = dir.join(ADMIN_KUBECONFIG);
     write_private(&path, &kubeconfig(&ca, server, &Identity::admin())?)?;
+    files::write_etcd_client(dir, &ca)?;
     Ok(path)
 }
 
-fn write_private(path: &Path, content: &str) -> Result<()> {
+/// Write `content` to `path`, readable by its owner only, replacing any
+/// earlier file at once: a crash leaves the old file or the new one.
+pub(crate) fn write_private(path: &Path, content: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
         .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
     f.write_all(content.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
     Ok(())
 }
 
@@ -248,43 +316,79 @@ current-context: {user}@skiff
     ))
 }
 
-/// TLS for the API server: this master's serving certificate, and client
+/// TLS for the API server: this master's certificate, and client
 /// certificates verified against the CA when offered (requests without one
 /// must then carry a bearer token, or get 401).
-pub fn server_tls(ca: &Ca, name: &str, hosts: &[String]) -> Result<rustls::ServerConfig> {
-    let mut config = serving(ca, name, hosts, rustls::DEFAULT_VERSIONS)?;
+pub fn api_server_tls(ca: &Ca, cert: Arc<MasterCert>) -> Result<rustls::ServerConfig> {
+    let verifier = client_verifier(ca)?.allow_unauthenticated().build()?;
+    let mut config = server_config(verifier, cert, rustls::DEFAULT_VERSIONS)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 
-/// This master's serving certificate for `hosts`; a client certificate
-/// signed by the CA when one is offered.
-fn serving(
+/// TLS for the etcd API or the Raft peer port: this master's certificate,
+/// and a client certificate from the CA that `allowed` admits, required.
+pub fn store_server_tls(
     ca: &Ca,
-    name: &str,
-    hosts: &[String],
-    versions: &[&'static rustls::SupportedProtocolVersion],
+    cert: Arc<MasterCert>,
+    allowed: verify::Allowed,
 ) -> Result<rustls::ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let issued = ca.issue_server(&Identity::master(name), hosts)?;
-    let certs =
-        rustls_pemfile::certs(&mut issued.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
-    let key = rustls_pemfile::private_key(&mut issued.key_pem.as_bytes())?
-        .context("no key in the issued PEM")?;
+    let verifier = Arc::new(verify::RequireClient::new(
+        client_verifier(ca)?.build()?,
+        allowed,
+    ));
+    let mut config = server_config(verifier, cert, rustls::DEFAULT_VERSIONS)?;
+    config.alpn_protocols = vec![raft_store::network::tls::ALPN_H2.to_vec()];
+    Ok(config)
+}
+
+/// TLS this master dials its peers with: the CA as the only root, this
+/// master's certificate as the client certificate.
+pub fn peer_client_tls(ca: &Ca, cert: Arc<MasterCert>) -> Result<rustls::ClientConfig> {
+    let mut config = rustls::ClientConfig::builder_with_provider(crypto())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots(ca)?)
+        .with_client_cert_resolver(cert);
+    config.alpn_protocols = vec![raft_store::network::tls::ALPN_H2.to_vec()];
+    Ok(config)
+}
+
+fn crypto() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(ca: &Ca) -> Result<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut ca.pem().as_bytes()) {
         roots.add(c?)?;
     }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .allow_unauthenticated()
-    .build()?;
-    Ok(rustls::ServerConfig::builder_with_provider(provider)
+    Ok(roots)
+}
+
+fn client_verifier(ca: &Ca) -> Result<rustls::server::ClientCertVerifierBuilder> {
+    Ok(rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots(ca)?),
+        crypto(),
+    ))
+}
+
+fn server_config(
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    cert: Arc<MasterCert>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<rustls::ServerConfig> {
+    Ok(rustls::ServerConfig::builder_with_provider(crypto())
         .with_protocol_versions(versions)?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)?)
+        .with_cert_resolver(cert))
+}
+
+/// When a certificate (DER) starts and stops being valid.
+pub fn validity_of(der: &[u8]) -> Result<(time::OffsetDateTime, time::OffsetDateTime)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| anyhow::anyhow!("parsing a certificate: {e}"))?;
+    let v = cert.validity();
+    Ok((v.not_before.to_datetime(), v.not_after.to_datetime()))
 }
 
 /// The identity in a verified client certificate: CN is the user, each O a group.
@@ -321,11 +425,12 @@ pub fn ca_hash(ca_pem: &str) -> Result<String> {
 /// The QUIC protocol name agents and masters speak.
 pub const AGENT_ALPN: &[u8] = b"skiff-agent/1";
 
-/// TLS for the agent gateway (QUIC, so TLS 1.3 only): this master's serving
+/// TLS for the agent gateway (QUIC, so TLS 1.3 only): this master's
 /// certificate; a client certificate signed by the CA when offered (nodes),
 /// none for the CA and join requests.
-pub fn agent_server_tls(ca: &Ca, name: &str, hosts: &[String]) -> Result<rustls::ServerConfig> {
-    let mut config = serving(ca, name, hosts, &[&rustls::version::TLS13])?;
+pub fn agent_server_tls(ca: &Ca, cert: Arc<MasterCert>) -> Result<rustls::ServerConfig> {
+    let verifier = client_verifier(ca)?.allow_unauthenticated().build()?;
+    let mut config = server_config(verifier, cert, &[&rustls::version::TLS13])?;
     config.alpn_protocols = vec![AGENT_ALPN.to_vec()];
     config.max_early_data_size = 0;
     Ok(config)

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use proto::etcd::kv_client::KvClient;
 use proto::etcd::maintenance_client::MaintenanceClient;
 use proto::etcd::{PutRequest, RangeRequest, StatusRequest};
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -75,7 +75,7 @@ impl Cluster {
         let a = 20 + (std::process::id() % 200);
         let base = format!("127.{a}.{}", slot + 1);
         let initial: Vec<String> = (1..=n)
-            .map(|i| format!("m{i}=http://{base}.{i}:2380"))
+            .map(|i| format!("m{i}=https://{base}.{i}:2380"))
             .collect();
         let initial = initial.join(",");
         let masters = (1..=n)
@@ -190,9 +190,9 @@ impl Cluster {
         let mut initial: Vec<String> = self
             .masters
             .iter()
-            .map(|m| format!("{}=http://{}:2380", m.name, m.ip))
+            .map(|m| format!("{}=https://{}:2380", m.name, m.ip))
             .collect();
-        initial.push(format!("m{i}=http://{ip}:2380"));
+        initial.push(format!("m{i}=https://{ip}:2380"));
         let data = self.dir.path().join(format!("m{i}"));
         let args: Vec<String> = [
             "run",
@@ -275,15 +275,59 @@ impl Cluster {
     }
 
     pub fn endpoint(&self, i: usize) -> String {
-        format!("http://{}:2379", self.masters[i].ip)
+        format!("https://{}:2379", self.masters[i].ip)
     }
 
     pub fn endpoints(&self) -> String {
         self.masters
             .iter()
-            .map(|m| format!("{}:2379", m.ip))
+            .map(|m| format!("https://{}:2379", m.ip))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// The PKI directory `control-plane init` wrote (the CA, the admin
+    /// kubeconfig, etcdctl's client certificate).
+    pub fn pki(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+
+    /// etcdctl's TLS flags for this cluster (`--cacert --cert --key`).
+    pub fn etcdctl_tls(&self) -> Vec<String> {
+        let pki = self.pki();
+        vec![
+            format!("--cacert={}", pki.join("ca.crt").display()),
+            format!("--cert={}", pki.join("etcd-client.crt").display()),
+            format!("--key={}", pki.join("etcd-client.key").display()),
+        ]
+    }
+
+    /// Run the real etcdctl against every master, with the client
+    /// certificate; returns (success, stdout, stderr).
+    pub fn etcdctl(&self, args: &[&str]) -> (bool, String, String) {
+        let tls = self.etcdctl_tls();
+        let mut all: Vec<&str> = tls.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        etcdctl(&self.endpoints(), &all)
+    }
+
+    /// A lazily connecting gRPC channel to master `i`'s etcd API, with the
+    /// etcd client certificate.
+    pub fn channel(&self, i: usize) -> Channel {
+        self.channel_to(Endpoint::from_shared(self.endpoint(i)).expect("url"))
+    }
+
+    /// [`Cluster::channel`] for an endpoint configured by the caller.
+    pub fn channel_to(&self, endpoint: Endpoint) -> Channel {
+        let pki = self.pki();
+        let config = raft_store::network::tls::client_config(
+            &pki.join("ca.crt"),
+            &pki.join("etcd-client.crt"),
+            &pki.join("etcd-client.key"),
+        )
+        .expect("etcd client TLS configuration");
+        let connector = raft_store::network::tls::Connector::new(std::sync::Arc::new(config));
+        raft_store::network::tls::channel(endpoint, Some(&connector)).expect("channel")
     }
 
     pub fn api_url(&self, i: usize) -> String {
@@ -318,20 +362,15 @@ impl Cluster {
 
     pub async fn kv(&self, i: usize) -> KvClient<Channel> {
         // Lazy: connects (and reconnects) on use, so it works across restarts.
-        let ch = Channel::from_shared(self.endpoint(i))
-            .expect("url")
-            .connect_lazy();
-        KvClient::new(ch).max_decoding_message_size(64 << 20)
+        KvClient::new(self.channel(i)).max_decoding_message_size(64 << 20)
     }
 
     pub async fn status(&self, i: usize) -> Option<proto::etcd::StatusResponse> {
-        let ch = Channel::from_shared(self.endpoint(i))
-            .ok()?
-            .connect_timeout(Duration::from_millis(300));
-        let ch = tokio::time::timeout(Duration::from_secs(1), ch.connect())
-            .await
-            .ok()?
-            .ok()?;
+        let ch = self.channel_to(
+            Endpoint::from_shared(self.endpoint(i))
+                .ok()?
+                .connect_timeout(Duration::from_millis(300)),
+        );
         let mut m = MaintenanceClient::new(ch);
         tokio::time::timeout(Duration::from_secs(1), m.status(StatusRequest {}))
             .await

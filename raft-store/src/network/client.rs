@@ -19,27 +19,38 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
 use super::forward::{ForwardError, Forwarded, Reply};
+use super::tls::{self, Connector, TlsError};
 use crate::error::StoreError;
 use crate::mvcc::codec;
 use crate::types::{Member, NodeId, TypeConfig};
 
-/// Connections to the other masters, one lazily-connected channel each.
+/// Connections to the other masters, one lazily-connected channel each,
+/// over mutual TLS when the peer URLs are `https://`.
 #[derive(Clone, Default)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    tls: Option<Connector>,
 }
 
 impl Peers {
-    pub fn client(&self, url: &str) -> Result<RaftPeerClient<Channel>, tonic::transport::Error> {
+    pub fn new(tls: Option<Connector>) -> Self {
+        Peers {
+            channels: Default::default(),
+            tls,
+        }
+    }
+
+    pub fn client(&self, url: &str) -> Result<RaftPeerClient<Channel>, TlsError> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ch) = channels.get(url) {
             return Ok(RaftPeerClient::new(ch.clone()).max_decoding_message_size(usize::MAX));
         }
-        let ch = Endpoint::from_shared(url.to_string())?
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| TlsError::Url(url.into(), e.to_string()))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .connect_lazy();
+            .http2_keep_alive_interval(Duration::from_secs(5));
+        let ch = tls::channel(endpoint, self.tls.as_ref())?;
         channels.insert(url.to_string(), ch.clone());
         Ok(RaftPeerClient::new(ch).max_decoding_message_size(usize::MAX))
     }

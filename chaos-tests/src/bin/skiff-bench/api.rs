@@ -267,7 +267,7 @@ async fn store_writes(opts: &Options) -> anyhow::Result<Figures> {
     let channels: Vec<Channel> = opts
         .endpoints
         .iter()
-        .map(|e| Ok(Channel::from_shared(format!("http://{e}"))?.connect_lazy()))
+        .map(|e| crate::etcd_client::channel(e, None))
         .collect::<anyhow::Result<_>>()?;
     let channels = Arc::new(channels);
     // Each client remembers its key's last revision, as a cache would.

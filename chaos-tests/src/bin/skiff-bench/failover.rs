@@ -18,7 +18,6 @@ use anyhow::Context;
 use proto::etcd::maintenance_client::MaintenanceClient;
 use proto::etcd::StatusRequest;
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
 use super::masters::{self, Proc};
 
@@ -41,7 +40,10 @@ fn all_but(servers: &[String], l: usize) -> Vec<String> {
 
 /// The control-plane process serving the etcd endpoint `endpoint`.
 fn find_master(endpoint: &str) -> Option<Proc> {
-    masters::find("--listen-client", endpoint.trim_start_matches("http://"))
+    let address = endpoint
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    masters::find("--listen-client", address)
 }
 
 fn respawn(p: &Proc) -> anyhow::Result<()> {
@@ -60,14 +62,7 @@ fn respawn(p: &Proc) -> anyhow::Result<()> {
 }
 
 async fn status(endpoint: &str) -> Option<proto::etcd::StatusResponse> {
-    let url = format!("http://{}", endpoint.trim_start_matches("http://"));
-    let ch = Channel::from_shared(url)
-        .ok()?
-        .connect_timeout(Duration::from_millis(300));
-    let ch = tokio::time::timeout(Duration::from_millis(500), ch.connect())
-        .await
-        .ok()?
-        .ok()?;
+    let ch = crate::etcd_client::channel(endpoint, Some(Duration::from_millis(300))).ok()?;
     tokio::time::timeout(
         Duration::from_millis(500),
         MaintenanceClient::new(ch).status(StatusRequest {}),

@@ -22,6 +22,7 @@
 
 mod api;
 mod dns;
+mod etcd_client;
 mod failover;
 mod heartbeats;
 mod masters;
@@ -399,14 +400,7 @@ async fn main() -> anyhow::Result<()> {
             let duration = parse_duration(&duration)?;
             let channels: Vec<Channel> = endpoints
                 .split(',')
-                .map(|e| {
-                    let url = if e.starts_with("http") {
-                        e.to_string()
-                    } else {
-                        format!("http://{e}")
-                    };
-                    Ok(Channel::from_shared(url)?.connect_lazy())
-                })
+                .map(|e| etcd_client::channel(e, None))
                 .collect::<anyhow::Result<_>>()?;
             let mut kv = KvClient::new(channels[0].clone());
             for i in 0..keys {
