@@ -61,6 +61,7 @@ fn describe() {
     crate::agents::describe_metrics();
     crate::controllers::runtime::describe_metrics();
     crate::scheduler::describe_metrics();
+    crate::pki::describe_metrics();
     metrics::describe_gauge!(
         "skiff_store_db_size_bytes",
         metrics::Unit::Bytes,

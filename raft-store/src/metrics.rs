@@ -28,6 +28,11 @@ pub const ETCD_DISK_HISTOGRAMS: &[&str] = &[
 /// the recorder is installed (descriptions sent before it are lost).
 pub fn describe() {
     describe_etcd();
+    describe_counter!(
+        "skiff_tls_handshake_failures_total",
+        Unit::Count,
+        "TLS handshakes that failed or timed out on the store's ports, by port (peer, client)."
+    );
     describe_gauge!(
         "skiff_raft_term",
         Unit::Count,

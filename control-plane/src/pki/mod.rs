@@ -21,6 +21,20 @@ pub mod verify;
 
 pub use master_cert::MasterCert;
 
+/// Help text for the certificate series.
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        "skiff_certificate_expiry_timestamp_seconds",
+        metrics::Unit::Seconds,
+        "When a certificate expires (Unix time), by certificate: master (this master's own, renewed at two thirds of its lifetime) or ca."
+    );
+    metrics::describe_counter!(
+        "skiff_tls_clients_refused_total",
+        metrics::Unit::Count,
+        "Client certificates from the CA refused on the store's ports because of who they name, by port."
+    );
+}
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
