@@ -12,6 +12,14 @@ use super::{strip_ansi, Cluster};
 
 static AGENTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
+/// Hard eviction thresholds in absolute amounts. The kubelet's defaults are
+/// shares of the disk (nodefs 10%, imagefs 15%), and this host's disk is
+/// shared with whatever else runs on it: at 86% full every test node would
+/// report DiskPressure, be tainted and evict its pods. Tests that exercise
+/// pressure pass their own `--eviction-hard`.
+pub const TEST_EVICTION_HARD: &str =
+    "memory.available<100Mi,nodefs.available<1Gi,nodefs.inodesFree<1%,imagefs.available<1Gi";
+
 /// `node-agent`, built beside `control-plane` by the workspace build.
 pub fn agent_bin() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_BIN_EXE_control-plane")).with_file_name("node-agent");
@@ -182,11 +190,14 @@ impl Agent {
                 c
             }
         };
-        let child = cmd
-            .arg("--data-dir")
+        cmd.arg("--data-dir")
             .arg(&self.dir)
             .args(["--listen-metrics", &self.metrics])
-            .args(["--backoff-base", "1s", "--backoff-max", "4s"])
+            .args(["--backoff-base", "1s", "--backoff-max", "4s"]);
+        if !self.extra.iter().any(|a| a == "--eviction-hard") {
+            cmd.args(["--eviction-hard", TEST_EVICTION_HARD]);
+        }
+        let child = cmd
             .args(&self.extra)
             .env("RUST_LOG", "info,node_agent=debug")
             .stdout(Stdio::null())
