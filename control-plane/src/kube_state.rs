@@ -150,6 +150,39 @@ pub fn render(pods: &[Value], deployments: &[Value], nodes: &[Value]) -> String 
         }
     }
 
+    // Only a container that is waiting has a sample, at 1, labelled with
+    // why it waits (CrashLoopBackOff, ContainerCreating, ImagePullBackOff...),
+    // as kube-state-metrics v2 reports it: a reason it no longer has is gone.
+    let mut f = Family::new(
+        &mut out,
+        "kube_pod_container_status_waiting_reason",
+        "gauge",
+        "Why a container is waiting (1 for the reason it is waiting for now; no sample when it is not waiting).",
+    );
+    for p in pods {
+        let (ns, name, uid) = meta(p);
+        for c in p["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let reason = str_at(c, &["state", "waiting", "reason"]);
+            if reason.is_empty() {
+                continue;
+            }
+            f.sample(
+                &[
+                    ("namespace", &ns),
+                    ("pod", &name),
+                    ("uid", &uid),
+                    ("container", str_at(c, &["name"])),
+                    ("reason", reason),
+                ],
+                1.0,
+            );
+        }
+    }
+
     let mut f = Family::new(
         &mut out,
         "kube_deployment_status_replicas_available",
@@ -206,11 +239,20 @@ mod tests {
 
     #[test]
     fn series_follow_kube_state_metrics() {
-        let pods = [json!({
-            "metadata": {"namespace": "default", "name": "web-\"1\"", "uid": "u1"},
-            "status": {"phase": "Running",
-                "containerStatuses": [{"name": "httpd", "restartCount": 3}]}
-        })];
+        let pods = [
+            json!({
+                "metadata": {"namespace": "default", "name": "web-\"1\"", "uid": "u1"},
+                "status": {"phase": "Running",
+                    "containerStatuses": [{"name": "httpd", "restartCount": 3,
+                        "state": {"running": {"startedAt": "2026-12-07T15:00:00Z"}}}]}
+            }),
+            json!({
+                "metadata": {"namespace": "shop", "name": "crash", "uid": "u2"},
+                "status": {"phase": "Running",
+                    "containerStatuses": [{"name": "app", "restartCount": 2,
+                        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s"}}}]}
+            }),
+        ];
         let deployments = [json!({
             "metadata": {"namespace": "default", "name": "web"},
             "spec": {"replicas": 3},
@@ -226,6 +268,8 @@ mod tests {
             r#"kube_pod_status_phase{namespace="default",pod="web-\"1\"",uid="u1",phase="Running"} 1"#,
             r#"kube_pod_status_phase{namespace="default",pod="web-\"1\"",uid="u1",phase="Pending"} 0"#,
             r#"kube_pod_container_status_restarts_total{namespace="default",pod="web-\"1\"",uid="u1",container="httpd"} 3"#,
+            "# TYPE kube_pod_container_status_waiting_reason gauge",
+            r#"kube_pod_container_status_waiting_reason{namespace="shop",pod="crash",uid="u2",container="app",reason="CrashLoopBackOff"} 1"#,
             r#"kube_deployment_status_replicas_available{namespace="default",deployment="web"} 2"#,
             r#"kube_deployment_spec_replicas{namespace="default",deployment="web"} 3"#,
             r#"kube_node_status_condition{node="n1",condition="Ready",status="true"} 1"#,
@@ -233,6 +277,11 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }
+        // A running container has no waiting sample.
+        assert!(
+            !text.contains(r#"kube_pod_container_status_waiting_reason{namespace="default""#),
+            "{text}"
+        );
         // No objects, no samples; the headers alone are valid exposition.
         let empty = render(&[], &[], &[]);
         assert!(empty.lines().all(|l| l.starts_with('#')), "{empty}");

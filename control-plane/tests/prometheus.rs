@@ -376,7 +376,7 @@ spec:
 async fn prometheus_and_vmagent_scrape_every_master_node_and_pod() {
     let _one = one_at_a_time().await;
     require_images();
-    let c = Cluster::start(3, &[]).await;
+    let mut c = Cluster::start(3, &[]).await;
     let kc = c.kubeconfig(0);
     let join = create_token(&c, &[]);
     let mut agents: Vec<Agent> = ["a", "b"]
@@ -663,5 +663,215 @@ async fn prometheus_and_vmagent_scrape_every_master_node_and_pod() {
     .await;
     assert!(written.iter().all(|s| s["metric"]["service"] == "exporter"));
     drop(vmagent);
+
+    member_down_alert_fires_and_resolves(&mut c, &kc, &prometheus_url).await;
     drop(prometheus);
+}
+
+/// A pod whose container exits at once, for ever: the agent backs off
+/// between restarts with the container waiting in CrashLoopBackOff.
+const CRASH: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: crash}
+spec:
+  containers:
+  - name: app
+    image: busybox:local
+    imagePullPolicy: Never
+    command: [sh, -c, "exit 3"]
+"#;
+
+/// An alert of `/api/v1/alerts`: (state, labels, activeAt).
+async fn alerts(prometheus: &str, name: &str) -> Vec<(String, Value, String)> {
+    let Some(v) = get_json(&format!("{prometheus}/api/v1/alerts")).await else {
+        return Vec::new();
+    };
+    v["data"]["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["labels"]["alertname"] == name)
+        .map(|a| {
+            (
+                a["state"].as_str().unwrap_or("").to_string(),
+                a["labels"].clone(),
+                a["activeAt"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The state of rule `name` in `/api/v1/rules` (inactive, pending, firing).
+async fn rule_state(prometheus: &str, name: &str) -> Option<String> {
+    let v = get_json(&format!("{prometheus}/api/v1/rules")).await?;
+    v["data"]["groups"]
+        .as_array()?
+        .iter()
+        .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+        .find(|r| r["name"] == name)
+        .and_then(|r| r["state"].as_str().map(str::to_string))
+}
+
+/// The `for:` of alert `name` in the shipped alerts.yml.
+fn shipped_for(name: &str) -> Duration {
+    let text = std::fs::read_to_string(deploy("alerts.yml")).expect("alerts.yml");
+    let yaml: serde_yaml::Value = serde_yaml::from_str(&text).expect("alerts.yml is YAML");
+    let rule = yaml["groups"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_sequence().into_iter().flatten())
+        .find(|r| r["alert"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("{name} in alerts.yml"));
+    let f = rule["for"].as_str().unwrap_or("0s");
+    let (n, unit) = f.split_at(f.len() - 1);
+    let n: u64 = n.parse().unwrap_or_else(|_| panic!("{name}: for: {f}"));
+    match unit {
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(60 * n),
+        _ => panic!("{name}: for: {f} is longer than this test can wait"),
+    }
+}
+
+/// kill -9 a follower master: the real Prometheus, on the shipped rules,
+/// sees its target down, SkiffMemberDown pending and then firing once its
+/// `for:` has passed, while the API answers through another master; a
+/// crash-looping pod shows in kube_pod_container_status_waiting_reason
+/// meanwhile. Restarted, the master is scraped again and the alert
+/// resolves.
+async fn member_down_alert_fires_and_resolves(c: &mut Cluster, kc: &Path, prometheus: &str) {
+    const ALERT: &str = "SkiffMemberDown";
+    let hold = shipped_for(ALERT);
+    assert!(
+        hold <= Duration::from_secs(60),
+        "{ALERT} for: {hold:?}: this test waits it out, so it must stay <= 1m"
+    );
+    let (ok, _, err) = kubectl_stdin(kc, &["apply", "-f", "-"], Some(CRASH));
+    assert!(ok, "kubectl apply crash: {err}");
+    assert_eq!(
+        rule_state(prometheus, ALERT).await.as_deref(),
+        Some("inactive")
+    );
+
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let victim = (leader + 1) % 3;
+    let other = (victim + 1) % 3;
+    let kc_other = c.kubeconfig(other);
+    let name = c.masters[victim].name.clone();
+    let instance = format!("{}:2381", c.masters[victim].ip);
+    // Prometheus' own scrape, not what vmagent wrote here earlier (its
+    // series, labelled scraper="vmagent", linger for the lookback window).
+    let down = format!("up{{job=\"skiff-master\",instance=\"{instance}\",scraper=\"\"}}");
+    let killed = std::time::Instant::now();
+    c.kill(victim);
+
+    eventually(
+        &format!("{down} == 0 in Prometheus"),
+        Duration::from_secs(20),
+        || async {
+            let r = query(prometheus, &down).await.ok()?;
+            (r.len() == 1 && r[0]["value"][1] == "0").then_some(())
+        },
+    )
+    .await;
+    let pending = eventually(
+        &format!("{ALERT} pending for {name}"),
+        Duration::from_secs(20),
+        || async {
+            let a = alerts(prometheus, ALERT).await;
+            (a.len() == 1 && a[0].0 == "pending").then(|| a[0].clone())
+        },
+    )
+    .await;
+    assert_eq!(pending.1["instance"], instance.as_str(), "{:?}", pending.1);
+    assert_eq!(pending.1["master"], name.as_str(), "{:?}", pending.1);
+
+    // The API goes on through the other masters.
+    let (ok, out, err) = kubectl(&kc_other, &["get", "nodes", "-o", "name"]);
+    assert!(
+        ok && out.lines().count() == 2,
+        "get nodes via m{}: {out}{err}",
+        other + 1
+    );
+    let (ok, _, err) = kubectl(
+        &kc_other,
+        &["create", "configmap", "while-down", "--from-literal=k=v"],
+    );
+    assert!(ok, "create configmap via m{}: {err}", other + 1);
+    let (ok, out, err) = kubectl(
+        &kc_other,
+        &["get", "configmap", "while-down", "-o", "jsonpath={.data.k}"],
+    );
+    assert!(ok && out == "v", "read back: {out}{err}");
+
+    // The crash loop, as kube-state-metrics names it, from the leader.
+    let waiting = eventually(
+        "kube_pod_container_status_waiting_reason{reason=\"CrashLoopBackOff\"} for pod crash",
+        Duration::from_secs(60),
+        || async {
+            let r = query(
+                prometheus,
+                "kube_pod_container_status_waiting_reason{job=\"skiff-master\",scraper=\"\",pod=\"crash\",reason=\"CrashLoopBackOff\"} == 1",
+            )
+            .await
+            .ok()?;
+            (r.len() == 1).then(|| r[0]["metric"].clone())
+        },
+    )
+    .await;
+    assert_eq!(waiting["namespace"], "default", "{waiting}");
+    assert_eq!(waiting["container"], "app", "{waiting}");
+
+    let firing = eventually(
+        &format!("{ALERT} firing for {name}"),
+        hold + Duration::from_secs(30),
+        || async {
+            let a = alerts(prometheus, ALERT).await;
+            (a.len() == 1 && a[0].0 == "firing").then(|| a[0].clone())
+        },
+    )
+    .await;
+    let waited = killed.elapsed();
+    assert!(
+        waited >= hold,
+        "{ALERT} fired {waited:?} after the kill, before its for: {hold:?}"
+    );
+    assert_eq!(firing.1["instance"], instance.as_str());
+    assert_eq!(firing.1["severity"], "critical");
+    assert_eq!(
+        firing.2, pending.2,
+        "one alert, active since the first miss"
+    );
+    // Two of three answer: a quorum, so that alert stays quiet.
+    assert!(alerts(prometheus, "SkiffInsufficientMembers")
+        .await
+        .is_empty());
+
+    // Back the way the harness restarts masters: same flags, same data.
+    c.spawn(victim);
+    eventually(
+        &format!("{down} == 1 again"),
+        Duration::from_secs(60),
+        || async {
+            let r = query(prometheus, &down).await.ok()?;
+            (r.len() == 1 && r[0]["value"][1] == "1").then_some(())
+        },
+    )
+    .await;
+    eventually(
+        &format!("{ALERT} resolved"),
+        Duration::from_secs(20),
+        || async {
+            let quiet = alerts(prometheus, ALERT).await.is_empty();
+            (quiet && rule_state(prometheus, ALERT).await.as_deref() == Some("inactive"))
+                .then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "member down: firing {:?} after the kill, resolved {:?} after it",
+        waited,
+        killed.elapsed()
+    );
 }
