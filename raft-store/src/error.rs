@@ -31,6 +31,19 @@ pub enum StoreError {
     NoSpace,
     #[error("the store is shutting down")]
     Stopped,
+    /// This member was removed from the cluster (see [`crate::removal`]).
+    #[error("the member has been permanently removed from the cluster")]
+    Removed,
+    /// Only a learner can be promoted.
+    #[error("member {0:x} is not a learner")]
+    NotLearner(NodeId),
+    /// The learner's log is too far behind the leader's to promote it.
+    #[error("learner {id:x} is not in sync with the leader (matched index {matched}, leader's {leader})")]
+    LearnerNotReady {
+        id: NodeId,
+        matched: u64,
+        leader: u64,
+    },
 }
 
 impl StoreError {

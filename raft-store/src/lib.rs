@@ -15,6 +15,7 @@
 //! - [`node`]: [`Store`], a master's handle tying it all together;
 //!   `proposer` batches concurrent writes into one log entry, `read_index`
 //!   concurrent linearizable reads into one leadership confirmation.
+//! - [`removal`]: how a master learns it was removed from the cluster.
 //! - `jobs`: background work (lease expiry, compaction, metrics, publishing).
 //! - [`metrics`]: what each Prometheus series means (Skiff's and etcd's).
 
@@ -36,6 +37,7 @@ pub mod network;
 pub mod node;
 mod proposer;
 mod read_index;
+pub mod removal;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;

@@ -26,6 +26,7 @@ use crate::network::forward::{Forwarded, Reply};
 use crate::network::server::PeerService;
 use crate::proposer::{Proposer, Router};
 use crate::read_index::Batcher;
+use crate::removal::Removal;
 use crate::state_machine::{Shared, StateMachine};
 use crate::types::{ApplyError, Command, Member, NodeId, Raft, Response};
 use crate::watch::{WatchSpec, Watcher};
@@ -156,6 +157,10 @@ async fn confirm_read_index(raft: Raft) -> Result<u64> {
     Ok(read.map(|l| l.index).unwrap_or(0).max(last))
 }
 
+/// A learner is promoted only once its log has reached this fraction of
+/// the leader's (etcd's `readyPercent`).
+const LEARNER_READY_FRACTION: f64 = 0.9;
+
 /// How long a linearizable read waits for a new leader before failing.
 const READ_FAILOVER_PATIENCE: Duration = Duration::from_secs(5);
 
@@ -174,6 +179,10 @@ pub struct Store {
     leader_reads: Batcher,
     /// Set while the data disk is nearly full (`jobs::disk_guard`).
     space_low: AtomicBool,
+    /// Whether this member knows it was removed from the cluster.
+    removal: Arc<Removal>,
+    /// When a leader's append or snapshot last reached this master.
+    leader_contact: std::sync::Mutex<std::time::Instant>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -185,8 +194,12 @@ impl Store {
         let snap_dir = snapshot::dir_for(&config.data_dir);
         snapshot::recover(&db, &snap_dir)?;
         let shared = Shared::new(db.clone(), snap_dir)?;
+        // Every membership config applied from here on, starting with the
+        // stored one (see `removal`).
+        let applied_configs = shared.membership.subscribe();
         let log = LogStore::new(db);
         let id = config.member_id();
+        let removal = Arc::new(Removal::new(id, &config.name, &config.data_dir));
         if log
             .step_down(id)
             .map_err(|e| StoreError::Raft(e.to_string()))?
@@ -213,10 +226,12 @@ impl Store {
                 .peer_tls
                 .as_ref()
                 .map(|t| crate::network::tls::Connector::new(t.client.clone())),
+            removal.clone(),
         );
         let raft = Raft::new(id, Arc::new(raft_config), peers.clone(), log.clone(), sm)
             .await
             .map_err(|e| StoreError::Raft(e.to_string()))?;
+        removal.attach(raft.clone());
         let (shutdown, _) = watch::channel(false);
         let router = Router {
             id,
@@ -253,11 +268,16 @@ impl Store {
                 reads,
                 leader_reads,
                 space_low: AtomicBool::new(false),
+                removal,
+                leader_contact: std::sync::Mutex::new(std::time::Instant::now()),
                 shutdown,
             }
         });
+        jobs::disk_guard::check(&store);
         store.serve_peers().await?;
         jobs::spawn_all(&store);
+        tokio::spawn(jobs::removal::run(store.clone(), applied_configs));
+        tokio::spawn(jobs::removal::ask_when_quiet(store.clone()));
         tracing::info!(id = format_args!("{id:x}"), name = %store.config.name, peer = %store.config.peer_url, "store started");
         Ok(store)
     }
@@ -331,6 +351,95 @@ impl Store {
         self.shutdown.subscribe()
     }
 
+    /// Turns true (and stays so) once this member knows it was removed
+    /// from the cluster: it applied a membership config without itself
+    /// after one with it, a peer answered one of its Raft messages saying
+    /// so, or an earlier run recorded it in the data directory. From then
+    /// on it neither campaigns nor sends heartbeats and every operation
+    /// fails with [`StoreError::Removed`]; the master should stop. See
+    /// [`crate::removal`].
+    pub fn removed(&self) -> watch::Receiver<bool> {
+        self.removal.subscribe()
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removal.is_removed()
+    }
+
+    pub(crate) fn removal(&self) -> &Removal {
+        &self.removal
+    }
+
+    pub(crate) fn heard_from_leader(&self) {
+        *self
+            .leader_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+    }
+
+    /// How long since a leader's append or snapshot last reached this master.
+    pub(crate) fn since_leader_contact(&self) -> Duration {
+        self.leader_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+
+    /// The id of the last entry in this master's log (`None` if it has none
+    /// or it cannot be read).
+    async fn last_log_id(&self) -> Option<crate::types::LogId> {
+        use openraft::storage::RaftLogReader;
+        let m = self.raft.metrics().borrow().clone();
+        let index = m.last_log_index?;
+        if let Some(snapshot) = m.snapshot.filter(|s| s.index == index) {
+            return Some(snapshot);
+        }
+        let mut reader = self.log.clone();
+        let entries = reader.try_get_log_entries(index..index + 1).await.ok()?;
+        entries.first().map(|e| e.log_id)
+    }
+
+    /// Ask the other members of this master's latest config whether it was
+    /// removed (for a member that hears from no leader and would not learn
+    /// it by campaigning: a learner, or a voter left out of elections). A
+    /// peer that knows answers so, and the network client marks this store
+    /// removed. Only a master that its own latest config names asks: a new
+    /// learner that so far holds only a snapshot from before it was added
+    /// has nothing to ask about.
+    pub(crate) async fn ask_peers_if_removed(&self) {
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        if membership.membership().get_node(&self.id).is_none() {
+            return;
+        }
+        let Some(last) = self.last_log_id().await else {
+            return;
+        };
+        let ask = Forwarded::AmIRemoved {
+            id: self.id,
+            last_log_id: Some(last),
+        };
+        for (id, node) in membership.nodes().filter(|(id, _)| **id != self.id) {
+            let answer = self
+                .peers
+                .forward_with_timeout(*id, &node.peer_url, &ask, Duration::from_secs(1))
+                .await;
+            if self.is_removed() {
+                return;
+            }
+            if let Err(e) = answer {
+                tracing::debug!("asking {id:x} whether this member was removed: {e}");
+            }
+        }
+    }
+
+    fn ensure_member(&self) -> Result<()> {
+        if self.is_removed() {
+            Err(StoreError::Removed)
+        } else {
+            Ok(())
+        }
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
@@ -359,8 +468,10 @@ impl Store {
     pub fn set_space_low(&self, low: bool) {
         self.space_low.store(low, Ordering::Release);
         metrics::gauge!("skiff_disk_space_low").set(if low { 1.0 } else { 0.0 });
-        self.raft.runtime_config().elect(!low);
-        self.raft.runtime_config().heartbeat(!low);
+        // A removed member stays silent whatever its disk does.
+        let active = !low && !self.is_removed();
+        self.raft.runtime_config().elect(active);
+        self.raft.runtime_config().heartbeat(active);
     }
 
     fn ensure_space(&self) -> Result<()> {
@@ -373,6 +484,7 @@ impl Store {
 
     /// Send a request to the leader, unless this master is the leader.
     async fn to_leader(&self, fwd: Forwarded) -> Result<Reply> {
+        self.ensure_member()?;
         let (leader, url) = self.router.leader().await?;
         if leader == self.id {
             return self.serve_forwarded(fwd).await;
@@ -382,6 +494,7 @@ impl Store {
 
     /// Replicate a command and return its result once applied here.
     pub async fn write(&self, cmd: Command) -> Result<Response> {
+        self.ensure_member()?;
         self.ensure_space()?;
         let resp = self.proposer.propose(cmd).await?;
         // Read-your-writes on this master: wait until it has applied the revision.
@@ -418,7 +531,8 @@ impl Store {
         // the heartbeats that confirm a read index would keep its followers
         // from electing a replacement (found by the chaos harness: no new
         // leader for as long as reads kept coming).
-        if self.space_low() {
+        // Nor does a removed one (whatever openraft still thinks it is).
+        if self.space_low() || self.is_removed() {
             return Err(StoreError::NoLeader);
         }
         match fwd {
@@ -449,7 +563,12 @@ impl Store {
                 self.add_member_as_leader(peer_url, learner).await
             }
             Forwarded::RemoveMember(id) => self.remove_member_as_leader(id).await,
+            // Answered by the peer service itself (`network::server`).
+            Forwarded::AmIRemoved { .. } => Err(StoreError::Invalid(
+                "a removal check is for the peer service".into(),
+            )),
             Forwarded::PromoteMember(id) => {
+                self.check_promotable(id)?;
                 self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
                     .await?;
                 Ok(Reply::Done)
@@ -468,6 +587,7 @@ impl Store {
     /// Wait until this master has applied everything committed before the call
     /// (the read index), so that a read from local state is linearizable.
     pub async fn read_barrier(&self) -> Result<()> {
+        self.ensure_member()?;
         // A read index is safe to ask for again: ride through a failover
         // (the leader just died, or no leader yet) rather than fail the read.
         let deadline = tokio::time::Instant::now() + READ_FAILOVER_PATIENCE;
@@ -503,6 +623,7 @@ impl Store {
         req: &RangeRequest,
         serializable: bool,
     ) -> Result<(RangeResponse, i64)> {
+        self.ensure_member()?;
         if !serializable {
             self.read_barrier().await?;
         }
@@ -518,6 +639,7 @@ impl Store {
         t: &TxnRequest,
         serializable: bool,
     ) -> Result<(bool, Vec<OpResult>, i64)> {
+        self.ensure_member()?;
         if !serializable {
             self.read_barrier().await?;
         }
@@ -569,13 +691,18 @@ impl Store {
         }
     }
 
+    /// The members in this master's latest membership config. A removed
+    /// member's config is the last it saw before its removal; it leaves
+    /// itself out.
     pub fn members(&self) -> Vec<MemberInfo> {
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let attrs = self.shared.member_attrs();
+        let removed = self.is_removed();
         membership
             .nodes()
+            .filter(|(id, _)| !(removed && **id == self.id))
             .map(|(id, node)| {
                 let a = attrs.get(id).cloned().unwrap_or_default();
                 MemberInfo {
@@ -656,6 +783,41 @@ impl Store {
                 .await?;
         }
         Ok(Reply::Done)
+    }
+
+    /// etcd's checks before promoting `id` (as the leader): it must be a
+    /// learner, and in sync: its matched log index at least 90% of the
+    /// leader's (etcd's `isLearnerReady`).
+    fn check_promotable(&self, id: NodeId) -> Result<()> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        if membership.voter_ids().any(|v| v == id) {
+            return Err(StoreError::NotLearner(id));
+        }
+        if membership.get_node(&id).is_none() {
+            return Err(StoreError::MemberNotFound(id));
+        }
+        let replication = m.replication.as_ref().ok_or(StoreError::NoLeader)?;
+        let matched = replication
+            .get(&id)
+            .and_then(|l| l.as_ref())
+            .map(|l| l.index)
+            .unwrap_or(0);
+        let leader = m.last_log_index.unwrap_or(0);
+        if (matched as f64) < (leader as f64) * LEARNER_READY_FRACTION {
+            tracing::warn!(
+                learner = format_args!("{id:x}"),
+                matched,
+                leader,
+                "refusing to promote a learner that is not in sync with the leader"
+            );
+            return Err(StoreError::LearnerNotReady {
+                id,
+                matched,
+                leader,
+            });
+        }
+        Ok(())
     }
 
     async fn change_membership(&self, change: ChangeMembers<NodeId, Member>) -> Result<()> {

@@ -12,6 +12,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use rocksdb::{WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::db::{cf, CF_LEASES, CF_MEMBERS, CF_SM};
 use crate::error::{Result, StoreError};
@@ -57,6 +58,9 @@ pub struct Shared {
     pub hub: WatchHub,
     pub leases: Lessor,
     pub members: Mutex<BTreeMap<NodeId, MemberAttrs>>,
+    /// The last membership config applied (committed), as stored with the
+    /// applied state; see [`crate::removal`] for what watches it.
+    pub membership: watch::Sender<StoredMembership>,
     pub snapshot_dir: PathBuf,
     /// Held while a snapshot is built, dumped or installed: openraft builds
     /// snapshots in a task of their own, concurrently with serving and
@@ -75,6 +79,7 @@ impl Shared {
             hub: WatchHub::default(),
             leases: Lessor::default(),
             members: Mutex::new(BTreeMap::new()),
+            membership: watch::channel(StoredMembership::default()).0,
             snapshot_dir,
             snapshot_lock: Mutex::new(()),
         });
@@ -107,6 +112,8 @@ impl Shared {
         let members: BTreeMap<NodeId, MemberAttrs> =
             read_table(&self.db, CF_MEMBERS)?.into_iter().collect();
         *self.members.lock().unwrap_or_else(|p| p.into_inner()) = members;
+        let membership: Option<StoredMembership> = read_meta(&self.db, meta::MEMBERSHIP)?;
+        self.membership.send_replace(membership.unwrap_or_default());
         Ok(())
     }
 
@@ -352,6 +359,11 @@ impl StateMachine {
             index.revision = revision;
         }
         self.shared.revision.store(revision, Ordering::Release);
+        if end == cmds.len() {
+            if let Some(m) = membership {
+                self.shared.membership.send_replace(m.clone());
+            }
+        }
         for cmd in applied {
             self.after_apply(cmd);
         }

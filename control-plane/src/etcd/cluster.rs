@@ -118,8 +118,12 @@ impl Cluster for Api {
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
         observe("MemberPromote", async {
             let id = req.into_inner().id;
-            if !self.store.members().iter().any(|m| m.id == id) {
-                return Err(errors::member_not_found());
+            // etcd's answers for an unknown member and for a voter; the
+            // leader checks both again, and that the learner is in sync.
+            match self.store.members().iter().find(|m| m.id == id) {
+                None => return Err(errors::member_not_found()),
+                Some(m) if !m.is_learner => return Err(errors::member_not_learner()),
+                Some(_) => {}
             }
             self.store.promote_member(id).await.map_err(errors::store)?;
             Ok(pb::MemberPromoteResponse {

@@ -20,6 +20,24 @@ pub fn member_not_found() -> Status {
     Status::not_found("etcdserver: member not found")
 }
 
+/// What a member that knows it was removed from the cluster answers every
+/// request with. etcd itself stops such a member (its clients see "server
+/// stopped", then a closed port), both UNAVAILABLE, which etcd's clients
+/// retry on another endpoint; the message says why.
+pub fn removed() -> Status {
+    Status::unavailable("etcdserver: the member has been permanently removed from the cluster")
+}
+
+pub fn member_not_learner() -> Status {
+    Status::failed_precondition("etcdserver: can only promote a learner member")
+}
+
+pub fn learner_not_ready() -> Status {
+    Status::failed_precondition(
+        "etcdserver: can only promote a learner member which is in sync with leader",
+    )
+}
+
 pub fn apply(e: ApplyError) -> Status {
     match e {
         ApplyError::Compacted => {
@@ -52,6 +70,12 @@ pub fn store(e: StoreError) -> Status {
         }
         StoreError::Stopped => Status::unavailable("etcdserver: server stopped"),
         StoreError::MemberNotFound(_) => member_not_found(),
+        StoreError::Removed => removed(),
+        StoreError::NotLearner(_) => member_not_learner(),
+        StoreError::LearnerNotReady { .. } => {
+            tracing::debug!("promotion refused: {e}");
+            learner_not_ready()
+        }
         StoreError::Invalid(m) if m.contains("peerURL exists") => {
             Status::failed_precondition("etcdserver: Peer URLs already exists")
         }

@@ -80,9 +80,19 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // A member that knows it was removed answers every request alike.
+    let removed = store.removed();
+    let refuse_if_removed = move |req: tonic::Request<()>| {
+        if *removed.borrow() {
+            Err(errors::removed())
+        } else {
+            Ok(req)
+        }
+    };
     let api = Api { store };
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(tonic::service::interceptor(refuse_if_removed))
         .add_service(KvServer::new(api.clone()).max_decoding_message_size(MAX_DECODE_BYTES))
         .add_service(WatchServer::new(api.clone()).max_decoding_message_size(MAX_DECODE_BYTES))
         .add_service(LeaseServer::new(api.clone()).max_decoding_message_size(MAX_DECODE_BYTES))

@@ -15,26 +15,33 @@ const PERIOD: Duration = Duration::from_millis(100);
 
 pub async fn run(store: Arc<Store>) {
     let mut stop = store.shutdown_signal();
-    let low = store.config().min_free_bytes;
-    let high = low.saturating_add(low / 2);
     loop {
-        match free_bytes(&store.config().data_dir) {
-            Ok(free) => {
-                metrics::gauge!("skiff_disk_free_bytes").set(free as f64);
-                if !store.space_low() && free < low {
-                    tracing::error!(free, threshold = low, "data disk nearly full: refusing writes and leaving the quorum until space returns");
-                    store.set_space_low(true);
-                } else if store.space_low() && free >= high {
-                    tracing::warn!(free, "data disk has space again: rejoining");
-                    store.set_space_low(false);
-                }
-            }
-            Err(e) => tracing::warn!("statvfs on the data dir: {e}"),
-        }
+        check(&store);
         tokio::select! {
             _ = tokio::time::sleep(PERIOD) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+    }
+}
+
+/// Fence this master off, or let it back in, by the free space now. Also
+/// run once before the peer port opens, so that a master started on a full
+/// disk takes in nothing before it is fenced.
+pub fn check(store: &Store) {
+    let low = store.config().min_free_bytes;
+    let high = low.saturating_add(low / 2);
+    match free_bytes(&store.config().data_dir) {
+        Ok(free) => {
+            metrics::gauge!("skiff_disk_free_bytes").set(free as f64);
+            if !store.space_low() && free < low {
+                tracing::error!(free, threshold = low, "data disk nearly full: refusing writes and leaving the quorum until space returns");
+                store.set_space_low(true);
+            } else if store.space_low() && free >= high {
+                tracing::warn!(free, "data disk has space again: rejoining");
+                store.set_space_low(false);
+            }
+        }
+        Err(e) => tracing::warn!("statvfs on the data dir: {e}"),
     }
 }
 

@@ -4,10 +4,11 @@
 
 mod auto_compact;
 mod compactor;
-mod disk_guard;
+pub mod disk_guard;
 mod lease_expiry;
 mod publish;
 mod raft_metrics;
+pub mod removal;
 
 use std::sync::Arc;
 

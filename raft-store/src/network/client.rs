@@ -22,21 +22,25 @@ use super::forward::{ForwardError, Forwarded, Reply};
 use super::tls::{self, Connector, TlsError};
 use crate::error::StoreError;
 use crate::mvcc::codec;
+use crate::removal::{is_removed_status, Removal, REMOVED_MESSAGE};
 use crate::types::{Member, NodeId, TypeConfig};
 
 /// Connections to the other masters, one lazily-connected channel each,
 /// over mutual TLS when the peer URLs are `https://`.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     tls: Option<Connector>,
+    /// Marked when a peer answers a Raft message saying this member was removed.
+    removal: Arc<Removal>,
 }
 
 impl Peers {
-    pub fn new(tls: Option<Connector>) -> Self {
+    pub fn new(tls: Option<Connector>, removal: Arc<Removal>) -> Self {
         Peers {
             channels: Default::default(),
             tls,
+            removal,
         }
     }
 
@@ -87,10 +91,15 @@ impl Peers {
             data: codec::encode(req),
         });
         request.set_timeout(timeout);
-        let resp = client
-            .forward(request)
-            .await
-            .map_err(|s| fail(s.message().to_string()))?;
+        let resp = client.forward(request).await.map_err(|s| {
+            // Only the answer to `Forwarded::AmIRemoved` can say so.
+            if is_removed_status(&s) {
+                self.removal.mark(&format!(
+                    "peer {leader:x} at {url} answered: {REMOVED_MESSAGE}"
+                ));
+            }
+            fail(s.message().to_string())
+        })?;
         let reply: Result<Reply, ForwardError> =
             codec::decode(&resp.into_inner().data).map_err(|e| fail(e.to_string()))?;
         match reply {
@@ -98,6 +107,14 @@ impl Peers {
             Err(ForwardError::NotLeader) => Err(StoreError::NoLeader),
             Err(ForwardError::MemberNotFound(id)) => Err(StoreError::MemberNotFound(id)),
             Err(ForwardError::Invalid(m)) => Err(StoreError::Invalid(m)),
+            Err(ForwardError::NotLearner(id)) => Err(StoreError::NotLearner(id)),
+            Err(ForwardError::LearnerNotReady(id, matched, leader)) => {
+                Err(StoreError::LearnerNotReady {
+                    id,
+                    matched,
+                    leader,
+                })
+            }
             Err(ForwardError::Other(m)) => Err(fail(m)),
         }
     }
@@ -149,9 +166,17 @@ impl PeerConnection {
             Method::Vote => client.vote(request).await,
             Method::Snapshot => client.install_snapshot(request).await,
         };
-        let payload = result.map_err(|status| match status.code() {
-            tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
-            _ => RPCError::Network(NetworkError::new(&status)),
+        let payload = result.map_err(|status| {
+            if is_removed_status(&status) {
+                self.peers.removal.mark(&format!(
+                    "peer {:x} at {} answered: {REMOVED_MESSAGE}",
+                    self.target, self.url
+                ));
+            }
+            match status.code() {
+                tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
+                _ => RPCError::Network(NetworkError::new(&status)),
+            }
         })?;
         let decoded: Result<Resp, RaftError<NodeId, E>> = codec::decode(&payload.into_inner().data)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;

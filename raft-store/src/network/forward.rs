@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::lease::LeaseTtl;
-use crate::types::{Command, NodeId, Response};
+use crate::types::{Command, LogId, NodeId, Response};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Forwarded {
@@ -19,6 +19,13 @@ pub enum Forwarded {
     },
     RemoveMember(NodeId),
     PromoteMember(NodeId),
+    /// Asked of any peer, not the leader: was member `id`, whose log ends
+    /// at `last_log_id`, removed? Answered with the "permanently removed"
+    /// status if so (see [`crate::removal`]).
+    AmIRemoved {
+        id: NodeId,
+        last_log_id: Option<LogId>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,6 +48,10 @@ pub enum ForwardError {
     MemberNotFound(NodeId),
     Invalid(String),
     Other(String),
+    /// Promoting a member that is not a learner.
+    NotLearner(NodeId),
+    /// Promoting a learner that is not in sync: its matched index, the leader's.
+    LearnerNotReady(NodeId, u64, u64),
 }
 
 impl From<LeaseTtl> for Reply {
