@@ -75,7 +75,7 @@ pub fn channel(url: &str, timeout: Duration, tls: Option<&Connector>) -> Result<
 /// init` in `dir` (the masters get `--pki-dir dir`).
 pub fn make_pki(bin: &std::path::Path, dir: &std::path::Path) -> Result<Connector> {
     let out = Command::new(bin)
-        .args(["init", "--pki-dir"])
+        .args(["init", "certs", "--pki-dir"])
         .arg(dir)
         .output()
         .context("running control-plane init")?;

@@ -23,8 +23,18 @@ enum Command {
     /// Run a master: the replicated store, the etcd v3 API and (with a PKI
     /// directory) the Kubernetes API.
     Run(Box<RunArgs>),
-    /// Create the cluster CA (unless it exists) and an admin kubeconfig.
-    Init(InitArgs),
+    /// Start the first master of a new cluster, as `kubeadm init`: the
+    /// cluster CA (unless it exists), the admin kubeconfig, then serve, and
+    /// once serving, a bootstrap token, the control-plane certificates sealed
+    /// for joining masters, and the join commands. Restart it with `run`.
+    Init(Box<InitArgs>),
+    /// Join a running cluster as a master (`--control-plane`): the
+    /// certificates from a master with a bootstrap token and the certificate
+    /// key `init` printed, a learner in the store, then serve (promoted to a
+    /// voter once caught up). Restart it with `run`.
+    Join(Box<JoinArgs>),
+    /// Take a master out of the cluster (by name); it exits once it learns.
+    Leave(LeaveArgs),
     /// Print a kubeconfig with a fresh client certificate from the cluster CA.
     Kubeconfig(KubeconfigArgs),
     /// Manage bootstrap tokens, with which node agents join (as kubeadm's).
@@ -74,7 +84,7 @@ enum TokenCommand {
 
 #[derive(clap::Args)]
 struct CertsArgs {
-    /// The PKI directory (`init --pki-dir`).
+    /// The PKI directory (`init --pki-dir`, `init certs --pki-dir`).
     #[arg(long, global = true, default_value = "pki")]
     pki_dir: PathBuf,
     #[command(subcommand)]
@@ -88,17 +98,73 @@ enum CertsCommand {
     /// Issue a certificate again with a fresh key and a new year of
     /// validity: `all`, `admin.kubeconfig` or `etcd-client`.
     Renew { which: String },
+    /// Seal the control-plane certificates under a new certificate key for
+    /// joining masters (two hours), replacing an earlier upload, and print
+    /// the key (kubeadm's `init phase upload-certs --upload-certs`).
+    Upload {
+        /// The kubeconfig to reach the cluster with (default: the PKI
+        /// directory's admin.kubeconfig).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct InitArgs {
-    /// Where the CA and the admin kubeconfig go (copy ca.crt and ca.key to
-    /// every master's --pki-dir).
-    #[arg(long)]
-    pki_dir: PathBuf,
-    /// The API server the kubeconfig points at.
-    #[arg(long, default_value = "https://127.0.0.1:6443")]
+    #[command(subcommand)]
+    phase: Option<InitPhase>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum InitPhase {
+    /// Only the files: the cluster CA (unless it exists), the admin
+    /// kubeconfig and the etcd client certificate, for masters started
+    /// with `run --initial-cluster` (copy ca.crt and ca.key to each one's
+    /// --pki-dir), as `kubeadm init phase certs`.
+    Certs {
+        #[arg(long)]
+        pki_dir: PathBuf,
+        /// The API server the kubeconfig points at.
+        #[arg(long, default_value = "https://127.0.0.1:6443")]
+        server: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct JoinArgs {
+    /// A master's agent address (host:port), as `init` printed it.
     server: String,
+    /// A bootstrap token (`control-plane token create`).
+    #[arg(long)]
+    token: String,
+    /// The cluster CA's public key hash, `sha256:<hex>`, as `init` printed it.
+    #[arg(long)]
+    discovery_token_ca_cert_hash: String,
+    /// Join as a master (nodes join with `node-agent join`).
+    #[arg(long)]
+    control_plane: bool,
+    /// The key that opens the uploaded control-plane certificates (64 hex
+    /// digits), as `init` or `certs upload` printed it.
+    #[arg(long, env = "SKIFF_CERTIFICATE_KEY", hide_env_values = true)]
+    certificate_key: String,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(clap::Args)]
+struct LeaveArgs {
+    /// The master to take out.
+    #[arg(long)]
+    name: String,
+    /// The cluster CA (its key issues the client certificate this uses).
+    #[arg(long, default_value = "pki")]
+    pki_dir: PathBuf,
+    /// Masters' etcd client URLs to ask, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "https://127.0.0.1:2379")]
+    endpoints: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -125,8 +191,9 @@ enum ClusterState {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// This master's name; must match its entry in --initial-cluster.
-    #[arg(long)]
+    /// This master's name (default: the host's name); with
+    /// --initial-cluster, its entry there.
+    #[arg(long, default_value_t = host_name())]
     name: String,
     /// Where the Raft log, the state machine and snapshots live.
     #[arg(long, default_value = "skiff-data")]
@@ -170,6 +237,8 @@ struct RunArgs {
     #[arg(long, value_enum, default_value = "new")]
     initial_cluster_state: ClusterState,
     /// Hashed into member and cluster ids; the same on every master.
+    /// Recorded in the data directory at its first start, and kept from
+    /// then on (`join` takes the cluster's).
     #[arg(long, default_value = "skiff")]
     initial_cluster_token: String,
     /// Leader heartbeat interval.
@@ -246,6 +315,41 @@ struct RunArgs {
     controller_clock_offset_secs: i64,
 }
 
+/// The machine's host name, as kubeadm names a node by default.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "default".into())
+}
+
+/// The cluster token this data directory's member id was made with: the
+/// one recorded at its first start, which later starts keep (a restart with
+/// another --initial-cluster-token would otherwise come up as another
+/// member). Recorded now if the directory has none.
+fn cluster_token(args: &RunArgs) -> anyhow::Result<String> {
+    let path = args.data_dir.join("cluster-token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) => {
+            let t = t.trim().to_string();
+            if t != args.initial_cluster_token {
+                tracing::info!(
+                    recorded = %t,
+                    "using the cluster token recorded in the data directory, not --initial-cluster-token"
+                );
+            }
+            Ok(t)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(&args.data_dir)?;
+            crate::pki::write_private(&path, &args.initial_cluster_token)?;
+            Ok(args.initial_cluster_token.clone())
+        }
+        Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+    }
+}
+
 pub(crate) fn parse_initial_cluster(s: &str) -> anyhow::Result<Vec<(String, String)>> {
     s.split(',')
         .filter(|p| !p.trim().is_empty())
@@ -265,14 +369,21 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Run(args) => run(*args).await,
-            Command::Init(args) => {
-                let path = crate::pki::init(&args.pki_dir, &args.server)?;
-                println!("cluster CA in {}", args.pki_dir.display());
-                println!("admin kubeconfig: {}", path.display());
-                Ok(())
+            Command::Init(args) => match args.phase {
+                Some(InitPhase::Certs { pki_dir, server }) => {
+                    let path = crate::pki::init(&pki_dir, &server)?;
+                    println!("cluster CA in {}", pki_dir.display());
+                    println!("admin kubeconfig: {}", path.display());
+                    Ok(())
+                }
+                None => init(args.run).await,
+            },
+            Command::Join(args) => join(*args).await,
+            Command::Leave(args) => {
+                crate::masters::leave::leave(&args.pki_dir, &args.name, &args.endpoints).await
             }
             Command::Token(args) => token(args).await,
-            Command::Certs(args) => certs(args),
+            Command::Certs(args) => certs(args).await,
             Command::Restore(args) => crate::restore::run(args),
             Command::Kubeconfig(args) => {
                 let ca = crate::pki::Ca::load(&args.pki_dir)?;
@@ -290,7 +401,7 @@ impl Cli {
     }
 }
 
-fn certs(args: CertsArgs) -> anyhow::Result<()> {
+async fn certs(args: CertsArgs) -> anyhow::Result<()> {
     use crate::pki::files;
     match args.command {
         CertsCommand::CheckExpiration => {
@@ -311,12 +422,128 @@ fn certs(args: CertsArgs) -> anyhow::Result<()> {
                 println!("{} renewed", what.name());
             }
         }
+        CertsCommand::Upload { kubeconfig } => {
+            let kubeconfig =
+                kubeconfig.unwrap_or_else(|| args.pki_dir.join(crate::pki::ADMIN_KUBECONFIG));
+            let client = crate::rest_client::RestClient::from_kubeconfig(&kubeconfig)?;
+            let key = crate::pki::sealed::upload(&client, &args.pki_dir).await?;
+            println!("{key}");
+        }
     }
     Ok(())
 }
 
+/// A data directory that already holds a store.
+fn holds_store(dir: &std::path::Path) -> bool {
+    dir.join("db").exists()
+}
+
+/// Where this master's API is reached, for its kubeconfig.
+fn api_url(args: &RunArgs) -> String {
+    let host = match args.listen_api.ip() {
+        ip if ip.is_unspecified() => args
+            .api_host
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "127.0.0.1".into()),
+        ip => ip.to_string(),
+    };
+    format!("https://{host}:{}", args.listen_api.port())
+}
+
+/// Where agents and joining masters reach this master's gateway.
+fn agent_address(args: &RunArgs) -> String {
+    match &args.advertise_agents {
+        Some(a) => a.clone(),
+        None if args.listen_agents.ip().is_unspecified() => format!(
+            "{}:{}",
+            args.api_host
+                .first()
+                .map(String::as_str)
+                .unwrap_or("127.0.0.1"),
+            args.listen_agents.port()
+        ),
+        None => args.listen_agents.to_string(),
+    }
+}
+
+async fn init(mut args: RunArgs) -> anyhow::Result<()> {
+    let Some(pki_dir) = args.pki_dir.clone() else {
+        bail!("init needs --pki-dir: the cluster CA and the admin kubeconfig go there");
+    };
+    if args.plaintext_store || args.store_only {
+        bail!("init makes a whole cluster: without --plaintext-store and --store-only");
+    }
+    let fresh = !holds_store(&args.data_dir);
+    let kubeconfig = crate::pki::init(&pki_dir, &api_url(&args))?;
+    if fresh {
+        if !args.initial_cluster.is_empty() {
+            bail!("init forms a cluster of this one master: add the others with join, not --initial-cluster");
+        }
+        let (peer_url, _) = store_urls(&args, &[]);
+        args.initial_cluster = format!("{}={peer_url}", args.name);
+        args.initial_cluster_state = ClusterState::New;
+        let joining = crate::masters::init::Joining {
+            kubeconfig,
+            pki_dir,
+            agent_server: agent_address(&args),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = crate::masters::init::announce(joining).await {
+                tracing::error!("making the join token and certificates: {e:#}");
+            }
+        });
+    } else {
+        tracing::info!(
+            data_dir = %args.data_dir.display(),
+            "the data directory holds a cluster already: serving it (`control-plane token \
+             create --print-join-command` and `control-plane certs upload` make join credentials)"
+        );
+    }
+    run(args).await
+}
+
+async fn join(args: JoinArgs) -> anyhow::Result<()> {
+    let mut run_args = args.run;
+    if !args.control_plane {
+        bail!("only masters join with control-plane join --control-plane; nodes join with `node-agent join`");
+    }
+    let Some(pki_dir) = run_args.pki_dir.clone() else {
+        bail!("join needs --pki-dir: the cluster CA goes there");
+    };
+    if run_args.plaintext_store || run_args.store_only {
+        bail!("a joining master uses TLS and serves the whole API: without --plaintext-store and --store-only");
+    }
+    if !run_args.initial_cluster.is_empty() {
+        bail!("join takes the members from the cluster: without --initial-cluster");
+    }
+    if holds_store(&run_args.data_dir) {
+        bail!(
+            "{} already holds a store: this master has joined (start it with `control-plane \
+             run`), or clear the directory to join afresh",
+            run_args.data_dir.display()
+        );
+    }
+    let key = crate::pki::sealed::CertificateKey::parse(&args.certificate_key)?;
+    let fetched = crate::masters::join::fetch_certificates(
+        &args.server,
+        &args.token,
+        &args.discovery_token_ca_cert_hash,
+        &key,
+        &pki_dir,
+    )
+    .await?;
+    run_args.initial_cluster_token = fetched.cluster_token;
+    let (peer_url, _) = store_urls(&run_args, &[]);
+    crate::masters::join::add_learner(&pki_dir, &run_args.name, &peer_url, &fetched.client_urls)
+        .await?;
+    crate::masters::promotion::request(&run_args.data_dir)?;
+    run_args.initial_cluster_state = ClusterState::Existing;
+    run(run_args).await
+}
+
 async fn token(args: TokenArgs) -> anyhow::Result<()> {
-    use crate::tokens::{self, Token};
+    use crate::tokens;
     let kubeconfig = args
         .kubeconfig
         .context("no kubeconfig: pass --kubeconfig or set KUBECONFIG")?;
@@ -335,15 +562,7 @@ async fn token(args: TokenArgs) -> anyhow::Result<()> {
                     Some(humantime::parse_duration(t).with_context(|| format!("bad --ttl {t:?}"))?)
                 }
             };
-            let expires = ttl
-                .map(|d| chrono::Duration::from_std(d).map(|d| chrono::Utc::now() + d))
-                .transpose()
-                .context("--ttl is too long")?;
-            let token = Token::generate();
-            client
-                .post(&secrets, &token.to_secret(expires, &description))
-                .await
-                .context("creating the token")?;
+            let token = crate::masters::init::create_token(&client, ttl, &description).await?;
             if print_join_command {
                 let server = match agent_server {
                     Some(s) => s,
@@ -412,8 +631,9 @@ async fn token(args: TokenArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let initial = parse_initial_cluster(&args.initial_cluster)?;
+/// This master's peer and client URLs, from its flags and its entry in
+/// the initial cluster.
+fn store_urls(args: &RunArgs, initial: &[(String, String)]) -> (String, String) {
     let scheme = if args.plaintext_store {
         "http"
     } else {
@@ -431,6 +651,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .advertise_client_url
         .clone()
         .unwrap_or_else(|| format!("{scheme}://{}", args.listen_client));
+    (peer_url, client_url)
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let initial = parse_initial_cluster(&args.initial_cluster)?;
+    let scheme = if args.plaintext_store {
+        "http"
+    } else {
+        "https"
+    };
+    let (peer_url, client_url) = store_urls(&args, &initial);
     for (what, url) in initial
         .iter()
         .map(|(_, u)| ("--initial-cluster", u))
@@ -451,7 +682,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(dir) => Some(std::sync::Arc::new(
             crate::pki::Ca::load(dir).with_context(|| {
                 format!(
-                    "no cluster CA in {} (run `control-plane init --pki-dir {}`)",
+                    "no cluster CA in {} (run `control-plane init certs --pki-dir {}`)",
                     dir.display(),
                     dir.display()
                 )
@@ -501,7 +732,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut config = raft_store::Config::new(&args.name, args.data_dir.clone(), args.listen_peer);
     config.peer_url = peer_url;
     config.client_urls = vec![client_url];
-    config.cluster_token = args.initial_cluster_token.clone();
+    let token = cluster_token(&args)?;
+    config.cluster_token = token.clone();
     config.heartbeat = Duration::from_millis(args.heartbeat_ms);
     if args.election_timeout_ms * 3 / 10 <= args.heartbeat_ms {
         bail!("--election-timeout-ms must be more than 3.3 times --heartbeat-ms");
@@ -568,7 +800,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .iter()
             .map(|(name, url)| {
                 (
-                    member_id(url, &args.initial_cluster_token),
+                    member_id(url, &token),
                     Member {
                         name: name.clone(),
                         peer_url: url.clone(),
@@ -580,6 +812,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .initialize(members)
             .await
             .context("forming the cluster")?;
+    }
+
+    if crate::masters::promotion::pending(&args.data_dir) {
+        tokio::spawn(crate::masters::promotion::run(
+            store.clone(),
+            args.data_dir.clone(),
+        ));
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -664,8 +903,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "master serving"
     );
 
-    shutdown_signal().await;
-    tracing::info!("shutting down");
+    let mut removed = store.removed();
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+        Ok(_) = removed.wait_for(|r| *r) => {
+            tracing::error!(
+                name = %args.name,
+                "this master was removed from the cluster: it stops serving and exits (wipe its \
+                 data directory before it joins again)"
+            );
+            // As etcd: a moment in which clients get the explicit error
+            // rather than a refused connection. The exit status is 0: the
+            // removal was an operator's, and a supervisor restarting on
+            // failure should leave the master down.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
     leader_stop.cancel();
     let _ = stop_tx.send(true);
     let drain = async {

@@ -8,8 +8,9 @@
 //! ([`metrics_http`]). While it is the Raft leader ([`leader`]) it runs the
 //! [`scheduler`] and the [`controllers`]. Node agents connect to the
 //! [`agents`] gateway over QUIC, join with bootstrap [`tokens`], and are
-//! held to what the [`node_authorizer`] allows. [`logging`] sets up the log
-//! and its run-time filter.
+//! held to what the [`node_authorizer`] allows. [`masters`] adds and removes
+//! masters (init, join, leave). [`logging`] sets up the log and its
+//! run-time filter.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -25,6 +26,7 @@ pub mod etcd;
 pub mod kube_state;
 pub mod leader;
 pub mod logging;
+pub mod masters;
 pub mod metrics_http;
 pub mod node_authorizer;
 pub mod pki;

@@ -43,7 +43,7 @@ fn pki_with_credentials(pki: &Path) {
     if !pki.join("ca.crt").exists() {
         let (ok, out) = run(
             env!("CARGO_BIN_EXE_control-plane"),
-            &["init", "--pki-dir", &pki.display().to_string()],
+            &["init", "certs", "--pki-dir", &pki.display().to_string()],
         );
         assert!(ok, "control-plane init: {out}");
     }

@@ -22,10 +22,9 @@
 //! reported as such.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use serde::{Deserialize, Serialize};
 
@@ -70,14 +69,7 @@ pub fn new_key_and_csr(node: &str) -> Result<(String, String)> {
 /// kubeadm's CA pin: `sha256:` and the hex SHA-256 of the CA
 /// certificate's SubjectPublicKeyInfo.
 pub fn ca_hash(ca_pem: &str) -> Result<String> {
-    let der = rustls_pemfile::certs(&mut ca_pem.as_bytes())
-        .next()
-        .context("no certificate in the CA PEM")??;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der)
-        .map_err(|e| anyhow::anyhow!("parsing the CA certificate: {e}"))?;
-    let digest = ring::digest::digest(&ring::digest::SHA256, cert.public_key().raw);
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!("sha256:{hex}"))
+    Ok(proto::agent::client::ca_hash(ca_pem)?)
 }
 
 /// When the certificate was issued and when it expires.
@@ -316,21 +308,10 @@ impl Identity {
     }
 }
 
-pub const ALPN: &[u8] = b"skiff-agent/1";
-
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
+pub use proto::agent::client::{provider, ALPN};
 
 pub fn roots(ca_pem: &str) -> Result<rustls::RootCertStore> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
-        roots.add(c?)?;
-    }
-    if roots.is_empty() {
-        bail!("no certificate in the CA PEM");
-    }
-    Ok(roots)
+    Ok(proto::agent::client::roots(ca_pem)?)
 }
 
 /// The data directory's identity files exist.

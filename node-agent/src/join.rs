@@ -12,9 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use proto::agent::{
-    agent_request, frame, AgentRequest, CaRequest, CaResponse, CertificateResponse, JoinRequest,
-};
+use proto::agent::{agent_request, frame, AgentRequest, CertificateResponse, JoinRequest};
 
 use crate::identity::{self, Cluster, Identity};
 use crate::session::connect;
@@ -31,32 +29,13 @@ pub struct JoinArgs<'a> {
 
 pub async fn join(args: JoinArgs<'_>) -> Result<Identity> {
     let endpoint = connect::endpoint()?;
-    let conn =
-        connect::connect(&endpoint, args.server, connect::unverified_tls()?, TIMEOUT).await?;
-    // Whoever answers is not trusted yet: a small answer or none.
-    let ca: CaResponse = connect::request(
-        &conn,
-        AgentRequest {
-            request: Some(agent_request::Request::Ca(CaRequest {})),
-        },
-        frame::MAX_UNAUTHENTICATED,
-    )
-    .await
-    .context("fetching the cluster CA")?;
-    conn.close(0u32.into(), b"done");
-    let hash = identity::ca_hash(&ca.ca_pem)?;
-    let wanted = args.ca_hash.trim().to_ascii_lowercase();
-    if hash != wanted {
-        bail!(
-            "the cluster CA offered by {} has hash {hash}, not {wanted} as --discovery-token-ca-cert-hash says: refusing to trust it",
-            args.server
-        );
-    }
+    let ca_pem =
+        proto::agent::client::discover_ca(&endpoint, args.server, args.ca_hash, TIMEOUT).await?;
 
     let conn = connect::connect(
         &endpoint,
         args.server,
-        connect::anonymous_tls(&ca.ca_pem)?,
+        connect::anonymous_tls(&ca_pem)?,
         TIMEOUT,
     )
     .await

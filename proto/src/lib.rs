@@ -5,12 +5,15 @@
 //!   etcd's package names and field numbers so that etcd clients work.
 //! - [`agent`]: the node agent's protocol with the masters (over QUIC),
 //!   [`agent::frame`], how its messages are framed on a stream, and
-//!   [`agent::close`], why a master closes a connection.
+//!   [`agent::close`], why a master closes a connection, and
+//!   [`agent::client`], the QUIC client side that joiners (node agents and
+//!   joining masters) and agents share.
 //! - [`quantity`]: Kubernetes resource quantities as they are written on
 //!   the wire, parsed exactly (both masters and agents read them).
 
 pub mod agent {
     tonic::include_proto!("skiff.agent");
+    pub mod client;
     pub mod close;
     pub mod frame;
 }

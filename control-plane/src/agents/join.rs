@@ -11,7 +11,9 @@
 //! is a member's ([`super::membership`]).
 
 use axum::http::StatusCode;
-use proto::agent::{CertificateResponse, JoinRequest, RenewRequest};
+use proto::agent::{
+    CertificateResponse, ControlPlaneRequest, ControlPlaneResponse, JoinRequest, RenewRequest,
+};
 use serde_json::json;
 
 use super::membership::{Membership, Verdict};
@@ -119,6 +121,73 @@ pub async fn join(gateway: &Gateway, req: JoinRequest) -> CertificateResponse {
         unregister(gateway, node, &uid).await;
     }
     response
+}
+
+/// A joining master's request for the control-plane certificates: the
+/// ciphertext `init` or `certs upload` stored, for a valid bootstrap token.
+/// The joiner opens it with the certificate key, which no master holds, and
+/// then adds itself to the store as a learner through the etcd API with a
+/// master certificate of its own; this gateway changes nothing.
+pub async fn control_plane(gateway: &Gateway, req: ControlPlaneRequest) -> ControlPlaneResponse {
+    let refused = |reason: String| {
+        tracing::info!(%reason, "control-plane join refused");
+        metrics::counter!("skiff_control_plane_certificate_fetches_total", "result" => "refused")
+            .increment(1);
+        ControlPlaneResponse {
+            refused: reason,
+            ..Default::default()
+        }
+    };
+    let token = match Token::parse(&req.token) {
+        Ok(t) => t,
+        Err(r) => return refused(r.to_string()),
+    };
+    let secret = match token_secret(gateway, &token).await {
+        Ok(s) => s,
+        Err(e) => return refused(e),
+    };
+    if let Err(r) = tokens::check(&token, secret.as_ref(), chrono::Utc::now()) {
+        return refused(match r {
+            Refusal::WrongSecret(_) | Refusal::Unknown(_) => format!("invalid token: {r}"),
+            other => other.to_string(),
+        });
+    }
+    use crate::pki::sealed;
+    let secrets = crate::api::find_resource("", "v1", "secrets").expect("secrets are served");
+    let uploaded = match gateway
+        .api
+        .get(secrets, Some(sealed::SECRET_NAMESPACE), sealed::SECRET_NAME)
+        .await
+    {
+        Ok(s) => s.object,
+        Err(e) if e.code == StatusCode::NOT_FOUND => {
+            return refused(
+                "no control-plane certificates are uploaded: run `control-plane certs upload` \
+                 on a master and join with the certificate key it prints"
+                    .into(),
+            )
+        }
+        Err(e) => return refused(format!("reading the uploaded certificates: {}", e.message)),
+    };
+    let sealed = match sealed::from_secret(&uploaded, chrono::Utc::now()) {
+        Ok(s) => s,
+        Err(why) => return refused(why),
+    };
+    let store = gateway.api.registry().store();
+    tracing::info!(token = %token.id, "control-plane certificates handed to a joining master");
+    metrics::counter!("skiff_control_plane_certificate_fetches_total", "result" => "handed")
+        .increment(1);
+    ControlPlaneResponse {
+        sealed,
+        client_urls: store
+            .members()
+            .into_iter()
+            .filter(|m| !m.is_learner)
+            .flat_map(|m| m.client_urls)
+            .collect(),
+        cluster_token: store.config().cluster_token.clone(),
+        refused: String::new(),
+    }
 }
 
 /// Create the Node for a joining node; its uid. Refused if one exists.

@@ -223,6 +223,10 @@ async fn stream(
             let response = join::join(&gateway, j).await;
             frame::write(&mut send, &response).await
         }
+        (Some(agent_request::Request::ControlPlane(r)), _) => {
+            let response = join::control_plane(&gateway, r).await;
+            frame::write(&mut send, &response).await
+        }
         (Some(agent_request::Request::Renew(r)), Some(node)) => {
             let response = join::renew(&gateway, &membership, &node, node_uid.as_deref(), r).await;
             frame::write(&mut send, &response).await
@@ -264,6 +268,11 @@ pub fn describe_metrics() {
         "skiff_agent_joins_total",
         Unit::Count,
         "Node join requests, by result (joined, refused)."
+    );
+    describe_counter!(
+        "skiff_control_plane_certificate_fetches_total",
+        Unit::Count,
+        "Joining masters' requests for the sealed control-plane certificates, by result (handed, refused)."
     );
     describe_counter!(
         "skiff_agent_renewals_total",

@@ -17,6 +17,7 @@
 pub mod files;
 pub mod master_cert;
 pub mod node_cert;
+pub mod sealed;
 pub mod verify;
 
 pub use master_cert::MasterCert;
@@ -426,18 +427,11 @@ pub fn identity_of(cert_der: &[u8]) -> Option<Identity> {
 /// `--discovery-token-ca-cert-hash`: `sha256:` and the hex SHA-256 of the
 /// CA certificate's SubjectPublicKeyInfo.
 pub fn ca_hash(ca_pem: &str) -> Result<String> {
-    let der = rustls_pemfile::certs(&mut ca_pem.as_bytes())
-        .next()
-        .context("no certificate in the CA PEM")??;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der)
-        .map_err(|e| anyhow::anyhow!("parsing the CA certificate: {e}"))?;
-    let digest = ring::digest::digest(&ring::digest::SHA256, cert.public_key().raw);
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!("sha256:{hex}"))
+    Ok(proto::agent::client::ca_hash(ca_pem)?)
 }
 
 /// The QUIC protocol name agents and masters speak.
-pub const AGENT_ALPN: &[u8] = b"skiff-agent/1";
+pub const AGENT_ALPN: &[u8] = proto::agent::client::ALPN;
 
 /// TLS for the agent gateway (QUIC, so TLS 1.3 only): this master's
 /// certificate; a client certificate signed by the CA when offered (nodes),

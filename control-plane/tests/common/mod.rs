@@ -62,7 +62,7 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = dir.path().join("pki");
         let init = Command::new(env!("CARGO_BIN_EXE_control-plane"))
-            .args(["init", "--pki-dir"])
+            .args(["init", "certs", "--pki-dir"])
             .arg(&pki)
             .output()
             .expect("control-plane init");

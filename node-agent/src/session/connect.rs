@@ -2,43 +2,16 @@
 //! the node has one, anonymously (to fetch the CA, whose hash the joiner
 //! checks itself, and to join with a token once the CA is pinned).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use prost::Message;
-use proto::agent::{close, frame, AgentRequest};
+use proto::agent::client;
+use proto::agent::{close, AgentRequest};
 use quinn::{Connection, ConnectionError, Endpoint};
 
-use crate::identity::{self, ALPN};
-
-/// Keep-alives every 500 ms; a master silent for 3 s is gone (the agent
-/// then fails over).
-fn transport() -> Arc<quinn::TransportConfig> {
-    let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(Duration::from_millis(500)));
-    t.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(Duration::from_secs(3)).expect("3 s fits an idle timeout"),
-    ));
-    Arc::new(t)
-}
-
 pub fn endpoint() -> Result<Endpoint> {
-    Endpoint::client("0.0.0.0:0".parse().expect("an address")).context("opening a UDP socket")
-}
-
-async fn resolve(server: &str) -> Result<SocketAddr> {
-    tokio::net::lookup_host(server)
-        .await
-        .with_context(|| format!("resolving {server}"))?
-        .next()
-        .with_context(|| format!("{server} has no address"))
-}
-
-fn host_of(server: &str) -> &str {
-    let host = server.rsplit_once(':').map(|(h, _)| h).unwrap_or(server);
-    host.trim_start_matches('[').trim_end_matches(']')
+    Ok(client::endpoint()?)
 }
 
 /// Connect to `server` (host:port) with `tls`, within `timeout`.
@@ -48,107 +21,22 @@ pub async fn connect(
     tls: rustls::ClientConfig,
     timeout: Duration,
 ) -> Result<Connection> {
-    let addr = resolve(server).await?;
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .context("TLS configuration unusable for QUIC")?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport());
-    let connecting = endpoint
-        .connect_with(config, addr, host_of(server))
-        .with_context(|| format!("connecting to {server}"))?;
-    tokio::time::timeout(timeout, connecting)
-        .await
-        .with_context(|| format!("{server} did not answer within {timeout:?}"))?
-        .with_context(|| format!("connecting to {server}"))
+    Ok(client::connect(endpoint, server, tls, timeout).await?)
 }
 
 /// TLS that trusts the cluster CA, without a client certificate.
 pub fn anonymous_tls(ca_pem: &str) -> Result<rustls::ClientConfig> {
-    let mut config = rustls::ClientConfig::builder_with_provider(identity::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(identity::roots(ca_pem)?)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![ALPN.to_vec()];
-    Ok(config)
-}
-
-/// TLS that accepts any server: only for fetching the CA, which the caller
-/// then checks against the hash it was given.
-pub fn unverified_tls() -> Result<rustls::ClientConfig> {
-    let provider = identity::provider();
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![ALPN.to_vec()];
-    Ok(config)
-}
-
-#[derive(Debug)]
-struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    Ok(client::anonymous_tls(ca_pem)?)
 }
 
 /// One request on a new stream, and its one answer, refused if longer
-/// than `max` (the caller knows how far it trusts the master, and what
-/// size of answer to expect).
+/// than `max`.
 pub async fn request<M: Message + Default>(
     conn: &Connection,
     req: AgentRequest,
     max: usize,
 ) -> Result<M> {
-    let (mut send, mut recv) = conn.open_bi().await.context("opening a stream")?;
-    frame::write(&mut send, &req).await?;
-    let _ = send.finish();
-    match frame::read::<M, _>(&mut recv, max).await {
-        Ok(Some(m)) => Ok(m),
-        Ok(None) => bail!("the master closed the stream without answering"),
-        Err(e) => Err(e).context("reading the master's answer"),
-    }
+    Ok(client::request(conn, req, max).await?)
 }
 
 /// A master refused this node's certificate: the node is not a member of
