@@ -26,6 +26,9 @@ pub struct Options {
     pub masters: usize,
     /// The `control-plane` binary.
     pub bin: PathBuf,
+    /// The binary a rolling restart starts each master with (a rolling
+    /// upgrade from `bin`); `None`: `bin` again.
+    pub upgrade_bin: Option<PathBuf>,
     /// Mount a tmpfs of this many MiB on every data directory.
     pub tmpfs_mb: Option<u64>,
     pub election_timeout_ms: u64,
@@ -48,6 +51,8 @@ pub struct Master {
     pub joining: bool,
     /// The Raft member id, learned from its first status answer.
     pub id: Option<u64>,
+    /// A rolling restart moved it to `upgrade_bin`: later starts use that.
+    pub upgraded: bool,
     channel: Channel,
 }
 
@@ -107,6 +112,9 @@ impl Cluster {
                 opts.bin.display()
             );
         }
+        if let Some(up) = opts.upgrade_bin.as_ref().filter(|p| !p.exists()) {
+            bail!("--upgrade-bin {} not found", up.display());
+        }
         remove_stale_mounts();
         let net = Net::create(opts.masters)?;
         std::fs::create_dir_all(opts.root.join("logs"))?;
@@ -143,6 +151,7 @@ impl Cluster {
                 paused: false,
                 joining: false,
                 id: None,
+                upgraded: false,
                 channel: channel(&url, Duration::from_millis(500), Some(&cluster.tls))?,
             });
         }
@@ -191,13 +200,17 @@ impl Cluster {
             bail!("{} is already running", m.name);
         }
         let ip = m.host.ip;
+        let bin = match (&self.opts.upgrade_bin, m.upgraded) {
+            (Some(up), true) => up,
+            _ => &self.opts.bin,
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&m.log)?;
         let child = Command::new("ip")
             .args(["netns", "exec", &m.host.ns])
-            .arg(&self.opts.bin)
+            .arg(bin)
             .args(["run", "--name", &m.name, "--data-dir"])
             .arg(&m.data)
             .arg(format!("--listen-client={ip}:{CLIENT_PORT}"))
@@ -250,6 +263,27 @@ impl Cluster {
             let _ = child.wait();
         }
         m.paused = false;
+    }
+
+    /// SIGTERM, as `systemctl stop` does, and wait up to `timeout` for the
+    /// master to exit; kill -9 after that. Returns how long it took to exit
+    /// by itself, or `None` if it had to be killed.
+    pub async fn terminate(&mut self, i: usize, timeout: Duration) -> Option<Duration> {
+        let pid = self.pid(i)?;
+        self.resume(i);
+        let start = Instant::now();
+        let _ = kill(pid, Signal::SIGTERM);
+        let m = &mut self.masters[i];
+        let child = m.child.as_mut()?;
+        while start.elapsed() < timeout {
+            if let Ok(Some(_)) = child.try_wait() {
+                m.child = None;
+                return Some(start.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.kill(i);
+        None
     }
 
     pub fn pause(&mut self, i: usize) {

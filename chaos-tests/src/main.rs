@@ -29,7 +29,7 @@ struct Cli {
     /// Faults, comma-separated: all, kill, partition, or single ones
     /// (kill-leader, kill-follower, kill-random, pause, partition-leader,
     /// partition-halves, partition-bridge, partition-ring, partition-one-way,
-    /// loss, restart-all, membership, disk-full), or none.
+    /// loss, restart-all, membership, disk-full, rolling-restart), or none.
     #[arg(long, default_value = "all")]
     nemesis: String,
     /// Workloads, comma-separated: register, set (alias durability), watch, all.
@@ -63,6 +63,10 @@ struct Cli {
     /// The master binary (default: control-plane beside this binary).
     #[arg(long)]
     bin: Option<PathBuf>,
+    /// rolling-restart starts each master with this binary instead of
+    /// --bin (a rolling upgrade); later restarts of that master use it too.
+    #[arg(long)]
+    upgrade_bin: Option<PathBuf>,
     /// Where failed runs save their history.
     #[arg(long, default_value = ".")]
     out: PathBuf,
@@ -145,6 +149,7 @@ async fn main_inner() -> Result<bool> {
                 cluster: cluster::Options {
                     masters: cli.masters,
                     bin: bin.clone(),
+                    upgrade_bin: cli.upgrade_bin.clone(),
                     tmpfs_mb: needs_tmpfs.then_some(512),
                     election_timeout_ms: cli.election_timeout_ms,
                     min_free_mb: 32,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use proto::etcd::cluster_client::ClusterClient;
-use proto::etcd::{MemberAddRequest, MemberRemoveRequest};
+use proto::etcd::{MemberAddRequest, MemberListRequest, MemberRemoveRequest};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -30,9 +30,10 @@ pub enum Kind {
     RestartAll,
     Membership,
     DiskFull,
+    RollingRestart,
 }
 
-pub const ALL: [Kind; 13] = [
+pub const ALL: [Kind; 14] = [
     Kind::KillLeader,
     Kind::KillFollower,
     Kind::KillRandom,
@@ -46,6 +47,7 @@ pub const ALL: [Kind; 13] = [
     Kind::RestartAll,
     Kind::Membership,
     Kind::DiskFull,
+    Kind::RollingRestart,
 ];
 
 impl Kind {
@@ -64,6 +66,7 @@ impl Kind {
             Kind::RestartAll => "restart-all",
             Kind::Membership => "membership",
             Kind::DiskFull => "disk-full",
+            Kind::RollingRestart => "rolling-restart",
         }
     }
 }
@@ -111,6 +114,8 @@ pub enum Active {
     Rejoin(usize),
     /// Delete the file that filled this master's disk.
     Disk(PathBuf),
+    /// Nothing: the fault healed itself (a rolling restart).
+    Nothing,
 }
 
 /// One injected fault, for the report.
@@ -187,6 +192,8 @@ pub async fn inject(kind: Kind, c: &mut Cluster, rng: &mut StdRng) -> Result<Inj
     let mut problems = Vec::new();
     // Set when the fault takes the leader out: then the time to a new one is measured.
     let mut hit = None;
+    // Or measured by the fault itself.
+    let mut measured_leader = None;
     let (active, detail) = match kind {
         Kind::KillLeader | Kind::KillFollower | Kind::KillRandom => {
             let i = match kind {
@@ -337,11 +344,16 @@ pub async fn inject(kind: Kind, c: &mut Cluster, rng: &mut StdRng) -> Result<Inj
             }
             (Active::Disk(filler), detail)
         }
+        Kind::RollingRestart => {
+            let r = rolling_restart(c, &mut problems).await?;
+            measured_leader = r.new_leader;
+            (Active::Nothing, r.detail)
+        }
     };
     let new_leader = if hit == Some(l) {
         new_leader(c, l, start).await
     } else {
-        None
+        measured_leader
     };
     Ok(Injected {
         active,
@@ -354,6 +366,118 @@ pub async fn inject(kind: Kind, c: &mut Cluster, rng: &mut StdRng) -> Result<Inj
             problems,
         },
     })
+}
+
+/// How long a master gets to drain and exit after SIGTERM (it drains for
+/// up to 5 s, then syncs and closes its store) before kill -9.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a restarted master gets to answer and be a voter under a leader.
+const HEALTHY_TIMEOUT: Duration = Duration::from_secs(20);
+
+struct Rolled {
+    detail: String,
+    /// The leader's SIGTERM to another master leading.
+    new_leader: Option<Duration>,
+}
+
+/// The operator's rolling restart (docs/deploying.md, "Upgrading"): one
+/// master at a time, followers first and the current leader last, so the
+/// cluster elects a new leader once; SIGTERM, wait for the exit, start it
+/// again with the same flags (with `--upgrade-bin`: that binary), and wait
+/// until it answers, the cluster has a leader and the member list has it
+/// as a voter before the next. The leader is asked anew before each step,
+/// as it may have moved.
+async fn rolling_restart(c: &mut Cluster, problems: &mut Vec<String>) -> Result<Rolled> {
+    let n = c.len();
+    let mut left: Vec<usize> = (0..n).collect();
+    let mut order = Vec::new();
+    let (mut drain_max, mut healthy_max) = (Duration::ZERO, Duration::ZERO);
+    let mut new_leader_at = None;
+    while !left.is_empty() {
+        let l = c.wait_leader(Duration::from_secs(10)).await;
+        let i = left
+            .iter()
+            .copied()
+            .find(|&j| Some(j) != l)
+            .unwrap_or(left[0]);
+        left.retain(|&j| j != i);
+        let was_leader = Some(i) == l;
+        let name = c.masters[i].name.clone();
+        let stopped = Instant::now();
+        match c.terminate(i, STOP_TIMEOUT).await {
+            Some(d) => drain_max = drain_max.max(d),
+            None => problems.push(format!(
+                "{name} did not exit within {}s of SIGTERM (killed)",
+                STOP_TIMEOUT.as_secs()
+            )),
+        }
+        if was_leader {
+            // The time to a new leader, while the old one is down (the
+            // operator's binary swap); it comes back as a follower.
+            new_leader_at = new_leader(c, i, stopped).await;
+        }
+        c.masters[i].upgraded = c.opts.upgrade_bin.is_some();
+        c.spawn(i)?;
+        let restarted = Instant::now();
+        match wait_voter(c, i, HEALTHY_TIMEOUT).await {
+            Ok(()) => healthy_max = healthy_max.max(restarted.elapsed()),
+            Err(e) => problems.push(format!("{name} after its restart: {e:#}")),
+        }
+        order.push(if was_leader {
+            format!("{name}(leader)")
+        } else {
+            name
+        });
+    }
+    let with = match &c.opts.upgrade_bin {
+        Some(p) => format!(" onto {}", p.display()),
+        None => String::new(),
+    };
+    Ok(Rolled {
+        detail: format!(
+            "SIGTERM+start {}{with}: {}/{n} restarted, exit max {:.2}s, voter max {:.2}s",
+            order.join(","),
+            order.len(),
+            drain_max.as_secs_f64(),
+            healthy_max.as_secs_f64()
+        ),
+        new_leader: new_leader_at,
+    })
+}
+
+/// Wait until master `i` answers Status, some master leads, and the
+/// leader's member list has `i` as a voter.
+async fn wait_voter(c: &mut Cluster, i: usize, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no answer yet");
+    while Instant::now() < deadline {
+        match step_voter(c, i).await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = format!("{e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("not a healthy voter within {}s: {last}", timeout.as_secs())
+}
+
+async fn step_voter(c: &mut Cluster, i: usize) -> Result<()> {
+    let s = c.status(i).await.context("it does not answer Status")?;
+    if s.leader == 0 {
+        bail!("it knows no leader");
+    }
+    let id = s.header.map(|h| h.member_id).context("no member id")?;
+    let l = c.leader().await.context("no master says it leads")?;
+    let members = ClusterClient::new(c.channel(l))
+        .member_list(MemberListRequest::default())
+        .await
+        .map_err(|e| anyhow::anyhow!("member list: {}", client::describe(&e)))?
+        .into_inner()
+        .members;
+    match members.iter().find(|m| m.id == id) {
+        Some(m) if !m.is_learner => Ok(()),
+        Some(_) => bail!("it is a learner"),
+        None => bail!("it is not in the member list"),
+    }
 }
 
 /// Leave a few MiB free on master `i`'s tmpfs, below its guard threshold.
@@ -421,6 +545,7 @@ pub async fn heal(active: Active, c: &mut Cluster) -> Result<()> {
             c.spawn(i)?;
         }
         Active::Disk(filler) => std::fs::remove_file(&filler)?,
+        Active::Nothing => {}
     }
     Ok(())
 }

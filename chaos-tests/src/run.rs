@@ -129,6 +129,7 @@ pub async fn run(s: &Scenario) -> Result<Outcome> {
             break;
         };
         tokio::time::sleep(s.quiet).await;
+        let from = history.now();
         let fault = inject_and_heal(&mut cluster, kind, s.hold, &endpoints, &mut rng).await?;
         println!(
             "  {:<18} {:<50} new leader {:>6}  writable after {:>6} ({:>6} after heal)",
@@ -138,6 +139,23 @@ pub async fn run(s: &Scenario) -> Result<Outcome> {
             secs(fault.since_fault),
             secs(fault.recovered)
         );
+        if kind == Kind::RollingRestart {
+            // What the clients saw while the masters restarted one by one
+            // (a client does not retry: it records the error and moves on
+            // to another master).
+            let to = history.now();
+            let during: Vec<Record> = history
+                .records()
+                .into_iter()
+                .filter(|r| r.call >= from && r.call <= to)
+                .collect();
+            let (streaks, longest) = failure_streaks(&during);
+            println!(
+                "    requests during it ({:.2}s): {}; {streaks} times a client's retry on another master failed too (longest run of failures {longest})",
+                (to - from) as f64 / 1e9,
+                counts(&during)
+            );
+        }
         for p in &fault.problems {
             println!("    ! {p}");
         }
@@ -351,6 +369,33 @@ fn under(records: &[Record], prefix: &str) -> Vec<Record> {
         .filter(|r| r.key.starts_with(prefix))
         .cloned()
         .collect()
+}
+
+/// Per client, in call order: how many times a failed request was followed
+/// by another failure (a client moves to another master after a failure,
+/// so that is a retry that failed too), and the longest run of failures.
+fn failure_streaks(records: &[Record]) -> (usize, usize) {
+    let mut by_client: BTreeMap<u64, Vec<&Record>> = BTreeMap::new();
+    for r in records {
+        by_client.entry(r.client).or_default().push(r);
+    }
+    let (mut again, mut longest) = (0, 0);
+    for ops in by_client.values_mut() {
+        ops.sort_by_key(|r| r.call);
+        let mut run = 0;
+        for r in ops.iter() {
+            if r.status == Status::Ok {
+                run = 0;
+            } else {
+                if run > 0 {
+                    again += 1;
+                }
+                run += 1;
+                longest = longest.max(run);
+            }
+        }
+    }
+    (again, longest)
 }
 
 /// "ok N, fail N, unknown N (most common reasons)".

@@ -46,6 +46,7 @@ async fn a_partitioned_leader_does_not_renew_leases() {
     let mut c = Cluster::start(Options {
         masters: 3,
         bin: common::control_plane(),
+        upgrade_bin: None,
         tmpfs_mb: None,
         election_timeout_ms: 800,
         min_free_mb: 32,
