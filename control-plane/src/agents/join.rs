@@ -83,6 +83,18 @@ async fn token_secret(
     }
 }
 
+/// The bootstrap token `raw`, if it is one the cluster holds and it is
+/// valid now; otherwise why not.
+async fn valid_token(gateway: &Gateway, raw: &str) -> Result<Token, String> {
+    let token = Token::parse(raw).map_err(|r| r.to_string())?;
+    let secret = token_secret(gateway, &token).await?;
+    tokens::check(&token, secret.as_ref(), chrono::Utc::now()).map_err(|r| match r {
+        Refusal::WrongSecret(_) | Refusal::Unknown(_) => format!("invalid token: {r}"),
+        other => other.to_string(),
+    })?;
+    Ok(token)
+}
+
 pub async fn join(gateway: &Gateway, req: JoinRequest) -> CertificateResponse {
     if !valid_node_name(&req.node_name) {
         return refused(format!(
@@ -90,20 +102,10 @@ pub async fn join(gateway: &Gateway, req: JoinRequest) -> CertificateResponse {
             req.node_name
         ));
     }
-    let token = match Token::parse(&req.token) {
+    let token = match valid_token(gateway, &req.token).await {
         Ok(t) => t,
-        Err(r) => return refused(r.to_string()),
+        Err(why) => return refused(why),
     };
-    let secret = match token_secret(gateway, &token).await {
-        Ok(s) => s,
-        Err(e) => return refused(e),
-    };
-    if let Err(r) = tokens::check(&token, secret.as_ref(), chrono::Utc::now()) {
-        return refused(match r {
-            Refusal::WrongSecret(_) | Refusal::Unknown(_) => format!("invalid token: {r}"),
-            other => other.to_string(),
-        });
-    }
     if let Err(e) = crate::pki::node_cert::check_csr(&req.csr_pem) {
         return refused(format!("{e:#}"));
     }
@@ -138,20 +140,10 @@ pub async fn control_plane(gateway: &Gateway, req: ControlPlaneRequest) -> Contr
             ..Default::default()
         }
     };
-    let token = match Token::parse(&req.token) {
+    let token = match valid_token(gateway, &req.token).await {
         Ok(t) => t,
-        Err(r) => return refused(r.to_string()),
+        Err(why) => return refused(why),
     };
-    let secret = match token_secret(gateway, &token).await {
-        Ok(s) => s,
-        Err(e) => return refused(e),
-    };
-    if let Err(r) = tokens::check(&token, secret.as_ref(), chrono::Utc::now()) {
-        return refused(match r {
-            Refusal::WrongSecret(_) | Refusal::Unknown(_) => format!("invalid token: {r}"),
-            other => other.to_string(),
-        });
-    }
     use crate::pki::sealed;
     let secrets = crate::api::find_resource("", "v1", "secrets").expect("secrets are served");
     let uploaded = match gateway
