@@ -66,6 +66,21 @@ async fn three(dir: &std::path::Path) -> (Vec<Config>, Vec<Arc<Store>>) {
     (configs, stores)
 }
 
+/// Write `key` through `store`, retrying while no leader is known (a
+/// leader just elected on a loaded machine may not be serving yet).
+async fn write_through(store: &Store, key: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match store.write(put(key)).await {
+            Ok(_) => return,
+            Err(StoreError::NoLeader) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("write {key}: {e:?}"),
+        }
+    }
+}
+
 fn put(key: &str) -> Command {
     Command::Txn(TxnRequest::single(Op::Put(PutRequest {
         key: key.as_bytes().to_vec(),
@@ -103,7 +118,7 @@ async fn a_running_voter_removed_learns_it_and_the_others_go_on() {
     let (_configs, stores) = three(dir.path()).await;
     let all: Vec<&Arc<Store>> = stores.iter().collect();
     let leader = leader_of(&all).await;
-    stores[leader].write(put("/before")).await.expect("write");
+    write_through(&stores[leader], "/before").await;
     let victim = (leader + 1) % 3;
     let victim_id = stores[victim].id();
     assert!(!stores[victim].is_removed());
@@ -142,9 +157,7 @@ async fn a_running_voter_removed_learns_it_and_the_others_go_on() {
     );
     for s in &rest {
         assert_eq!(member_ids(s).len(), 2, "{:?}", s.members());
-        s.write(put(&format!("/after/{}", s.config().name)))
-            .await
-            .expect("write after the removal");
+        write_through(s, &format!("/after/{}", s.config().name)).await;
     }
     assert!(!stores[victim].is_leader());
 }
@@ -156,7 +169,7 @@ async fn a_voter_removed_while_down_learns_it_from_a_peer_on_restart() {
     let all: Vec<&Arc<Store>> = stores.iter().collect();
     let leader = leader_of(&all).await;
     let leading = stores[leader].clone();
-    leading.write(put("/before")).await.expect("write");
+    write_through(&leading, "/before").await;
     let victim = (leader + 1) % 3;
     let victim_id = stores[victim].id();
     stop(stores.remove(victim)).await;
@@ -165,7 +178,7 @@ async fn a_voter_removed_while_down_learns_it_from_a_peer_on_restart() {
         .remove_member(victim_id)
         .await
         .expect("member remove while it is down");
-    leading.write(put("/after")).await.expect("write");
+    write_through(&leading, "/after").await;
     let term = leading.term();
 
     let restarted = start(&configs[victim]).await;
@@ -187,9 +200,7 @@ async fn a_voter_removed_while_down_learns_it_from_a_peer_on_restart() {
     assert!(!member_ids(&restarted).contains(&victim_id));
     for s in &stores {
         assert_eq!(member_ids(s).len(), 2);
-        s.write(put(&format!("/later/{}", s.config().name)))
-            .await
-            .expect("write");
+        write_through(s, &format!("/later/{}", s.config().name)).await;
     }
 
     // It knows at once on its next start, from its data directory.
@@ -221,10 +232,7 @@ async fn a_leader_that_removes_itself_learns_it_from_the_config_it_applies() {
         .map(|i| &stores[i])
         .collect();
     let next = leader_of(&rest).await;
-    rest[next]
-        .write(put("/after"))
-        .await
-        .expect("write to the next leader");
+    write_through(rest[next], "/after").await;
     for s in &rest {
         assert!(!s.is_removed());
         assert!(!member_ids(s).contains(&leader_id));
@@ -239,7 +247,7 @@ async fn a_learner_is_promoted_in_sync_and_a_lagging_peer_does_not_call_it_remov
     let leader = leader_of(&all).await;
     let leading = stores[leader].clone();
     for i in 0..50 {
-        leading.write(put(&format!("/k/{i}"))).await.expect("write");
+        write_through(&leading, &format!("/k/{i}")).await;
     }
     // The lagging peer: down while the new member is added and promoted.
     let lagging = (leader + 1) % 3;
@@ -315,7 +323,7 @@ async fn a_learner_is_promoted_in_sync_and_a_lagging_peer_does_not_call_it_remov
     stores.push(new);
     let up: Vec<&Arc<Store>> = stores.iter().collect();
     let now = leader_of(&up).await;
-    up[now].write(put("/after")).await.expect("write");
+    write_through(up[now], "/after").await;
     assert!(up.iter().all(|s| !s.is_removed()));
 }
 
@@ -325,7 +333,7 @@ async fn a_removed_learner_learns_it_by_asking_its_peers() {
     let (_configs, stores) = three(dir.path()).await;
     let all: Vec<&Arc<Store>> = stores.iter().collect();
     let leader = leader_of(&all).await;
-    stores[leader].write(put("/before")).await.expect("write");
+    write_through(&stores[leader], "/before").await;
     let cfg = config("d", dir.path(), free_port());
     let learner = start(&cfg).await;
     let id = stores[leader]
@@ -351,5 +359,5 @@ async fn a_removed_learner_learns_it_by_asking_its_peers() {
     println!("the removed learner knew {took:?} after its removal was committed");
     assert!(!member_ids(&learner).contains(&id));
     assert!(stores.iter().all(|s| !s.is_removed()));
-    stores[leader].write(put("/after")).await.expect("write");
+    write_through(&stores[leader], "/after").await;
 }
