@@ -1,70 +1,12 @@
 //! Restarting masters of a three-master group in one process.
 
 mod common;
-use common::free_port;
+use common::{leader_of, start, three};
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use raft_store::mvcc::{Op, PutRequest, TxnRequest};
-use raft_store::{Command, Config, Member, Store};
-
-fn config(name: &str, dir: &std::path::Path, port: u16) -> Config {
-    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
-    // The default heartbeat (100 ms) and election timeout (500-900 ms): a
-    // timeout close to the heartbeat lets a loaded machine's scheduling
-    // delays depose a leader these tests expect to keep its place.
-    Config::new(name, dir.join(name), addr)
-}
-
-/// Start a store, retrying while a store shut down in this process still
-/// holds the RocksDB lock.
-async fn start(cfg: &Config) -> Arc<Store> {
-    for _ in 0..50 {
-        if let Ok(s) = Store::start(cfg.clone()).await {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("store {} never started", cfg.name);
-}
-
-async fn leader_of(stores: &[Arc<Store>]) -> usize {
-    for _ in 0..100 {
-        if let Some(i) = stores.iter().position(|s| s.is_leader()) {
-            return i;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no leader elected");
-}
-
-/// Three masters in `dir`, started and initialized as one group.
-async fn three(dir: &std::path::Path) -> (Vec<Config>, Vec<Arc<Store>>) {
-    let configs: Vec<Config> = ["a", "b", "c"]
-        .iter()
-        .map(|n| config(n, dir, free_port()))
-        .collect();
-    let mut stores = Vec::new();
-    for cfg in &configs {
-        stores.push(start(cfg).await);
-    }
-    let members: BTreeMap<_, _> = configs
-        .iter()
-        .map(|c| {
-            let m = Member {
-                name: c.name.clone(),
-                peer_url: c.peer_url.clone(),
-            };
-            (c.member_id(), m)
-        })
-        .collect();
-    for s in &stores {
-        s.initialize(members.clone()).await.expect("init");
-    }
-    (configs, stores)
-}
+use raft_store::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_leader_wins_an_election_before_it_leads_again() {
