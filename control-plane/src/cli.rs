@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
+use raft_store::handoff::Handoff;
 use raft_store::{member_id, Member, Store};
 
 #[derive(Parser)]
@@ -904,9 +905,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
 
     let mut removed = store.removed();
+    // `wait_for`'s guard is a read lock on the flag: it must not be held
+    // across the await below, or a second `mark` blocks its worker thread
+    // on the write lock (a deadlock seen when both peers said so at once).
+    let learned = async { removed.wait_for(|r| *r).await.is_ok() };
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("shutting down"),
-        Ok(_) = removed.wait_for(|r| *r) => {
+        true = learned => {
             tracing::error!(
                 name = %args.name,
                 "this master was removed from the cluster: it stops serving and exits (wipe its \
@@ -933,6 +938,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .is_err()
     {
         tracing::warn!("servers did not drain within 5s");
+    }
+    match store.hand_off().await {
+        Handoff::NotLeading => {}
+        Handoff::Done { to, took } => tracing::info!(
+            to = format_args!("{to:x}"),
+            took_ms = took.as_millis() as u64,
+            "leadership handed over"
+        ),
+        Handoff::Failed(why) => tracing::warn!(
+            "could not hand over the leadership ({why}); the others elect a leader once they miss its heartbeats"
+        ),
     }
     store.shutdown().await;
     Ok(())

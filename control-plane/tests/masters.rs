@@ -295,11 +295,31 @@ async fn masters_init_join_and_leave_as_with_kubeadm() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let status = eventually("m3 to exit", Duration::from_secs(30), || {
-        let s = hosts[2].exited();
-        async move { s }
-    })
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = hosts[2].exited() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let log = hosts[2].log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let others: Vec<String> = hosts[..2]
+                .iter()
+                .flat_map(|h| {
+                    h.log()
+                        .lines()
+                        .filter(|l| l.contains("removed") || l.contains("membership"))
+                        .map(String::from)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            panic!(
+                "m3 did not exit within 30 s of leaving; its last lines (newest first): \
+                 {tail:#?}\nm1 and m2 on removal: {others:#?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert!(
         status.success(),
         "a removed master exits cleanly: {status:?}"
