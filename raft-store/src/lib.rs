@@ -28,6 +28,7 @@
 pub mod backup;
 pub mod db;
 pub mod error;
+pub mod handoff;
 mod jobs;
 pub mod lease;
 pub mod log_store;

@@ -238,6 +238,7 @@ impl Store {
             raft: raft.clone(),
             peers: peers.clone(),
             patience: config.election_timeout.1 * 2,
+            stepping_down: Default::default(),
         };
         let proposer = Proposer::start(router.clone());
         let leader_reads = {
@@ -364,6 +365,14 @@ impl Store {
 
     pub fn is_removed(&self) -> bool {
         self.removal.is_removed()
+    }
+
+    pub(crate) fn router(&self) -> &Router {
+        &self.router
+    }
+
+    pub(crate) fn peers(&self) -> &Peers {
+        &self.peers
     }
 
     pub(crate) fn removal(&self) -> &Removal {
@@ -532,7 +541,8 @@ impl Store {
         // from electing a replacement (found by the chaos harness: no new
         // leader for as long as reads kept coming).
         // Nor does a removed one (whatever openraft still thinks it is).
-        if self.space_low() || self.is_removed() {
+        // Nor does one handing over its leadership (`crate::handoff`).
+        if self.space_low() || self.is_removed() || self.router.is_stepping_down() {
             return Err(StoreError::NoLeader);
         }
         match fwd {
@@ -564,8 +574,8 @@ impl Store {
             }
             Forwarded::RemoveMember(id) => self.remove_member_as_leader(id).await,
             // Answered by the peer service itself (`network::server`).
-            Forwarded::AmIRemoved { .. } => Err(StoreError::Invalid(
-                "a removal check is for the peer service".into(),
+            Forwarded::AmIRemoved { .. } | Forwarded::Campaign => Err(StoreError::Invalid(
+                "a removal check or a campaign is for the peer service".into(),
             )),
             Forwarded::PromoteMember(id) => {
                 self.check_promotable(id)?;

@@ -5,6 +5,7 @@
 //! they are, new writes queue up and form the next batch, so batches grow
 //! with load and a lone write goes out at once.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +34,16 @@ pub struct Router {
     pub peers: Peers,
     /// How long to wait for a leader to be known.
     pub patience: Duration,
+    /// Set on a leader handing over its leadership ([`crate::handoff`]):
+    /// it proposes nothing more.
+    pub stepping_down: Arc<AtomicBool>,
 }
+
+/// How long a batch that no leader took waits for one that will: a leader
+/// that died is replaced after its followers' lease and an election
+/// timeout (1.4 to 1.8 s by default), and nothing was proposed meanwhile,
+/// so sending it again is safe.
+const FAILOVER_PATIENCE: Duration = Duration::from_secs(5);
 
 impl Router {
     /// The leader's id and peer URL, waiting a while for one to emerge.
@@ -54,12 +64,66 @@ impl Router {
         Ok((leader, url))
     }
 
+    pub fn set_stepping_down(&self) {
+        self.stepping_down.store(true, Ordering::Release);
+    }
+
+    pub fn is_stepping_down(&self) -> bool {
+        self.stepping_down.load(Ordering::Acquire)
+    }
+
     /// Commit `cmds` through the leader, wherever it is; one result each.
+    /// A batch the leader refused before proposing it (it no longer leads,
+    /// or is handing over), or that never reached it (it is down), goes to
+    /// the next leader.
     async fn submit(&self, cmds: Vec<Command>) -> Result<Vec<Response>> {
-        let (leader, url) = self.leader().await?;
-        if leader == self.id {
-            return self.commit(cmds).await;
+        let deadline = tokio::time::Instant::now() + FAILOVER_PATIENCE;
+        let mut cmds = cmds;
+        loop {
+            let (leader, url) = self.leader().await?;
+            let result = if leader == self.id {
+                self.commit_from(&mut cmds).await
+            } else {
+                self.forward(leader, &url, &mut cmds).await
+            };
+            match result {
+                Err(StoreError::NoLeader)
+                    if !cmds.is_empty() && tokio::time::Instant::now() < deadline =>
+                {
+                    metrics::counter!("skiff_store_proposals_redirected_total").increment(1);
+                    let left = deadline - tokio::time::Instant::now();
+                    let _ = self
+                        .raft
+                        .wait(Some(left))
+                        .metrics(
+                            |m| m.current_leader.is_some_and(|l| l != leader),
+                            "another leader",
+                        )
+                        .await;
+                }
+                other => return other,
+            }
         }
+    }
+
+    /// [`Router::commit`], keeping the commands for another try if this
+    /// master is handing over its leadership.
+    /// (Refused by openraft itself, the commands are gone: `cmds` is left
+    /// empty and the refusal goes to the writers.)
+    async fn commit_from(&self, cmds: &mut Vec<Command>) -> Result<Vec<Response>> {
+        if self.is_stepping_down() {
+            return Err(StoreError::NoLeader);
+        }
+        self.commit(std::mem::take(cmds)).await
+    }
+
+    /// Hand `cmds` to `leader`; they are kept if it refused them unproposed.
+    async fn forward(
+        &self,
+        leader: NodeId,
+        url: &str,
+        cmds: &mut Vec<Command>,
+    ) -> Result<Vec<Response>> {
         // A large write (deleting a big prefix) may take the leader many
         // seconds, so the call is given long; but if this master stops
         // seeing `leader` as the leader (it stopped, or lost its quorum),
@@ -68,20 +132,27 @@ impl Router {
             .raft
             .wait(Some(FORWARD_TIMEOUT + Duration::from_secs(1)));
         let deposed = wait.metrics(|m| m.current_leader != Some(leader), "leader changed");
-        let request = Forwarded::WriteBatch(cmds);
+        let request = Forwarded::WriteBatch(std::mem::take(cmds));
         let call = self
             .peers
-            .forward_with_timeout(leader, &url, &request, FORWARD_TIMEOUT);
-        tokio::select! {
-            reply = call => match reply? {
-                Reply::WriteBatch(r) => Ok(r),
-                other => Err(StoreError::Raft(format!("unexpected reply {other:?}"))),
+            .forward_with_timeout(leader, url, &request, FORWARD_TIMEOUT);
+        let result = tokio::select! {
+            reply = call => match reply {
+                Ok(Reply::WriteBatch(r)) => Ok(r),
+                Ok(other) => Err(StoreError::Raft(format!("unexpected reply {other:?}"))),
+                Err(e) => Err(e),
             },
             _ = deposed => Err(StoreError::Forward {
                 leader,
                 detail: "the leader changed before it answered".into(),
             }),
+        };
+        if matches!(result, Err(StoreError::NoLeader)) {
+            if let Forwarded::WriteBatch(kept) = request {
+                *cmds = kept;
+            }
         }
+        result
     }
 
     /// As the leader: append `cmds` as one entry and wait until it is applied.

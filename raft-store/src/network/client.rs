@@ -98,6 +98,11 @@ impl Peers {
                     "peer {leader:x} at {url} answered: {REMOVED_MESSAGE}"
                 ));
             }
+            if never_delivered(&s) {
+                // Nothing reached the leader: as if it had refused.
+                tracing::debug!("leader {leader:x} at {url} unreachable: {}", s.message());
+                return StoreError::NoLeader;
+            }
             fail(s.message().to_string())
         })?;
         let reply: Result<Reply, ForwardError> =
@@ -218,4 +223,14 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     fn backoff(&self) -> openraft::network::Backoff {
         openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
     }
+}
+
+/// Whether a call failed before anything was sent: the connection to the
+/// peer could not be made.
+fn never_delivered(status: &tonic::Status) -> bool {
+    let m = status.message();
+    status.code() == tonic::Code::Unavailable
+        && (m.contains("error trying to connect")
+            || m.contains("tcp connect error")
+            || m.contains("Connection refused"))
 }

@@ -26,6 +26,9 @@ pub enum Forwarded {
         id: NodeId,
         last_log_id: Option<LogId>,
     },
+    /// Asked by a leader that is stopping, of the voter it chose: start an
+    /// election now (see [`crate::handoff`]). Answered by the peer service.
+    Campaign,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -62,6 +62,33 @@ impl PeerService {
         }
     }
 
+    /// Start an election at a stopping leader's request (`crate::handoff`).
+    async fn campaign(&self) -> Result<Reply, ForwardError> {
+        if self.store.is_removed() || self.store.space_low() {
+            return Err(ForwardError::Other("this master cannot lead".into()));
+        }
+        let m = self.store.raft().metrics().borrow().clone();
+        if !m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == self.store.id())
+        {
+            return Err(ForwardError::Other("this master is not a voter".into()));
+        }
+        tracing::info!(
+            leader = ?m.current_leader,
+            "the leader is stopping and asked this master to take over: campaigning"
+        );
+        self.store
+            .raft()
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| ForwardError::Other(e.to_string()))?;
+        Ok(Reply::Done)
+    }
+
     fn refuse_removed_id(&self, sender: NodeId, log: SenderLog) -> Result<(), Status> {
         let applied = self.store.shared().membership.borrow();
         if peer_knows_removed(&applied, sender, log) {
@@ -115,6 +142,10 @@ impl RaftPeer for PeerService {
         if let Forwarded::AmIRemoved { id, last_log_id } = fwd {
             self.refuse_removed_id(id, SenderLog::Last(last_log_id))?;
             return reply::<Result<Reply, ForwardError>>(&Ok(Reply::Done));
+        }
+        if let Forwarded::Campaign = fwd {
+            let result = self.campaign().await;
+            return reply::<Result<Reply, ForwardError>>(&result);
         }
         let result = self.store.serve_forwarded(fwd).await.map_err(|e| match e {
             StoreError::NoLeader => ForwardError::NotLeader,
