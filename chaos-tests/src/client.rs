@@ -29,7 +29,8 @@ pub fn classify(e: &GrpcStatus) -> Status {
         // The connection was never made: nothing was sent.
         Code::Unavailable
             if e.message().contains("error trying to connect")
-                || e.message().contains("tcp connect error") =>
+                || e.message().contains("tcp connect error")
+                || e.message().contains("Connection refused") =>
         {
             Status::Fail
         }

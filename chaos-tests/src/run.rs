@@ -398,11 +398,11 @@ fn failure_streaks(records: &[Record]) -> (usize, usize) {
     (again, longest)
 }
 
-/// "ok N, fail N, unknown N (most common reasons)".
+/// "ok N, fail N, unknown N (the most common errors)".
 fn counts(records: &[Record]) -> String {
     let n = |s| records.iter().filter(|r| r.status == s).count();
     let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
-    for r in records.iter().filter(|r| r.status == Status::Info) {
+    for r in records.iter().filter(|r| r.status != Status::Ok) {
         *reasons
             .entry(r.error.as_deref().unwrap_or("?"))
             .or_default() += 1;
@@ -411,7 +411,7 @@ fn counts(records: &[Record]) -> String {
     reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
     let top: Vec<String> = reasons
         .iter()
-        .take(2)
+        .take(3)
         .map(|(e, c)| format!("{c}x {e}"))
         .collect();
     format!(

@@ -830,7 +830,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         store.clone(),
         client_listener,
         client_tls,
-        stopped(stop_rx.clone()),
+        stop_rx.clone(),
     ));
     let http = tokio::spawn(crate::metrics_http::serve(
         metrics_listener,

@@ -62,7 +62,11 @@ impl Endpoint {
         }
     }
 
+    /// Move to another master (a retry goes elsewhere, as etcd's client
+    /// does after an unavailable endpoint).
     pub fn switch(&mut self, rng: &mut impl Rng) {
-        self.index = rng.gen_range(0..self.n);
+        if self.n > 1 {
+            self.index = (self.index + rng.gen_range(1..self.n)) % self.n;
+        }
     }
 }

@@ -38,6 +38,8 @@ const MAX_DECODE_BYTES: usize = 8 << 20;
 #[derive(Clone)]
 pub struct Api {
     pub store: Arc<Store>,
+    /// Turns true when the master stops: open watch streams end then.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Api {
@@ -72,14 +74,23 @@ pub async fn observe<T>(
     result.map(tonic::Response::new)
 }
 
-/// Serve the etcd API on `listener` until `shutdown` resolves: over
-/// mutual TLS with `tls` (etcd's `--client-cert-auth`), else plaintext.
+/// Serve the etcd API on `listener` until `stop` turns true: over mutual
+/// TLS with `tls` (etcd's `--client-cert-auth`), else plaintext. Requests
+/// in flight then are finished; watch streams are ended with etcd's
+/// "server stopped", so that their clients move to another master at once
+/// rather than hold this one's exit up.
 pub async fn serve(
     store: Arc<Store>,
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let shutdown = {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    };
     // A member that knows it was removed answers every request alike.
     let removed = store.removed();
     let refuse_if_removed = move |req: tonic::Request<()>| {
@@ -89,7 +100,10 @@ pub async fn serve(
             Ok(req)
         }
     };
-    let api = Api { store };
+    let api = Api {
+        store,
+        stopping: stop,
+    };
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .layer(tonic::service::interceptor(refuse_if_removed))

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use proto::etcd::watch_create_request::FilterType;
 use proto::etcd::watch_request::RequestUnion;
 use proto::etcd::watch_server::Watch;
@@ -85,8 +85,30 @@ impl Watch for Api {
                 w.task.abort();
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(until_stopped(
+            ReceiverStream::new(rx),
+            self.stopping.clone(),
+        ))))
     }
+}
+
+/// The responses, until the master stops: then etcd's "server stopped",
+/// which clients answer by watching on through another endpoint.
+fn until_stopped(
+    responses: impl Stream<Item = Result<pb::WatchResponse, Status>> + Send + Unpin + 'static,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) -> impl Stream<Item = Result<pb::WatchResponse, Status>> + Send {
+    futures::stream::unfold(Some((responses, stopping)), |state| async move {
+        let (mut responses, mut stopping) = state?;
+        let stopped = async { stopping.wait_for(|s| *s).await.is_ok() };
+        let next = tokio::select! {
+            next = responses.next() => next,
+            true = stopped => {
+                return Some((Err(Status::unavailable("etcdserver: server stopped")), None));
+            }
+        };
+        next.map(|r| (r, Some((responses, stopping))))
+    })
 }
 
 impl Api {
