@@ -93,6 +93,11 @@ pub fn describe() {
         Unit::Seconds,
         "Time to apply one Raft log entry to the state machine."
     );
+    describe_counter!(
+        "skiff_store_proposals_redirected_total",
+        Unit::Count,
+        "Write batches sent again to the next leader because the leader refused them unproposed (it was handing over) or could not be reached."
+    );
     describe_histogram!(
         "skiff_store_proposal_batch",
         Unit::Count,

@@ -75,8 +75,14 @@ impl Router {
     /// Commit `cmds` through the leader, wherever it is; one result each.
     /// A batch the leader refused before proposing it (it no longer leads,
     /// or is handing over), or that never reached it (it is down), goes to
-    /// the next leader.
-    async fn submit(&self, cmds: Vec<Command>) -> Result<Vec<Response>> {
+    /// the next leader, as long as some writer still waits for it
+    /// (`abandoned` says when none does: a write its client gave up on is
+    /// not made later behind its back).
+    async fn submit(
+        &self,
+        cmds: Vec<Command>,
+        abandoned: impl Fn() -> bool,
+    ) -> Result<Vec<Response>> {
         let deadline = tokio::time::Instant::now() + FAILOVER_PATIENCE;
         let mut cmds = cmds;
         loop {
@@ -88,7 +94,9 @@ impl Router {
             };
             match result {
                 Err(StoreError::NoLeader)
-                    if !cmds.is_empty() && tokio::time::Instant::now() < deadline =>
+                    if !cmds.is_empty()
+                        && !abandoned()
+                        && tokio::time::Instant::now() < deadline =>
                 {
                     metrics::counter!("skiff_store_proposals_redirected_total").increment(1);
                     let left = deadline - tokio::time::Instant::now();
@@ -249,7 +257,9 @@ async fn run(router: Arc<Router>, mut rx: mpsc::Receiver<Pending>) {
             batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
         let router = router.clone();
         tokio::spawn(async move {
-            let result = router.submit(cmds).await;
+            let result = router
+                .submit(cmds, || replies.iter().all(|r| r.is_closed()))
+                .await;
             drop(slot);
             deliver(result, replies);
         });
