@@ -109,14 +109,11 @@ async fn three_served(dir: &std::path::Path) -> Vec<(Arc<Store>, String)> {
             .await
             .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let mut stop = store.shutdown_signal();
         tokio::spawn(control_plane::etcd::serve(
             store.clone(),
             listener,
             None,
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-            },
+            store.shutdown_signal(),
         ));
         served.push((store, url));
     }
