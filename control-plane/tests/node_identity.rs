@@ -2,7 +2,8 @@
 //! the Node and a second join cannot take its name; a deleted Node's agent
 //! is cut off within seconds, says so once in its log and does not spin,
 //! and its renewals are refused; a certificate issued before the deletion
-//! stays void when a Node of that name is made again; an identity whose
+//! stays void when a Node of that name is made again, on the agent port
+//! and on the Kubernetes API's; an identity whose
 //! key is not its certificate's is reported at start.
 
 mod common;
@@ -11,7 +12,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::agents::{agent_bin, create_token, node_ready, one_at_a_time, require_images};
+use common::agents::{
+    agent_bin, create_token, identity_kubeconfig, node_ready, one_at_a_time, require_images,
+};
 use common::{eventually, kubectl, strip_ansi, Cluster};
 use node_agent::identity::{self, Identity};
 use node_agent::session::connect;
@@ -117,6 +120,10 @@ async fn a_deleted_node_is_cut_off_and_its_name_cannot_be_taken() {
     )
     .await;
     let before = Identity::load(&n1.dir).unwrap();
+    // The API port takes the node's certificate for its own Node.
+    let api = cluster.api_url(0);
+    let as_n1 = identity_kubeconfig(&n1.dir, &api, &cluster.dir.path().join("as-n1"));
+    ok(kubectl(&as_n1, &["get", "node", &name]));
 
     // Deleted: the agent is cut off within seconds and says why, once.
     let deleted_at = Instant::now();
@@ -149,6 +156,13 @@ async fn a_deleted_node_is_cut_off_and_its_name_cannot_be_taken() {
     assert_eq!(lines.len(), 1, "refused again and again: {lines:#?}");
     let (found, _, _) = kubectl(&kc, &["get", "node", &name]);
     assert!(!found, "the deleted Node came back");
+    // Nor does the API port take its certificate any more.
+    let (worked, out, err) = kubectl(&as_n1, &["get", "--raw", &format!("/api/v1/nodes/{name}")]);
+    assert!(!worked, "a deleted node's certificate still works: {out}");
+    assert!(
+        err.contains("logged in") && err.contains("its Node was deleted"),
+        "{err}"
+    );
 
     // Its renewal is refused, by the agent's own hand and by ours.
     let renewal = eventually(
@@ -186,6 +200,17 @@ async fn a_deleted_node_is_cut_off_and_its_name_cannot_be_taken() {
     renew(&join.server, &rejoined)
         .await
         .expect("the new node's certificate renewed");
+    let (worked, _, err) = kubectl(&as_n1, &["get", "node", &name]);
+    assert!(
+        !worked,
+        "a certificate from before the deletion works on the API port"
+    );
+    assert!(
+        err.contains("logged in") && err.contains("created again"),
+        "{err}"
+    );
+    let as_again = identity_kubeconfig(&again, &api, &cluster.dir.path().join("as-again"));
+    ok(kubectl(&as_again, &["get", "node", &name]));
 
     // A key that is not its certificate's: the agent says so at start.
     let mismatched = cluster.dir.path().join("mismatched");

@@ -75,6 +75,25 @@ pub enum Verdict {
     CannotCheck(String),
 }
 
+/// Whether a certificate for `node` naming Node uid `cert_uid` is a
+/// member's, by a linearizable read of its Node.
+pub async fn check_in_store(api: &Api, node: &str, cert_uid: Option<&str>) -> Verdict {
+    match api.get(nodes(), None, node).await {
+        Ok(s) => {
+            let uid = s.object["metadata"]["uid"].as_str().unwrap_or("");
+            if admits(Some(uid), cert_uid) {
+                Verdict::Member(uid.to_string())
+            } else {
+                Verdict::NotMember(refusal(node, Some(uid), cert_uid))
+            }
+        }
+        Err(e) if e.code == StatusCode::NOT_FOUND => {
+            Verdict::NotMember(refusal(node, None, cert_uid))
+        }
+        Err(e) => Verdict::CannotCheck(e.message),
+    }
+}
+
 pub struct Membership {
     api: Api,
     connections: Arc<NodeConnections>,
@@ -107,20 +126,7 @@ impl Membership {
         if let Some(uid) = self.seen(node).filter(|u| admits(Some(u), cert_uid)) {
             return Verdict::Member(uid);
         }
-        match self.api.get(nodes(), None, node).await {
-            Ok(s) => {
-                let uid = s.object["metadata"]["uid"].as_str().unwrap_or("");
-                if admits(Some(uid), cert_uid) {
-                    Verdict::Member(uid.to_string())
-                } else {
-                    Verdict::NotMember(refusal(node, Some(uid), cert_uid))
-                }
-            }
-            Err(e) if e.code == StatusCode::NOT_FOUND => {
-                Verdict::NotMember(refusal(node, None, cert_uid))
-            }
-            Err(e) => Verdict::CannotCheck(e.message),
-        }
+        check_in_store(&self.api, node, cert_uid).await
     }
 
     /// Close `node`'s connections whose certificates' Node uids `doomed`

@@ -91,9 +91,13 @@ pub struct Api {
     nodes: Arc<crate::agents::streams::NodeConnections>,
 }
 
-/// The caller, as the TLS handshake established it.
+/// The caller, as the TLS handshake established it: who the client
+/// certificate names, and for a node's, the Node uid it was issued for.
 #[derive(Clone)]
-struct Peer(Option<Identity>);
+struct Peer {
+    who: Option<Identity>,
+    node_uid: Option<String>,
+}
 
 impl Api {
     pub fn new(
@@ -206,14 +210,12 @@ pub async fn serve(
                     return;
                 }
             };
-            let who = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| pki::identity_of(c));
-            let service =
-                hyper_util::service::TowerToHyperService::new(app.layer(Extension(Peer(who))));
+            let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+            let peer = Peer {
+                who: cert.and_then(|c| pki::identity_of(c)),
+                node_uid: cert.and_then(|c| pki::node_cert::node_uid_of(c)),
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app.layer(Extension(peer)));
             let io = hyper_util::rt::TokioIo::new(tls);
             let builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
@@ -297,7 +299,14 @@ async fn dispatch(
     // sending it sees the answer rather than a reset connection.
     let body = axum::body::to_bytes(request.into_body(), MAX_BODY).await;
     let who = authenticate(&api, &peer, &headers);
+    // A node's certificate works while its Node exists, with the uid it
+    // was issued for (as on the agent port: `agents::membership`).
+    let void = match who.as_ref().and_then(Identity::node_name) {
+        Some(node) => node_certificate_void(&api, node, peer.node_uid.as_deref()).await,
+        None => None,
+    };
     let denied = match (&who, &target) {
+        _ if void.is_some() => void,
         (Some(who), Ok(Target::Object(o))) => match who.node_name() {
             Some(node) => {
                 let req = crate::node_authorizer::Request {
@@ -354,8 +363,21 @@ pub fn describe_metrics() {
     request_metrics::describe();
 }
 
+/// Why a node's certificate does not work (any more), if it does not: 401
+/// for a Node deleted or made again, 503 if that cannot be read now.
+async fn node_certificate_void(api: &Api, node: &str, cert_uid: Option<&str>) -> Option<ApiError> {
+    use crate::agents::membership::{check_in_store, Verdict};
+    match check_in_store(api, node, cert_uid).await {
+        Verdict::Member(_) => None,
+        Verdict::NotMember(why) => Some(ApiError::unauthorized_because(why)),
+        Verdict::CannotCheck(why) => Some(ApiError::unavailable(format!(
+            "cannot check the node's membership now: {why}"
+        ))),
+    }
+}
+
 fn authenticate(api: &Api, peer: &Peer, headers: &HeaderMap) -> Option<Identity> {
-    if let Some(who) = &peer.0 {
+    if let Some(who) = &peer.who {
         return Some(who.clone());
     }
     let token = headers

@@ -226,20 +226,11 @@ impl Agent {
 
     /// A kubeconfig with this node's own certificate, against `server`.
     pub fn kubeconfig(&self, server: &str, at: &Path) -> PathBuf {
-        use base64::Engine;
-        let b64 = |f: &str| {
-            base64::engine::general_purpose::STANDARD
-                .encode(std::fs::read(self.dir.join(f)).expect("identity file"))
-        };
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
-            b64("ca.crt"),
-            b64("node.crt"),
-            b64("node.key")
-        );
-        let path = at.join(format!("{}.kubeconfig", self.name));
-        std::fs::write(&path, text).expect("node kubeconfig");
-        path
+        identity_kubeconfig(
+            &self.dir,
+            server,
+            &at.join(format!("{}.kubeconfig", self.name)),
+        )
     }
 
     /// What the node holds, from its `/debug/desired`.
@@ -335,4 +326,22 @@ pub fn node_ready(kc: &Path, node: &str) -> String {
 pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
     static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     LOCK.lock().await
+}
+
+/// Write to `path` a kubeconfig for the API at `server` with the node
+/// identity in data directory `dir`, as it is now (the files are copied in).
+pub fn identity_kubeconfig(dir: &Path, server: &str, path: &Path) -> PathBuf {
+    use base64::Engine;
+    let b64 = |f: &str| {
+        base64::engine::general_purpose::STANDARD
+            .encode(std::fs::read(dir.join(f)).expect("identity file"))
+    };
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
+        b64("ca.crt"),
+        b64("node.crt"),
+        b64("node.key")
+    );
+    std::fs::write(path, text).expect("node kubeconfig");
+    path.to_path_buf()
 }
