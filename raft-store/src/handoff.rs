@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::error::StoreError;
 use crate::network::forward::{Forwarded, Reply};
 use crate::node::Store;
 use crate::types::NodeId;
@@ -87,6 +88,11 @@ impl Store {
             match asked {
                 Ok(Reply::Done) => {}
                 Ok(other) => last = format!("unexpected reply {other:?}"),
+                // Not reachable (stopped too, as when every master is
+                // stopped in turn): asking again would not help.
+                Err(StoreError::NoLeader) => {
+                    return Handoff::Failed(format!("voter {target:x} is not reachable"));
+                }
                 Err(e) => last = e.to_string(),
             }
             let moved = self

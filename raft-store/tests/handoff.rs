@@ -130,3 +130,22 @@ async fn a_follower_has_nothing_to_hand_over() {
         s.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_voters_are_gone_stops_without_waiting_long() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (_configs, stores) = three(dir.path()).await;
+    let leader = leader_of(&stores).await;
+    for (i, s) in stores.iter().enumerate() {
+        if i != leader {
+            s.shutdown().await;
+        }
+    }
+    let started = Instant::now();
+    let outcome = stores[leader].hand_off().await;
+    let took = started.elapsed();
+    assert!(matches!(outcome, Handoff::Failed(_)), "{outcome:?}");
+    // The lease wait and one refused campaign request.
+    assert!(took < Duration::from_secs(2), "gave up only after {took:?}");
+    stores[leader].shutdown().await;
+}
