@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use proto::raft::raft_peer_server::RaftPeerServer;
 use tokio::sync::watch;
@@ -160,6 +160,9 @@ async fn confirm_read_index(raft: Raft) -> Result<u64> {
 /// A learner is promoted only once its log has reached this fraction of
 /// the leader's (etcd's `readyPercent`).
 const LEARNER_READY_FRACTION: f64 = 0.9;
+
+/// How long a membership change waits for one in progress to end.
+const CHANGE_IN_PROGRESS_PATIENCE: Duration = Duration::from_secs(3);
 
 /// How long a linearizable read waits for a new leader before failing.
 const READ_FAILOVER_PATIENCE: Duration = Duration::from_secs(5);
@@ -830,15 +833,26 @@ impl Store {
         Ok(())
     }
 
+    /// Change the membership as the leader. A change still in progress (a
+    /// leader just elected has not committed its first entry yet, or an
+    /// earlier change is in its joint phase) is waited out for a while:
+    /// it ends on its own within a few heartbeats.
     async fn change_membership(&self, change: ChangeMembers<NodeId, Member>) -> Result<()> {
-        self.raft
-            .change_membership(change, false)
-            .await
-            .map_err(|e| match e {
-                RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => StoreError::NoLeader,
-                other => StoreError::Raft(other.to_string()),
-            })?;
-        Ok(())
+        let deadline = tokio::time::Instant::now() + CHANGE_IN_PROGRESS_PATIENCE;
+        loop {
+            match self.raft.change_membership(change.clone(), false).await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                ))) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    return Err(StoreError::NoLeader)
+                }
+                Err(other) => return Err(StoreError::Raft(other.to_string())),
+            }
+        }
     }
 
     pub fn status(&self) -> Result<Status> {

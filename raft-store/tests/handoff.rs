@@ -135,7 +135,13 @@ async fn a_follower_has_nothing_to_hand_over() {
 async fn a_leader_whose_voters_are_gone_stops_without_waiting_long() {
     let dir = tempfile::tempdir().expect("tmp");
     let (_configs, stores) = three(dir.path()).await;
-    let leader = leader_of(&stores).await;
+    // A leader settled in its term: its write went through.
+    let leader = loop {
+        let l = leader_of(&stores).await;
+        if stores[l].write(put("settled".into())).await.is_ok() && stores[l].is_leader() {
+            break l;
+        }
+    };
     for (i, s) in stores.iter().enumerate() {
         if i != leader {
             s.shutdown().await;
