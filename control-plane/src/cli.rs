@@ -849,11 +849,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         node_cidrs,
     };
     let k8s = kube.map(|(listener, tls, tokens, agents, ca)| {
-        let api = crate::api::Api::new(
-            crate::registry::Registry::new(store.clone()),
-            tokens,
-            ranges.clone(),
+        let registry = crate::registry::Registry::new(store.clone());
+        let policy = crate::rbac_cache::RbacCache::start(&registry, leader_stop.clone());
+        let graph = crate::agents::node_graph::StoreGraph::new(registry.clone());
+        let chain = crate::auth::Chain::new(
+            crate::auth::rbac::Rbac::new(policy),
+            std::sync::Arc::new(graph),
         );
+        let api =
+            crate::api::Api::new(registry, tokens, ranges.clone(), std::sync::Arc::new(chain));
         let gateway = std::sync::Arc::new(crate::agents::Gateway {
             api: api.clone(),
             ca,

@@ -7,8 +7,9 @@
 //! certificates from [`pki`]) and Prometheus metrics over HTTP
 //! ([`metrics_http`]). While it is the Raft leader ([`leader`]) it runs the
 //! [`scheduler`] and the [`controllers`]. Node agents connect to the
-//! [`agents`] gateway over QUIC, join with bootstrap [`tokens`], and are
-//! held to what the [`node_authorizer`] allows. [`masters`] adds and removes
+//! [`agents`] gateway over QUIC, join with bootstrap [`tokens`]. Every
+//! request is held to what [`auth`] allows (RBAC over the roles
+//! [`rbac_cache`] keeps in memory, and the node authorizer for nodes). [`masters`] adds and removes
 //! masters (init, join, leave). [`logging`] sets up the log and its
 //! run-time filter.
 
@@ -20,6 +21,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod controllers;
 pub mod etcd;
@@ -28,8 +30,8 @@ pub mod leader;
 pub mod logging;
 pub mod masters;
 pub mod metrics_http;
-pub mod node_authorizer;
 pub mod pki;
+pub mod rbac_cache;
 pub mod registry;
 pub mod rest_client;
 pub mod restore;

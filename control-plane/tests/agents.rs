@@ -589,6 +589,20 @@ async fn agents_survive_failures_and_nodes_see_only_their_own() {
         !listed && err.contains("Forbidden"),
         "a node listed Secrets: {err}"
     );
+    // No node reads a pod's logs, its own pods' included (a kubelet serves
+    // those itself); nor changes a pod other than through its status.
+    for kc in [&kc_a, &kc_b] {
+        let (read, _, err) = kubectl(kc, &["logs", "on-a"]);
+        assert!(
+            !read && err.contains("cannot get resource \"pods/log\""),
+            "a node read a pod's logs: {err}"
+        );
+    }
+    let (labelled, _, err) = kubectl(&kc_a, &["label", "pod", "on-a", "x=y"]);
+    assert!(
+        !labelled && err.contains("Forbidden"),
+        "a node changed its pod's labels: {err}"
+    );
     let holds = |d: &Value, kind: &str, name: &str| {
         d["objects"]
             .as_array()

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -15,25 +15,6 @@ use common::{eventually, kubectl, kubectl_stdin, Cluster};
 use serde_json::Value;
 
 const WITHIN: Duration = Duration::from_secs(15);
-
-/// A kubeconfig for `user` in `group`, with a certificate from the cluster CA.
-fn kubeconfig_as(cluster: &Cluster, user: &str, group: &str) -> PathBuf {
-    let out = Command::new(env!("CARGO_BIN_EXE_control-plane"))
-        .args(["kubeconfig", "--pki-dir"])
-        .arg(cluster.dir.path().join("pki"))
-        .args(["--server", &cluster.api_url(0), "--user", user])
-        .args(["--group", group])
-        .output()
-        .expect("control-plane kubeconfig");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path = cluster.dir.path().join(format!("kubeconfig-{user}"));
-    std::fs::write(&path, &out.stdout).expect("writing kubeconfig");
-    path
-}
 
 fn level(kc: &Path) -> (bool, String, String) {
     kubectl(kc, &["get", "--raw", "/debug/flags/v"])
@@ -81,7 +62,7 @@ async fn text_log_and_the_level_at_run_time() {
     assert!(!cluster.log(0).contains(HANDSHAKE_LINE));
 
     // A user who is not a cluster admin may neither read nor change it.
-    let alice = kubeconfig_as(&cluster, "alice", "developers");
+    let alice = cluster.kubeconfig_as("alice", &["developers"]);
     let (good, _, err) = level(&alice);
     assert!(!good && err.contains("Forbidden"), "{err}");
     let (good, _, err) = set_level(&alice, "debug");

@@ -22,6 +22,7 @@ pub mod desired;
 pub mod join;
 pub mod masters;
 pub mod membership;
+pub mod node_graph;
 pub mod reports;
 pub mod session;
 pub mod streams;

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use super::resources::{group_versions, Resource, RESOURCES};
-use super::usage;
+use super::{reviews, usage};
 
 pub fn version() -> Value {
     json!({
@@ -29,12 +29,15 @@ pub fn core_versions() -> Value {
 }
 
 /// Every group with its versions, the first version listed preferred (as
-/// [`group_versions`] orders them), and `metrics.k8s.io` last.
+/// [`group_versions`] orders them), then the review groups, and
+/// `metrics.k8s.io` last.
 pub fn groups() -> Value {
     let mut by_group: Vec<(&str, Vec<&str>)> = Vec::new();
-    let all = group_versions()
-        .into_iter()
-        .chain([(usage::GROUP, usage::VERSION)]);
+    let all = group_versions().into_iter().chain([
+        (reviews::AUTHENTICATION, reviews::VERSION),
+        (reviews::AUTHORIZATION, reviews::VERSION),
+        (usage::GROUP, usage::VERSION),
+    ]);
     for (g, v) in all.filter(|(g, _)| !g.is_empty()) {
         match by_group.iter_mut().find(|(name, _)| *name == g) {
             Some((_, versions)) => versions.push(v),
@@ -85,6 +88,9 @@ fn in_all(r: &Resource) -> bool {
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     if (group, version) == (usage::GROUP, usage::VERSION) {
         return Some(usage::resource_list());
+    }
+    if reviews::is_review_group(group) && version == reviews::VERSION {
+        return Some(reviews::resource_list(group));
     }
     let mut resources = Vec::new();
     for r in RESOURCES

@@ -173,6 +173,7 @@ impl Api {
         let mut body = body;
         fields::check(openapi::documents(), r, &mut body, field_validation(q)?)?;
         let mut object = objects::for_create(r, ns, body)?;
+        super::admission::admit(self, r, ns, None, &object).await?;
         if r.namespaced {
             self.check_namespace(ns.unwrap_or("default")).await?;
         }
@@ -282,6 +283,7 @@ impl Api {
         mut next: Value,
         q: &Query,
     ) -> ApiResult<Value> {
+        super::admission::admit(self, r, ns, Some(&current.object), &next).await?;
         let claims = self
             .service_claims(r, Some(&current.object), &mut next)
             .await?;
@@ -762,6 +764,39 @@ impl Api {
                 Err(e) => tracing::warn!(namespace = ns, "could not be created yet: {}", e.message),
             }
         }
+    }
+
+    /// Create the bootstrap ClusterRoles and ClusterRoleBindings that are
+    /// missing (one an operator changed is left as it is); true once all
+    /// exist.
+    pub async fn ensure_rbac_defaults(&self) -> bool {
+        use crate::auth::rbac::bootstrap;
+        let roles = bootstrap::cluster_roles().into_iter().map(|r| {
+            let name = r.metadata.name.clone().unwrap_or_default();
+            ("ClusterRole", name, serde_json::to_value(r))
+        });
+        let bindings = bootstrap::cluster_role_bindings().into_iter().map(|b| {
+            let name = b.metadata.name.clone().unwrap_or_default();
+            ("ClusterRoleBinding", name, serde_json::to_value(b))
+        });
+        let mut done = true;
+        for (kind, name, body) in roles.chain(bindings) {
+            let Some(r) = super::find_kind(bootstrap::GROUP, "v1", kind) else {
+                continue;
+            };
+            let Ok(mut body) = body else { continue };
+            body["apiVersion"] = json!(r.api_version());
+            body["kind"] = json!(kind);
+            match self.create(r, None, body, &Query::new()).await {
+                Ok(_) => tracing::debug!(kind, name, "bootstrap RBAC object created"),
+                Err(e) if e.reason == "AlreadyExists" => {}
+                Err(e) => {
+                    tracing::debug!(kind, name, "could not be created yet: {}", e.message);
+                    done = false;
+                }
+            }
+        }
+        done
     }
 }
 

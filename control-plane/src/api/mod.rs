@@ -21,9 +21,13 @@
 //! - [`http_sd`]: `/skiff/v1/http-sd`, what Prometheus should scrape.
 //!
 //! Every request must carry a client certificate signed by the cluster CA or
-//! a known bearer token; anything else gets 401. A node's certificate gets
-//! what the node authorizer allows ([`crate::node_authorizer`]), else 403.
+//! a known bearer token; anything else gets 401. [`access`] then asks the
+//! authorization chain ([`crate::auth`]), before the body is read: 403 if
+//! it refuses. [`admission`] checks RBAC writes against their author;
+//! [`reviews`] answers `kubectl auth can-i` and `whoami`.
 
+mod access;
+mod admission;
 mod conversion;
 mod debug_flags;
 mod discovery;
@@ -41,6 +45,7 @@ mod port_forward;
 mod protobuf;
 mod request_metrics;
 mod resources;
+mod reviews;
 mod selector;
 mod services;
 mod spdy;
@@ -89,6 +94,8 @@ pub struct Api {
     tokens: Arc<HashMap<String, Identity>>,
     /// Nodes' connections to this master, for logs, exec and attach.
     nodes: Arc<crate::agents::streams::NodeConnections>,
+    /// Who may do what.
+    auth: Arc<crate::auth::Chain>,
 }
 
 /// The caller, as the TLS handshake established it: who the client
@@ -104,13 +111,25 @@ impl Api {
         registry: Registry,
         tokens: HashMap<String, Identity>,
         ranges: ServiceRanges,
+        auth: Arc<crate::auth::Chain>,
     ) -> Self {
         Api {
             registry,
             ranges,
             tokens: Arc::new(tokens),
             nodes: Arc::default(),
+            auth,
         }
+    }
+
+    /// The authorization chain requests pass.
+    pub fn auth(&self) -> &crate::auth::Chain {
+        &self.auth
+    }
+
+    /// Whom a bearer token speaks for, if it is known.
+    pub fn authenticate_token(&self, token: &str) -> Option<Identity> {
+        self.tokens.get(token).cloned()
     }
 
     /// The nodes' connections to this master, shared with the agent gateway.
@@ -128,6 +147,7 @@ impl Api {
             ranges: self.ranges.clone(),
             tokens: self.tokens.clone(),
             nodes: self.nodes.clone(),
+            auth: self.auth.clone(),
         }
     }
 
@@ -139,6 +159,11 @@ impl Api {
 /// The store prefix under which every object of `r` lives.
 pub fn prefix_of(r: &Resource) -> String {
     handlers::prefix(r, None)
+}
+
+/// The store key of one object of `r`.
+pub fn key_of(r: &Resource, namespace: Option<&str>, name: &str) -> String {
+    handlers::key(r, namespace, name)
 }
 
 /// Read a Kubernetes static token file, if there is one.
@@ -265,87 +290,52 @@ async fn dispatch(
         Ok(t) => RequestLabels::of(&method, &headers, t, &q),
         Err(_) => RequestLabels::of(&method, &headers, &Target::Version, &q),
     };
+    metrics::gauge!("apiserver_current_inflight_requests").increment(1.0);
+    // Who asks and whether they may, before a byte of the body is read.
+    let who = match access::admit(
+        &api,
+        &peer,
+        &headers,
+        &method,
+        uri.path(),
+        target.as_ref().ok(),
+        verb,
+    )
+    .await
+    {
+        Ok(who) => who,
+        Err(refused) => return finish(refused.into_response(), labels, started),
+    };
     if let Ok(Target::Object(o)) = &target {
         let streams =
             o.resource.plural == "pods" && matches!(o.sub, Some("exec" | "attach" | "portforward"));
         if streams && pod_streams::is_websocket(&headers) {
-            let response = match authenticate(&api, &peer, &headers) {
-                None => ApiError::unauthorized().into_response(),
-                Some(who) if who.node_name().is_some() => {
-                    ApiError::forbidden("nodes may not exec into or forward to pods")
-                        .into_response()
-                }
-                Some(_) => {
-                    let (ns, name, sub) = (
-                        o.namespace.unwrap_or("default").to_string(),
-                        o.name.unwrap_or("").to_string(),
-                        o.sub.unwrap_or("").to_string(),
-                    );
-                    let raw = uri.query().unwrap_or("").to_string();
-                    let answer = if sub == "portforward" {
-                        port_forward::serve(&api, &ns, &name, request).await
-                    } else {
-                        pod_streams::exec(&api, &ns, &name, sub == "attach", &raw, request).await
-                    };
-                    answer.unwrap_or_else(IntoResponse::into_response)
-                }
+            let (ns, name, sub) = (
+                o.namespace.unwrap_or("default").to_string(),
+                o.name.unwrap_or("").to_string(),
+                o.sub.unwrap_or("").to_string(),
+            );
+            let raw = uri.query().unwrap_or("").to_string();
+            let answer = if sub == "portforward" {
+                port_forward::serve(&api, &ns, &name, request).await
+            } else {
+                pod_streams::exec(&api, &ns, &name, sub == "attach", &raw, request).await
             };
-            metrics::gauge!("apiserver_current_inflight_requests").increment(1.0);
+            let response = answer.unwrap_or_else(IntoResponse::into_response);
             return finish(response, labels, started);
         }
     }
-    metrics::gauge!("apiserver_current_inflight_requests").increment(1.0);
-    // The body is read in full before any answer, so that a client still
-    // sending it sees the answer rather than a reset connection.
-    let body = axum::body::to_bytes(request.into_body(), MAX_BODY).await;
-    let who = authenticate(&api, &peer, &headers);
-    // A node's certificate works while its Node exists, with the uid it
-    // was issued for (as on the agent port: `agents::membership`).
-    let void = match who.as_ref().and_then(Identity::node_name) {
-        Some(node) => node_certificate_void(&api, node, peer.node_uid.as_deref()).await,
-        None => None,
-    };
-    let denied = match (&who, &target) {
-        _ if void.is_some() => void,
-        (Some(who), Ok(Target::Object(o))) => match who.node_name() {
-            Some(node) => {
-                let req = crate::node_authorizer::Request {
-                    verb,
-                    resource: o.resource,
-                    namespace: o.namespace,
-                    name: o.name,
-                    subresource: o.sub,
-                };
-                crate::node_authorizer::authorize(&api, node, &req)
-                    .await
-                    .err()
-            }
-            None => None,
-        },
-        (Some(who), Ok(Target::Usage(_))) if who.node_name().is_some() => {
-            Some(ApiError::forbidden("nodes may not read metrics.k8s.io"))
-        }
-        (Some(who), Ok(Target::DebugFlagsV)) => debug_flags::denied(who),
-        (Some(who), Ok(Target::HttpSd)) if who.node_name().is_some() => Some(ApiError::forbidden(
-            "nodes may not read the service discovery",
-        )),
-        _ => None,
-    };
-    let response = match (who, body) {
-        (None, _) => ApiError::unauthorized().into_response(),
-        (Some(_), Err(_)) => ApiError::too_large().into_response(),
-        (Some(_), Ok(_)) if denied.is_some() => {
-            denied.map(IntoResponse::into_response).unwrap_or_default()
-        }
-        (Some(_), Ok(body)) => match target {
+    let response = match axum::body::to_bytes(request.into_body(), MAX_BODY).await {
+        Err(_) => ApiError::too_large().into_response(),
+        Ok(body) => match target {
             Err(path::Unknown) => ApiError::not_found_path(uri.path()).into_response(),
             Ok(t) => {
-                warnings::scope(async {
-                    route(&api, &method, &headers, t, &q, &body)
+                let serve = async {
+                    route(&api, &who, &method, &headers, t, &q, &body)
                         .await
                         .unwrap_or_else(IntoResponse::into_response)
-                })
-                .await
+                };
+                admission::as_caller(who.clone(), warnings::scope(serve)).await
             }
         },
     };
@@ -374,17 +364,6 @@ async fn node_certificate_void(api: &Api, node: &str, cert_uid: Option<&str>) ->
             "cannot check the node's membership now: {why}"
         ))),
     }
-}
-
-fn authenticate(api: &Api, peer: &Peer, headers: &HeaderMap) -> Option<Identity> {
-    if let Some(who) = &peer.who {
-        return Some(who.clone());
-    }
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))?;
-    api.tokens.get(token.trim()).cloned()
 }
 
 /// Decode a create/update body: JSON, or YAML when sent as YAML.
@@ -435,6 +414,7 @@ fn check_delete_options(opts: &Value) -> ApiResult<()> {
 
 async fn route(
     api: &Api,
+    who: &Identity,
     method: &Method,
     headers: &HeaderMap,
     target: Target<'_>,
@@ -470,6 +450,11 @@ async fn route(
         Target::Usage(_) => Err(ApiError::method_not_allowed(method.as_str())),
         Target::HttpSd if method == Method::GET => ok(http_sd::serve(api, q).await?),
         Target::HttpSd => Err(ApiError::method_not_allowed(method.as_str())),
+        Target::Review(p) if method == Method::POST => {
+            let v = reviews::serve(api, who, &p, decode_body(headers, body)?).await?;
+            Ok(json_response(StatusCode::CREATED, &v))
+        }
+        Target::Review(_) => Err(ApiError::method_not_allowed(method.as_str())),
         Target::Object(o) => object(api, method, headers, o, q, body).await,
         Target::DebugFlagsV => debug_flags::serve(method, body),
     }
@@ -594,8 +579,8 @@ async fn object(
     }
 }
 
-/// Create the built-in namespaces once a leader can take the writes, and
-/// build the OpenAPI documents.
+/// Create the built-in namespaces and the bootstrap RBAC roles once a
+/// leader can take the writes, and build the OpenAPI documents.
 pub fn spawn_bootstrap(api: Api) {
     // Build the OpenAPI documents (and the schemas field checks use) before
     // the first request needs them.
@@ -603,12 +588,19 @@ pub fn spawn_bootstrap(api: Api) {
         openapi::documents();
     });
     tokio::spawn(async move {
-        for _ in 0..60 {
+        let mut namespaces = false;
+        for _ in 0..240 {
             if api.registry.store().current_leader().is_some() {
-                api.ensure_namespaces().await;
-                return;
+                if !namespaces {
+                    api.ensure_namespaces().await;
+                    namespaces = true;
+                }
+                if api.ensure_rbac_defaults().await {
+                    return;
+                }
             }
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
+        tracing::warn!("the bootstrap RBAC roles could not all be created in 2 minutes");
     });
 }

@@ -2,7 +2,7 @@
 //! a resource, an object and a subresource.
 
 use super::resources::{self, Resource};
-use super::usage;
+use super::{reviews, usage};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Target<'a> {
@@ -17,6 +17,9 @@ pub enum Target<'a> {
     Object(ObjectPath<'a>),
     /// Under `/apis/metrics.k8s.io/v1beta1/`.
     Usage(usage::UsagePath<'a>),
+    /// An access or identity review (`authorization.k8s.io`,
+    /// `authentication.k8s.io`).
+    Review(reviews::ReviewPath<'a>),
     /// `/openapi/v3` (the index) or `/openapi/v3/<api/v1|apis/g/v>`.
     OpenApiV3(Option<&'a str>),
     OpenApiV2,
@@ -66,6 +69,9 @@ pub fn parse(path: &str) -> Result<Target<'_>, Unknown> {
         ["api", "v1", rest @ ..] => object("", "v1", rest),
         ["apis", usage::GROUP, usage::VERSION, rest @ ..] => {
             usage::parse(rest).map(Target::Usage).ok_or(Unknown)
+        }
+        ["apis", g, reviews::VERSION, rest @ ..] if reviews::is_review_group(g) => {
+            reviews::parse(g, rest).map(Target::Review).ok_or(Unknown)
         }
         ["apis", g, v, rest @ ..] => object(g, v, rest),
         _ => Err(Unknown),

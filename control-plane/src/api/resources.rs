@@ -1,7 +1,7 @@
 //! The resources this API serves: names, scope, subresources, and how a
 //! body is checked against its `k8s-openapi` type.
 
-use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery};
+use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, rbac};
 use k8s_openapi::schemars::gen::SchemaGenerator;
 use k8s_openapi::schemars::schema::Schema;
 use k8s_openapi::schemars::JsonSchema;
@@ -17,6 +17,8 @@ pub enum NameRule {
     Label,
     /// DNS-1123 subdomain: labels joined by dots, at most 253 characters.
     Subdomain,
+    /// Anything that can be a path segment (RBAC roles: `system:node`).
+    Path,
 }
 
 pub struct Resource {
@@ -158,6 +160,14 @@ pub static RESOURCES: &[Resource] = &[
         namespaced: true, short: [], sub: [], names: Subdomain),
     resource!("discovery.k8s.io", "v1", discovery::v1::EndpointSlice, "EndpointSlice", "endpointslices", "endpointslice",
         namespaced: true, short: [], sub: [], names: Subdomain),
+    resource!("rbac.authorization.k8s.io", "v1", rbac::v1::ClusterRole, "ClusterRole", "clusterroles", "clusterrole",
+        namespaced: false, short: [], sub: [], names: Path),
+    resource!("rbac.authorization.k8s.io", "v1", rbac::v1::ClusterRoleBinding, "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding",
+        namespaced: false, short: [], sub: [], names: Path),
+    resource!("rbac.authorization.k8s.io", "v1", rbac::v1::Role, "Role", "roles", "role",
+        namespaced: true, short: [], sub: [], names: Path),
+    resource!("rbac.authorization.k8s.io", "v1", rbac::v1::RoleBinding, "RoleBinding", "rolebindings", "rolebinding",
+        namespaced: true, short: [], sub: [], names: Path),
 ];
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
@@ -197,6 +207,7 @@ pub fn check_name(rule: NameRule, name: &str) -> Result<(), String> {
     let ok = match rule {
         NameRule::Label => label_ok(name),
         NameRule::Subdomain => name.len() <= 253 && name.split('.').all(label_ok),
+        NameRule::Path => !matches!(name, "" | "." | "..") && !name.contains(['/', '%']),
     };
     if ok {
         return Ok(());
@@ -204,6 +215,9 @@ pub fn check_name(rule: NameRule, name: &str) -> Result<(), String> {
     Err(match rule {
         NameRule::Label => format!(
             "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?'), got {name:?}"
+        ),
+        NameRule::Path => format!(
+            "may not be '.' or '..' and may not contain '/' or '%', got {name:?}"
         ),
         NameRule::Subdomain => format!(
             "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*'), got {name:?}"

@@ -166,6 +166,23 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "Forbidden", message)
     }
 
+    /// 403 for a request authorization refused, with the resource and name
+    /// in the details as Kubernetes sends them.
+    pub fn refused(message: String, on: &crate::auth::On) -> Self {
+        let mut e = Self::forbidden(message);
+        if let crate::auth::On::Resource(r) = on {
+            let mut d = json!({"kind": r.resource});
+            if let Some(name) = &r.name {
+                d["name"] = json!(name);
+            }
+            if !r.group.is_empty() {
+                d["group"] = json!(r.group);
+            }
+            e.details = Some(d);
+        }
+        e
+    }
+
     pub fn not_found_path(path: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,

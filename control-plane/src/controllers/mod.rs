@@ -9,6 +9,7 @@
 //! through [`client::Client`], fenced to that leadership.
 
 pub mod client;
+pub mod clusterrole_aggregation;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -36,6 +37,7 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::rbac::v1::ClusterRole;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{Api, ApiError, Resource, RESOURCES};
@@ -140,6 +142,7 @@ pub struct Ctx {
     pub services: Informer<Service>,
     pub endpoints: Informer<Endpoints>,
     pub endpoint_slices: Informer<EndpointSlice>,
+    pub cluster_roles: Informer<ClusterRole>,
     /// The metadata of every served kind that has no typed informer above
     /// (ConfigMaps, Secrets, ...): the garbage collector sees every kind.
     pub metadata: Vec<Informer<PartialObjectMetadata>>,
@@ -177,6 +180,7 @@ impl Ctx {
             services: Informer::new(),
             endpoints: Informer::new(),
             endpoint_slices: Informer::new(),
+            cluster_roles: Informer::new(),
             metadata: Vec::new(),
             heartbeats: Arc::default(),
             node_ipam: Default::default(),
@@ -212,6 +216,7 @@ impl Ctx {
             Box::new(self.services.clone()),
             Box::new(self.endpoints.clone()),
             Box::new(self.endpoint_slices.clone()),
+            Box::new(self.cluster_roles.clone()),
         ];
         all.extend(
             self.metadata
@@ -262,6 +267,10 @@ pub async fn start(api: Api, fence: Fence, settings: Settings, cancel: Cancellat
         (namespace::register(&ctx), spawner(namespace::reconcile, 1)),
         (endpoints::register(&ctx), spawner(endpoints::reconcile, 2)),
         (hpa::register(&ctx), spawner(hpa::reconcile, 1)),
+        (
+            clusterrole_aggregation::register(&ctx),
+            spawner(clusterrole_aggregation::reconcile, 1),
+        ),
         (node_ipam::register(&ctx), spawner(node_ipam::reconcile, 1)),
         (
             node_lifecycle::register(&ctx),

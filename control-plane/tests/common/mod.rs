@@ -176,6 +176,24 @@ impl Cluster {
             }
         })
         .await;
+        // The bootstrap RBAC objects, the last binding written last.
+        let last =
+            b"/registry/rbac.authorization.k8s.io/clusterrolebindings/system:kube-dns".to_vec();
+        eventually("the bootstrap RBAC roles", Duration::from_secs(30), || {
+            let key = last.clone();
+            async move {
+                let mut kv = self.kv(0).await;
+                let r = kv
+                    .range(RangeRequest {
+                        key,
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?;
+                (!r.into_inner().kvs.is_empty()).then_some(())
+            }
+        })
+        .await;
     }
 
     /// Start one more master that joins the running cluster (after `member add`).
@@ -348,6 +366,27 @@ impl Cluster {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        std::fs::write(&path, &out.stdout).expect("writing kubeconfig");
+        path
+    }
+
+    /// A kubeconfig against master 0 for `user` in `groups`, with a
+    /// certificate from the cluster CA.
+    pub fn kubeconfig_as(&self, user: &str, groups: &[&str]) -> PathBuf {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_control-plane"));
+        cmd.args(["kubeconfig", "--pki-dir"])
+            .arg(self.dir.path().join("pki"))
+            .args(["--server", &self.api_url(0), "--user", user]);
+        for g in groups {
+            cmd.args(["--group", g]);
+        }
+        let out = cmd.output().expect("control-plane kubeconfig");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = self.dir.path().join(format!("kubeconfig-{user}"));
         std::fs::write(&path, &out.stdout).expect("writing kubeconfig");
         path
     }

@@ -893,4 +893,204 @@ pub static ALL: &[Message] = &[
         "CrossVersionObjectReference",
         [(1, "kind", Str), (2, "name", Str), (3, "apiVersion", Str),]
     ),
+    // rbac.authorization.k8s.io/v1 (kubectl create role, rolebinding, ...).
+    msg!(
+        "PolicyRule",
+        [
+            (1, "verbs", Rep(&Str)),
+            (2, "apiGroups", Rep(&Str)),
+            (3, "resources", Rep(&Str)),
+            (4, "resourceNames", Rep(&Str)),
+            (5, "nonResourceURLs", Rep(&Str)),
+        ]
+    ),
+    msg!(
+        "AggregationRule",
+        [(1, "clusterRoleSelectors", Rep(&Msg("LabelSelector"))),]
+    ),
+    msg!(
+        "Role",
+        [
+            (1, "metadata", Msg("ObjectMeta")),
+            (2, "rules", Rep(&Msg("PolicyRule"))),
+        ]
+    ),
+    msg!(
+        "ClusterRole",
+        [
+            (1, "metadata", Msg("ObjectMeta")),
+            (2, "rules", Rep(&Msg("PolicyRule"))),
+            (3, "aggregationRule", Msg("AggregationRule")),
+        ]
+    ),
+    msg!(
+        "Subject",
+        [
+            (1, "kind", Str),
+            (2, "apiGroup", Str),
+            (3, "name", Str),
+            (4, "namespace", Str),
+        ]
+    ),
+    msg!(
+        "RoleRef",
+        [(1, "apiGroup", Str), (2, "kind", Str), (3, "name", Str),]
+    ),
+    msg!(
+        "RoleBinding",
+        [
+            (1, "metadata", Msg("ObjectMeta")),
+            (2, "subjects", Rep(&Msg("Subject"))),
+            (3, "roleRef", Msg("RoleRef")),
+        ]
+    ),
+    msg!(
+        "ClusterRoleBinding",
+        [
+            (1, "metadata", Msg("ObjectMeta")),
+            (2, "subjects", Rep(&Msg("Subject"))),
+            (3, "roleRef", Msg("RoleRef")),
+        ]
+    ),
+    // authorization.k8s.io/v1 and authentication.k8s.io/v1 (kubectl auth).
+    msg!(
+        "ResourceAttributes",
+        [
+            (1, "namespace", Str),
+            (2, "verb", Str),
+            (3, "group", Str),
+            (4, "version", Str),
+            (5, "resource", Str),
+            (6, "subresource", Str),
+            (7, "name", Str),
+        ]
+    ),
+    msg!(
+        "NonResourceAttributes",
+        [(1, "path", Str), (2, "verb", Str),]
+    ),
+    msg!(
+        "SelfSubjectAccessReviewSpec",
+        [
+            (1, "resourceAttributes", Msg("ResourceAttributes")),
+            (2, "nonResourceAttributes", Msg("NonResourceAttributes")),
+        ]
+    ),
+    msg!(
+        "SelfSubjectAccessReview",
+        [
+            (1, "metadata", Msg("ObjectMeta")),
+            (2, "spec", Msg("SelfSubjectAccessReviewSpec")),
+            (3, "status", Msg("SubjectAccessReviewStatus")),
+        ]
+    ),
+    msg!(
+        "SubjectAccessReviewStatus",
+        [
+            (1, "allowed", Bool),
+            (2, "reason", Str),
+            (3, "evaluationError", Str),
+            (4, "denied", Bool),
+        ]
+    ),
+    msg!(
+        "ResourceRule",
+        [
+            (1, "verbs", Rep(&Str)),
+            (2, "apiGroups", Rep(&Str)),
+            (3, "resources", Rep(&Str)),
+            (4, "resourceNames", Rep(&Str)),
+        ]
+    ),
+    msg!(
+        "NonResourceRule",
+        [(1, "verbs", Rep(&Str)), (2, "nonResourceURLs", Rep(&Str)),]
+    ),
+    msg!(
+        "SubjectRulesReviewStatus",
+        [
+            (1, "resourceRules", Rep(&Msg("ResourceRule"))),
+            (2, "nonResourceRules", Rep(&Msg("NonResourceRule"))),
+            (3, "incomplete", Bool),
+            (4, "evaluationError", Str),
+        ]
+    ),
+    msg!(
+        "UserInfo",
+        [
+            (1, "username", Str),
+            (2, "uid", Str),
+            (3, "groups", Rep(&Str)),
+            (4, "extra", MapMsg("ExtraValue")),
+        ]
+    ),
+    msg!(
+        "SelfSubjectReviewStatus",
+        [(1, "userInfo", Msg("UserInfo")),]
+    ),
+    msg!(
+        "TokenReviewStatus",
+        [
+            (1, "authenticated", Bool),
+            (2, "user", Msg("UserInfo")),
+            (3, "error", Str),
+            (4, "audiences", Rep(&Str)),
+        ]
+    ),
+    msg!("SelfSubjectRulesReviewSpec", [(1, "namespace", Str),]),
+    msg!(
+        "SelfSubjectRulesReview",
+        [
+            (1, "metadata", Msg("ObjectMeta")),
+            (2, "spec", Msg("SelfSubjectRulesReviewSpec")),
+            (3, "status", Msg("SubjectRulesReviewStatus")),
+        ]
+    ),
+    msg!("ExtraValue", [(1, "items", Rep(&Str)),]),
+    msg!(
+        "SubjectAccessReviewSpec",
+        [
+            (1, "resourceAttributes", Msg("ResourceAttributes")),
+            (2, "nonResourceAttributes", Msg("NonResourceAttributes")),
+            (3, "user", Str),
+            (4, "groups", Rep(&Str)),
+            (5, "extra", MapMsg("ExtraValue")),
+            (6, "uid", Str),
+        ]
+    ),
+    msg!(
+        "SubjectAccessReview",
+        [
+            (1, "metadata", Msg("ObjectMeta")),
+            (2, "spec", Msg("SubjectAccessReviewSpec")),
+            (3, "status", Msg("SubjectAccessReviewStatus")),
+        ]
+    ),
+    msg!(
+        "LocalSubjectAccessReview",
+        [
+            (1, "metadata", Msg("ObjectMeta")),
+            (2, "spec", Msg("SubjectAccessReviewSpec")),
+            (3, "status", Msg("SubjectAccessReviewStatus")),
+        ]
+    ),
+    msg!(
+        "SelfSubjectReview",
+        [
+            (1, "metadata", Msg("ObjectMeta")),
+            (2, "status", Msg("SelfSubjectReviewStatus")),
+        ]
+    ),
+    msg!(
+        "TokenReviewSpec",
+        [(1, "token", Str), (2, "audiences", Rep(&Str)),]
+    ),
+    msg!(
+        "TokenReview",
+        [
+            (1, "metadata", Msg("ObjectMeta")),
+            (2, "spec", Msg("TokenReviewSpec")),
+            (3, "status", Msg("TokenReviewStatus")),
+        ]
+    ),
 ];
