@@ -2,8 +2,9 @@
 //! with Kubernetes' message; bound to `view` in one namespace they read
 //! there and nowhere else, and write nothing; `kubectl auth can-i` (and
 //! `--list`) and `auth whoami` answer for them; impersonation needs the
-//! right to impersonate; no one grants a permission they do not hold; and
-//! a refused request is refused before its body is read.
+//! right to impersonate; no one grants a permission they do not hold;
+//! service account tokens work while their account and bound pod exist;
+//! and a refused request is refused before its body is read.
 
 mod common;
 
@@ -26,6 +27,19 @@ fn refused(r: (bool, String, String)) -> String {
         r.1
     );
     r.2
+}
+
+/// A kubeconfig that presents a bearer token (and no certificate).
+fn token_kubeconfig(cluster: &Cluster, name: &str, token: &str) -> std::path::PathBuf {
+    let path = cluster.dir.path().join(format!("kubeconfig-token-{name}"));
+    let ca = cluster.pki().join("ca.crt");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: token-user\n  user:\n    token: {token}\ncontexts:\n- name: ctx\n  context:\n    cluster: skiff\n    user: token-user\ncurrent-context: ctx\n",
+        cluster.api_url(0),
+        ca.display()
+    );
+    std::fs::write(&path, text).expect("writing kubeconfig");
+    path
 }
 
 /// Wait until `kc` may do what `args` asks (a binding just made reaches
@@ -329,6 +343,107 @@ async fn roles_bindings_reviews_and_impersonation() {
         (!kubectl(&carol, &["get", "nodes"]).0).then_some(())
     })
     .await;
+
+    // Service accounts: a default one in every namespace; tokens from the
+    // TokenRequest API work while the account (and the pod a token is
+    // bound to) exist.
+    eventually("team-a's default service account", WITHIN, || async {
+        kubectl(&admin, &["-n", "team-a", "get", "sa", "default"])
+            .0
+            .then_some(())
+    })
+    .await;
+    ok(kubectl(&admin, &["-n", "team-a", "create", "sa", "ci"]));
+    ok(kubectl(
+        &admin,
+        &[
+            "-n",
+            "team-a",
+            "create",
+            "rolebinding",
+            "ci-views",
+            "--clusterrole=view",
+            "--serviceaccount=team-a:ci",
+        ],
+    ));
+    let token = ok(kubectl(&admin, &["-n", "team-a", "create", "token", "ci"]));
+    let ci = token_kubeconfig(&cluster, "ci", token.trim());
+    until_allowed(&ci, &["-n", "team-a", "get", "configmaps"]).await;
+    let err = refused(kubectl(&ci, &["-n", "team-b", "get", "configmaps"]));
+    assert!(
+        err.contains("User \"system:serviceaccount:team-a:ci\" cannot list"),
+        "{err}"
+    );
+    let who: serde_json::Value =
+        serde_json::from_str(&ok(kubectl(&ci, &["auth", "whoami", "-o", "json"]))).expect("JSON");
+    assert_eq!(
+        who["status"]["userInfo"]["groups"],
+        serde_json::json!([
+            "system:serviceaccounts",
+            "system:serviceaccounts:team-a",
+            "system:authenticated"
+        ])
+    );
+    let jwks = ok(kubectl(&ci, &["get", "--raw", "/openid/v1/jwks"]));
+    assert!(jwks.contains("\"crv\":\"P-256\""), "{jwks}");
+    let err = refused(kubectl(
+        &admin,
+        &["-n", "team-a", "create", "token", "ci", "--duration=1m"],
+    ));
+    assert!(err.contains("less than 10 minutes"), "{err}");
+    // Bound to a pod: refused once the pod is gone.
+    ok(kubectl(
+        &admin,
+        &[
+            "-n",
+            "team-a",
+            "run",
+            "p",
+            "--image=busybox:local",
+            "--",
+            "sleep",
+            "60",
+        ],
+    ));
+    let bound = ok(kubectl(
+        &admin,
+        &[
+            "-n",
+            "team-a",
+            "create",
+            "token",
+            "ci",
+            "--bound-object-kind=Pod",
+            "--bound-object-name=p",
+        ],
+    ));
+    let ci_pod = token_kubeconfig(&cluster, "ci-pod", bound.trim());
+    ok(kubectl(&ci_pod, &["-n", "team-a", "get", "pods"]));
+    ok(kubectl(
+        &admin,
+        &[
+            "-n",
+            "team-a",
+            "delete",
+            "pod",
+            "p",
+            "--grace-period=0",
+            "--force",
+        ],
+    ));
+    eventually("the pod-bound token to be refused", WITHIN, || async {
+        let (good, _, err) = kubectl(&ci_pod, &["-n", "team-a", "get", "pods"]);
+        (!good && err.contains("pod team-a/p has been deleted")).then_some(())
+    })
+    .await;
+    // A token of a deleted account: 401 (a forged one: auth::service_account).
+    ok(kubectl(&ci, &["-n", "team-a", "get", "configmaps"]));
+    ok(kubectl(&admin, &["-n", "team-a", "delete", "sa", "ci"]));
+    let err = refused(kubectl(&ci, &["-n", "team-a", "get", "configmaps"]));
+    assert!(
+        err.contains("service account team-a/ci has been deleted"),
+        "{err}"
+    );
 
     // A refused request is refused before its body is read: 403 for a
     // body over the 3 MiB limit, not 413.

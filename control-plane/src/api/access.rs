@@ -6,6 +6,7 @@
 use axum::http::{HeaderMap, Method};
 
 use super::path::Target;
+use super::service_accounts::is_jwt;
 use super::status::ApiError;
 use super::{usage, Api, Peer};
 use crate::auth::impersonation::Wanted;
@@ -23,7 +24,7 @@ pub async fn admit(
     target: Option<&Target<'_>>,
     verb: &str,
 ) -> Result<Identity, ApiError> {
-    let who = authenticate(api, peer, headers).ok_or_else(ApiError::unauthorized)?;
+    let who = authenticate(api, peer, headers).await?;
     // A node's certificate works while its Node exists, with the uid it
     // was issued for (as on the agent port: `agents::membership`).
     if let Some(node) = who.node_name() {
@@ -36,22 +37,30 @@ pub async fn admit(
     Ok(who)
 }
 
-/// Who the credentials speak for, with `system:authenticated` added.
-fn authenticate(api: &Api, peer: &Peer, headers: &HeaderMap) -> Option<Identity> {
+/// Who the credentials speak for, with `system:authenticated` added:
+/// the client certificate, else a bearer token (a service account's JWT,
+/// or one from the static token file).
+async fn authenticate(api: &Api, peer: &Peer, headers: &HeaderMap) -> Result<Identity, ApiError> {
     let mut who = match &peer.who {
         Some(who) => who.clone(),
         None => {
             let token = headers
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))?;
-            api.authenticate_token(token.trim())?
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim)
+                .ok_or_else(ApiError::unauthorized)?;
+            match api.authenticate_token(token) {
+                Some(who) => who,
+                None if is_jwt(token) => api.authenticate_service_account(token).await?,
+                None => return Err(ApiError::unauthorized()),
+            }
         }
     };
     if !who.groups.iter().any(|g| g == AUTHENTICATED) {
         who.groups.push(AUTHENTICATED.into());
     }
-    Some(who)
+    Ok(who)
 }
 
 async fn check(api: &Api, attrs: &Attributes) -> Result<(), ApiError> {

@@ -133,6 +133,11 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
                 // and version; otherwise it deletes.
                 "eviction" => ("Eviction", &["create"], Some(("policy", "v1"))),
                 "log" => ("Pod", &["get"], None),
+                "token" => (
+                    "TokenRequest",
+                    &["create"],
+                    Some(("authentication.k8s.io", "v1")),
+                ),
                 "exec" => ("PodExecOptions", &["create", "get"], None),
                 "attach" => ("PodAttachOptions", &["create", "get"], None),
                 "portforward" => ("PodPortForwardOptions", &["create", "get"], None),

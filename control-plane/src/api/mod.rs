@@ -47,6 +47,7 @@ mod request_metrics;
 mod resources;
 mod reviews;
 mod selector;
+mod service_accounts;
 mod services;
 mod spdy;
 mod status;
@@ -96,6 +97,8 @@ pub struct Api {
     nodes: Arc<crate::agents::streams::NodeConnections>,
     /// Who may do what.
     auth: Arc<crate::auth::Chain>,
+    /// The key service account tokens are signed with, once read.
+    signer: service_accounts::SignerCell,
 }
 
 /// The caller, as the TLS handshake established it: who the client
@@ -119,6 +122,7 @@ impl Api {
             tokens: Arc::new(tokens),
             nodes: Arc::default(),
             auth,
+            signer: Arc::default(),
         }
     }
 
@@ -148,6 +152,7 @@ impl Api {
             tokens: self.tokens.clone(),
             nodes: self.nodes.clone(),
             auth: self.auth.clone(),
+            signer: self.signer.clone(),
         }
     }
 
@@ -455,6 +460,13 @@ async fn route(
             Ok(json_response(StatusCode::CREATED, &v))
         }
         Target::Review(_) => Err(ApiError::method_not_allowed(method.as_str())),
+        Target::OpenIdConfiguration if method == Method::GET => {
+            ok(crate::auth::service_account::openid_configuration())
+        }
+        Target::Jwks if method == Method::GET => ok(api.jwks().await?),
+        Target::OpenIdConfiguration | Target::Jwks => {
+            Err(ApiError::method_not_allowed(method.as_str()))
+        }
         Target::Object(o) => object(api, method, headers, o, q, body).await,
         Target::DebugFlagsV => debug_flags::serve(method, body),
     }
@@ -545,6 +557,12 @@ async fn object(
                 )
                 .await?;
             Ok(json_response(StatusCode::CREATED, &created))
+        }
+        ("POST", Some(name), Some("token")) if r.plural == "serviceaccounts" => {
+            let v = api
+                .request_token(ns.unwrap_or("default"), name, decode_body(headers, body)?)
+                .await?;
+            Ok(json_response(StatusCode::CREATED, &v))
         }
         ("POST", Some(name), Some("binding")) => {
             let v = api.bind(r, ns, name, decode_body(headers, body)?).await?;

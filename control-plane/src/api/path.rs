@@ -27,6 +27,10 @@ pub enum Target<'a> {
     DebugFlagsV,
     /// `/skiff/v1/http-sd`: Prometheus service discovery.
     HttpSd,
+    /// `/.well-known/openid-configuration`: where the token issuer's keys are.
+    OpenIdConfiguration,
+    /// `/openid/v1/jwks`: the keys that verify service account tokens.
+    Jwks,
 }
 
 /// A resource, or one object of it, or one of its subresources.
@@ -58,6 +62,8 @@ pub fn parse(path: &str) -> Result<Target<'_>, Unknown> {
         ["openapi", ..] => Ok(Target::OpenApiV2),
         ["debug", "flags", "v"] => Ok(Target::DebugFlagsV),
         ["skiff", "v1", "http-sd"] => Ok(Target::HttpSd),
+        [".well-known", "openid-configuration"] => Ok(Target::OpenIdConfiguration),
+        ["openid", "v1", "jwks"] => Ok(Target::Jwks),
         ["api", "v1"] => Ok(Target::GroupVersion {
             group: "",
             version: "v1",

@@ -31,7 +31,7 @@ pub struct Resource {
     pub namespaced: bool,
     pub short_names: &'static [&'static str],
     /// Subresources served or announced: "status", "scale", "binding",
-    /// "eviction", "log", "exec", "attach", "portforward".
+    /// "eviction", "log", "exec", "attach", "portforward", "token".
     pub subresources: &'static [&'static str],
     pub names: NameRule,
     /// Decode the body into the typed object; the error is what the client sees.
@@ -136,7 +136,7 @@ pub static RESOURCES: &[Resource] = &[
     resource!("", "v1", core::v1::Event, "Event", "events", "event",
         namespaced: true, short: ["ev"], sub: [], names: Subdomain),
     resource!("", "v1", core::v1::ServiceAccount, "ServiceAccount", "serviceaccounts", "serviceaccount",
-        namespaced: true, short: ["sa"], sub: [], names: Subdomain),
+        namespaced: true, short: ["sa"], sub: ["token"], names: Subdomain),
     resource!("apps", "v1", apps::v1::Deployment, "Deployment", "deployments", "deployment",
         namespaced: true, short: ["deploy"], sub: ["status", "scale"], names: Subdomain),
     resource!("apps", "v1", apps::v1::ReplicaSet, "ReplicaSet", "replicasets", "replicaset",

@@ -295,10 +295,21 @@ pub async fn serve(
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string();
-            let status = match api.authenticate_token(&token) {
-                Some(id) => json!({"authenticated": true,
-                    "user": {"username": id.user, "groups": id.groups}}),
-                None => json!({"authenticated": false, "error": "the token is not known"}),
+            let found = match api.authenticate_token(&token) {
+                Some(id) => Ok(id),
+                None if super::service_accounts::is_jwt(&token) => {
+                    api.authenticate_service_account(&token).await
+                }
+                None => Err(ApiError::unauthorized_because("the token is not known")),
+            };
+            let status = match found {
+                Ok(mut id) => {
+                    id.groups
+                        .push(crate::auth::rbac::bootstrap::AUTHENTICATED.into());
+                    json!({"authenticated": true,
+                        "user": {"username": id.user, "groups": id.groups}})
+                }
+                Err(e) => json!({"authenticated": false, "error": e.message}),
             };
             Ok(answer(body, status))
         }

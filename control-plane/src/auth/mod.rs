@@ -9,6 +9,7 @@
 //! - [`escalation`]: no one writes a role or binding that grants more than
 //!   they hold.
 //! - [`impersonation`]: `Impersonate-*` headers (`kubectl --as`).
+//! - [`service_account`]: the tokens the TokenRequest API issues (JWTs).
 //!
 //! This module reads the store only through the traits it defines
 //! ([`rbac::Policy`], [`node::Graph`]); the API and the gateway implement
@@ -20,6 +21,7 @@ pub mod escalation;
 pub mod impersonation;
 pub mod node;
 pub mod rbac;
+pub mod service_account;
 
 pub use attributes::{Attributes, On, ResourceRef};
 pub use chain::Chain;

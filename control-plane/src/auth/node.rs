@@ -173,7 +173,11 @@ mod tests {
 
     #[tokio::test]
     async fn only_its_own_node_and_lease() {
-        let node = |n: &str, sub| ResourceRef::new("", "nodes").named(Some(n)).subresource(sub);
+        let node = |n: &str, sub| {
+            ResourceRef::new("", "nodes")
+                .named(Some(n))
+                .subresource(sub)
+        };
         assert!(may("n1", "patch", node("n1", Some("status"))).await);
         assert!(!may("n1", "patch", node("n2", Some("status"))).await);
         assert!(!may("n1", "delete", node("n1", None)).await);

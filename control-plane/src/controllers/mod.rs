@@ -25,6 +25,7 @@ pub mod ownership;
 pub mod pods;
 pub mod replicaset;
 pub mod runtime;
+pub mod serviceaccounts;
 pub mod statefulset;
 
 use std::sync::Arc;
@@ -195,6 +196,11 @@ impl Ctx {
         ctx
     }
 
+    /// The metadata informer of a served kind with no typed informer.
+    pub fn metadata_of(&self, plural: &str) -> Option<&Informer<PartialObjectMetadata>> {
+        self.metadata.iter().find(|i| i.resource().plural == plural)
+    }
+
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }
@@ -265,6 +271,10 @@ pub async fn start(api: Api, fence: Fence, settings: Settings, cancel: Cancellat
             spawner(garbage_collector::reconcile, 2),
         ),
         (namespace::register(&ctx), spawner(namespace::reconcile, 1)),
+        (
+            serviceaccounts::register(&ctx),
+            spawner(serviceaccounts::reconcile, 1),
+        ),
         (endpoints::register(&ctx), spawner(endpoints::reconcile, 2)),
         (hpa::register(&ctx), spawner(hpa::reconcile, 1)),
         (

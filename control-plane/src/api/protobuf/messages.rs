@@ -1093,4 +1093,33 @@ pub static ALL: &[Message] = &[
             (3, "status", Msg("TokenReviewStatus")),
         ]
     ),
+    msg!(
+        "BoundObjectReference",
+        [
+            (1, "kind", Str),
+            (2, "apiVersion", Str),
+            (3, "name", Str),
+            (4, "uid", Str),
+        ]
+    ),
+    msg!(
+        "TokenRequestSpec",
+        [
+            (1, "audiences", Rep(&Str)),
+            (3, "boundObjectRef", Msg("BoundObjectReference")),
+            (4, "expirationSeconds", I64),
+        ]
+    ),
+    msg!(
+        "TokenRequestStatus",
+        [(1, "token", Str), (2, "expirationTimestamp", Time),]
+    ),
+    msg!(
+        "TokenRequest",
+        [
+            (1, "metadata", Msg("ObjectMeta")),
+            (2, "spec", Msg("TokenRequestSpec")),
+            (3, "status", Msg("TokenRequestStatus")),
+        ]
+    ),
 ];

@@ -517,6 +517,13 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                 rule("discovery.k8s.io", &["endpointslices"], &["list", "watch"]),
             ],
         ),
+        role(
+            "system:service-account-issuer-discovery",
+            vec![urls(
+                &["/.well-known/openid-configuration", "/openid/v1/jwks"],
+                &["get"],
+            )],
+        ),
         role("system:node", node_rules()),
         role("system:kube-scheduler", scheduler_rules()),
         role("system:kube-controller-manager", controller_manager_rules()),
@@ -580,6 +587,11 @@ pub fn cluster_role_bindings() -> Vec<ClusterRoleBinding> {
             "system:monitoring",
             "system:monitoring",
             vec![group(MONITORING)],
+        ),
+        binding(
+            "system:service-account-issuer-discovery",
+            "system:service-account-issuer-discovery",
+            vec![group("system:serviceaccounts")],
         ),
         binding(
             "skiff:service-discovery",
