@@ -59,7 +59,6 @@ async fn until_allowed(kc: &Path, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn roles_bindings_reviews_and_impersonation() {
     let cluster = Cluster::start(1, &[]).await;
-    cluster.wait_bootstrapped().await;
     let admin = cluster.kubeconfig(0);
     let bob = cluster.kubeconfig_as("bob", &[]);
 
@@ -78,6 +77,20 @@ async fn roles_bindings_reviews_and_impersonation() {
             "{r}: {roles}"
         );
     }
+
+    // `/` lists what is served, for those allowed to read it.
+    let root: serde_json::Value =
+        serde_json::from_str(&ok(kubectl(&admin, &["get", "--raw", "/"]))).expect("JSON");
+    for p in ["/api/v1", "/apis/rbac.authorization.k8s.io/v1", "/version"] {
+        assert!(
+            root["paths"]
+                .as_array()
+                .is_some_and(|a| a.contains(&p.into())),
+            "{p}: {root}"
+        );
+    }
+    let err = refused(kubectl(&bob, &["get", "--raw", "/"]));
+    assert!(err.contains("cannot get path \"/\""), "{err}");
 
     // No role: refused, in Kubernetes' words.
     ok(kubectl(&admin, &["create", "namespace", "team-a"]));

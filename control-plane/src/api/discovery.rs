@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 
 use super::resources::{group_versions, Resource, RESOURCES};
 use super::{reviews, usage};
+use crate::auth::rbac::bootstrap::ALL_VERBS;
 
 pub fn version() -> Value {
     json!({
@@ -18,6 +19,35 @@ pub fn version() -> Value {
         "compiler": "rustc",
         "platform": "linux/amd64",
     })
+}
+
+/// `/`: every path this API serves at its top, as Kubernetes lists them.
+pub fn root() -> Value {
+    let mut paths: Vec<String> = [
+        "/api",
+        "/api/v1",
+        "/apis",
+        "/openapi/v3",
+        "/version",
+        "/debug/flags/v",
+        "/skiff/v1/http-sd",
+        "/.well-known/openid-configuration",
+        "/openid/v1/jwks",
+    ]
+    .iter()
+    .map(|p| p.to_string())
+    .collect();
+    for g in groups()["groups"].as_array().into_iter().flatten() {
+        paths.push(format!("/apis/{}", g["name"].as_str().unwrap_or("")));
+        for v in g["versions"].as_array().into_iter().flatten() {
+            paths.push(format!(
+                "/apis/{}",
+                v["groupVersion"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    paths.sort();
+    json!({"paths": paths})
 }
 
 pub fn core_versions() -> Value {
@@ -57,17 +87,6 @@ pub fn groups() -> Value {
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
-const VERBS: [&str; 8] = [
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
-
 /// Resources `kubectl get all` shows.
 fn in_all(r: &Resource) -> bool {
     matches!(
@@ -98,13 +117,13 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         .filter(|r| r.group == group && r.version == version)
     {
         let verbs: Vec<&str> = if r.plural == "namespaces" {
-            VERBS
+            ALL_VERBS
                 .iter()
                 .copied()
                 .filter(|v| *v != "deletecollection")
                 .collect()
         } else {
-            VERBS.to_vec()
+            ALL_VERBS.to_vec()
         };
         let mut entry = json!({
             "name": r.plural,

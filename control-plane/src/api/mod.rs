@@ -428,6 +428,8 @@ async fn route(
 ) -> ApiResult<Response> {
     let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
     match target {
+        Target::Root if method == Method::GET => ok(discovery::root()),
+        Target::Root => Err(ApiError::method_not_allowed(method.as_str())),
         Target::Version => ok(discovery::version()),
         Target::CoreVersions => ok(discovery::core_versions()),
         Target::Groups => ok(discovery::groups()),

@@ -6,6 +6,8 @@ use super::{reviews, usage};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Target<'a> {
+    /// `/`: the paths served.
+    Root,
     Version,
     CoreVersions,
     Groups,
@@ -56,6 +58,7 @@ pub fn parse(path: &str) -> Result<Target<'_>, Unknown> {
     }
     let segs: Vec<&str> = path.split('/').collect();
     match segs.as_slice() {
+        [""] => Ok(Target::Root),
         ["version"] => Ok(Target::Version),
         ["api"] => Ok(Target::CoreVersions),
         ["apis"] => Ok(Target::Groups),
@@ -175,6 +178,8 @@ mod tests {
             Err(Unknown)
         );
         assert_eq!(parse("/apis/apps/v1/widgets"), Err(Unknown));
+        assert_eq!(parse("/"), Ok(Target::Root));
+        assert_eq!(parse("/openid/v1/jwks"), Ok(Target::Jwks));
         assert_eq!(
             parse("/apis/apps/v1"),
             Ok(Target::GroupVersion {

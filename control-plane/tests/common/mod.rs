@@ -129,9 +129,10 @@ impl Cluster {
         c
     }
 
-    /// Wait until the masters have written the built-in namespaces and
-    /// each its agent gateway's address, the only writes an idle cluster
-    /// makes: a test that counts revisions starts after them.
+    /// Wait until the masters have written the built-in namespaces, the
+    /// bootstrap RBAC roles, the default service accounts and each its
+    /// agent gateway's address, the only writes an idle cluster makes: a
+    /// test that counts revisions starts after them.
     pub async fn wait_bootstrapped(&self) {
         let gateways = b"/registry/core/configmaps/kube-system/skiff-agent-gateways".to_vec();
         let n = self.masters.iter().filter(|m| m.child.is_some()).count();
@@ -176,24 +177,31 @@ impl Cluster {
             }
         })
         .await;
-        // The bootstrap RBAC objects, the last binding written last.
-        let last =
-            b"/registry/rbac.authorization.k8s.io/clusterrolebindings/system:kube-dns".to_vec();
-        eventually("the bootstrap RBAC roles", Duration::from_secs(30), || {
-            let key = last.clone();
-            async move {
-                let mut kv = self.kv(0).await;
-                let r = kv
-                    .range(RangeRequest {
-                        key,
-                        ..Default::default()
-                    })
-                    .await
-                    .ok()?;
-                (!r.into_inner().kvs.is_empty()).then_some(())
-            }
-        })
-        .await;
+        // The bootstrap RBAC objects (the last binding written last), and
+        // the built-in namespaces' default service accounts.
+        let mut keys = vec![
+            "/registry/rbac.authorization.k8s.io/clusterrolebindings/system:kube-dns".to_string(),
+        ];
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            keys.push(format!("/registry/core/serviceaccounts/{ns}/default"));
+        }
+        for key in keys {
+            eventually(&key, Duration::from_secs(30), || {
+                let key = key.clone().into_bytes();
+                async move {
+                    let mut kv = self.kv(0).await;
+                    let r = kv
+                        .range(RangeRequest {
+                            key,
+                            ..Default::default()
+                        })
+                        .await
+                        .ok()?;
+                    (!r.into_inner().kvs.is_empty()).then_some(())
+                }
+            })
+            .await;
+        }
     }
 
     /// Start one more master that joins the running cluster (after `member add`).

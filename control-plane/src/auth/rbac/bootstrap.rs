@@ -24,7 +24,8 @@ const AGGREGATE_TO: &str = "rbac.authorization.k8s.io/aggregate-to-";
 
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
-const ALL_VERBS: &[&str] = &[
+/// The verbs of a stored resource, in Kubernetes' order.
+pub const ALL_VERBS: &[&str] = &[
     "create",
     "delete",
     "deletecollection",
