@@ -45,14 +45,6 @@ impl RbacCache {
         tokio::spawn(cache.role_bindings.clone().run(registry.clone(), stop));
         Arc::new(cache)
     }
-
-    /// Resolves once every informer has listed.
-    pub async fn synced(&self) {
-        self.cluster_roles.synced().await;
-        self.roles.synced().await;
-        self.cluster_role_bindings.synced().await;
-        self.role_bindings.synced().await;
-    }
 }
 
 impl Policy for RbacCache {

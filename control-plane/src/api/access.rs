@@ -6,7 +6,6 @@
 use axum::http::{HeaderMap, Method};
 
 use super::path::Target;
-use super::service_accounts::is_jwt;
 use super::status::ApiError;
 use super::{usage, Api, Peer};
 use crate::auth::impersonation::Wanted;
@@ -50,11 +49,7 @@ async fn authenticate(api: &Api, peer: &Peer, headers: &HeaderMap) -> Result<Ide
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(str::trim)
                 .ok_or_else(ApiError::unauthorized)?;
-            match api.authenticate_token(token) {
-                Some(who) => who,
-                None if is_jwt(token) => api.authenticate_service_account(token).await?,
-                None => return Err(ApiError::unauthorized()),
-            }
+            api.authenticate_bearer(token).await?
         }
     };
     if !who.groups.iter().any(|g| g == AUTHENTICATED) {

@@ -131,11 +131,6 @@ impl Api {
         &self.auth
     }
 
-    /// Whom a bearer token speaks for, if it is known.
-    pub fn authenticate_token(&self, token: &str) -> Option<Identity> {
-        self.tokens.get(token).cloned()
-    }
-
     /// The nodes' connections to this master, shared with the agent gateway.
     pub fn node_connections(&self) -> Arc<crate::agents::streams::NodeConnections> {
         self.nodes.clone()

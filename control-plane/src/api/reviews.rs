@@ -295,14 +295,7 @@ pub async fn serve(
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string();
-            let found = match api.authenticate_token(&token) {
-                Some(id) => Ok(id),
-                None if super::service_accounts::is_jwt(&token) => {
-                    api.authenticate_service_account(&token).await
-                }
-                None => Err(ApiError::unauthorized_because("the token is not known")),
-            };
-            let status = match found {
+            let status = match api.authenticate_bearer(&token).await {
                 Ok(mut id) => {
                     id.groups
                         .push(crate::auth::rbac::bootstrap::AUTHENTICATED.into());

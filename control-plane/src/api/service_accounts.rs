@@ -71,8 +71,13 @@ impl Api {
             .await
     }
 
-    /// The uid of the object `plural` names, if it exists.
-    async fn uid_of(&self, plural: &str, ns: Option<&str>, name: &str) -> ApiResult<Option<Value>> {
+    /// The core object `plural`/`name`, if it exists.
+    async fn find_core(
+        &self,
+        plural: &str,
+        ns: Option<&str>,
+        name: &str,
+    ) -> ApiResult<Option<Value>> {
         let r = find("", "v1", plural).expect("a core resource");
         match self.get(r, ns, name).await {
             Ok(s) => Ok(Some(s.object)),
@@ -110,7 +115,6 @@ impl Api {
                 .ok_or_else(|| ApiError::bad_request("spec.audiences must be strings"))?,
             _ => vec![ISSUER.to_string()],
         };
-        let uid = |o: &Value| o["metadata"]["uid"].as_str().unwrap_or("").to_string();
         let mut claims = KubernetesClaims {
             namespace: ns.to_string(),
             serviceaccount: Ref {
@@ -136,7 +140,7 @@ impl Api {
                 }
             };
             let object = self
-                .uid_of(plural, ns_of, bound_name)
+                .find_core(plural, ns_of, bound_name)
                 .await?
                 .ok_or_else(|| {
                     ApiError::not_found(find("", "v1", plural).expect("served"), bound_name)
@@ -158,7 +162,7 @@ impl Api {
             match kind {
                 "Pod" => {
                     if let Some(node) = object["spec"]["nodeName"].as_str() {
-                        if let Some(n) = self.uid_of("nodes", None, node).await? {
+                        if let Some(n) = self.find_core("nodes", None, node).await? {
                             claims.node = Some(Ref {
                                 name: node.to_string(),
                                 uid: uid(&n),
@@ -200,8 +204,18 @@ impl Api {
         }))
     }
 
+    /// Who a bearer token speaks for: one from the static token file, else
+    /// a service account's JWT; 401 with the reason otherwise.
+    pub async fn authenticate_bearer(&self, token: &str) -> Result<Identity, ApiError> {
+        match self.tokens.get(token) {
+            Some(who) => Ok(who.clone()),
+            None if is_jwt(token) => self.authenticate_service_account(token).await,
+            None => Err(ApiError::unauthorized()),
+        }
+    }
+
     /// Who a service account token speaks for, or why it does not work.
-    pub async fn authenticate_service_account(&self, token: &str) -> Result<Identity, ApiError> {
+    async fn authenticate_service_account(&self, token: &str) -> Result<Identity, ApiError> {
         let signer = self.signer().await?;
         let claims = signer
             .verify(token, Utc::now().timestamp(), ISSUER)
@@ -209,10 +223,9 @@ impl Api {
         let k = &claims.kubernetes;
         let gone =
             |what: String| ApiError::unauthorized_because(format!("invalid bearer token: {what}"));
-        let uid = |o: &Value| o["metadata"]["uid"].as_str().unwrap_or("").to_string();
         let same = |o: Option<Value>, r: &Ref| o.is_some_and(|o| uid(&o) == r.uid);
         let sa = self
-            .uid_of(
+            .find_core(
                 "serviceaccounts",
                 Some(&k.namespace),
                 &k.serviceaccount.name,
@@ -226,7 +239,8 @@ impl Api {
         }
         if let Some(pod) = &k.pod {
             if !same(
-                self.uid_of("pods", Some(&k.namespace), &pod.name).await?,
+                self.find_core("pods", Some(&k.namespace), &pod.name)
+                    .await?,
                 pod,
             ) {
                 return Err(gone(format!(
@@ -236,7 +250,7 @@ impl Api {
             }
         } else if let Some(secret) = &k.secret {
             if !same(
-                self.uid_of("secrets", Some(&k.namespace), &secret.name)
+                self.find_core("secrets", Some(&k.namespace), &secret.name)
                     .await?,
                 secret,
             ) {
@@ -246,7 +260,7 @@ impl Api {
                 )));
             }
         } else if let Some(node) = &k.node {
-            if !same(self.uid_of("nodes", None, &node.name).await?, node) {
+            if !same(self.find_core("nodes", None, &node.name).await?, node) {
                 return Err(gone(format!("node {} has been deleted", node.name)));
             }
         }
@@ -265,7 +279,12 @@ impl Api {
     }
 }
 
+/// An object's `metadata.uid` ("" if it has none).
+fn uid(o: &Value) -> String {
+    o["metadata"]["uid"].as_str().unwrap_or("").to_string()
+}
+
 /// Whether a bearer token looks like a JWT (three dot-separated parts).
-pub fn is_jwt(token: &str) -> bool {
+fn is_jwt(token: &str) -> bool {
     token.split('.').count() == 3
 }

@@ -129,14 +129,10 @@ impl Rbac {
         });
         out
     }
-
-    pub fn policy(&self) -> &Arc<dyn Policy> {
-        &self.policy
-    }
 }
 
-/// A [`Policy`] held in memory: for tests, and for checks over objects not
-/// yet stored.
+/// A [`Policy`] held in memory, for tests.
+#[cfg(test)]
 #[derive(Default, Clone)]
 pub struct StaticPolicy {
     pub cluster_roles: Vec<ClusterRole>,
@@ -145,6 +141,7 @@ pub struct StaticPolicy {
     pub role_bindings: Vec<RoleBinding>,
 }
 
+#[cfg(test)]
 impl Policy for StaticPolicy {
     fn cluster_role(&self, name: &str) -> Option<Arc<ClusterRole>> {
         self.cluster_roles
