@@ -275,6 +275,11 @@ struct RunArgs {
     /// Extra names or addresses for this master's serving certificate.
     #[arg(long, value_delimiter = ',')]
     api_host: Vec<String>,
+    /// The address pods reach this master's API at, listed as an endpoint
+    /// of the `kubernetes` Service (default: the address of --listen-api,
+    /// else the first address in --api-host).
+    #[arg(long)]
+    advertise_address: Option<std::net::IpAddr>,
     /// Addresses for Services' cluster IPs (IPv4 CIDR).
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cluster_ip_range: String,
@@ -695,11 +700,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
              (see `control-plane init`), or --plaintext-store for an experiment without TLS"
         ),
     };
+    let ranges = crate::api::ServiceRanges::parse(
+        &args.service_cluster_ip_range,
+        &args.service_node_port_range,
+    )
+    .map_err(|e| anyhow::anyhow!("service ranges: {e}"))?;
     let master_cert = match &ca {
         Some(ca) => Some(crate::pki::MasterCert::issue(
             ca.clone(),
             &args.name,
-            master_hosts(&args, &peer_url, &client_url),
+            master_hosts(&args, &peer_url, &client_url, &ranges),
             args.master_cert_validity,
         )?),
         None => None,
@@ -756,11 +766,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics_listener = tokio::net::TcpListener::bind(args.listen_metrics)
         .await
         .with_context(|| format!("binding the metrics address {}", args.listen_metrics))?;
-    let ranges = crate::api::ServiceRanges::parse(
-        &args.service_cluster_ip_range,
-        &args.service_node_port_range,
-    )
-    .map_err(|e| anyhow::anyhow!("service ranges: {e}"))?;
     let node_cidrs = match args.cluster_cidr.as_str() {
         "none" => None,
         c => Some(
@@ -847,6 +852,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ),
         clock_offset: chrono::Duration::seconds(args.controller_clock_offset_secs),
         node_cidrs,
+        root_ca: ca.as_ref().map(|c| c.pem().to_string()),
+        kubernetes_service: Some(crate::controllers::kubernetes_service::Settings {
+            cluster_ip: ranges.kubernetes_ip(),
+        }),
     };
     let k8s = kube.map(|(listener, tls, tokens, agents, ca)| {
         let registry = crate::registry::Registry::new(store.clone());
@@ -887,6 +896,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             stopped(stop_rx.clone()),
         ));
         crate::api::spawn_bootstrap(api.clone());
+        match advertised_api(&args) {
+            Some(address) => {
+                tokio::spawn(crate::masters::api_endpoint::keep(
+                    api.registry().clone(),
+                    args.name.clone(),
+                    address,
+                ));
+            }
+            None => tracing::warn!(
+                "no address to list this master under in the kubernetes Service: pass --advertise-address"
+            ),
+        }
         tokio::spawn(crate::leader::run(
             store.clone(),
             api.clone(),
@@ -959,8 +980,35 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// Every name and address this master answers on, for its certificate.
-fn master_hosts(args: &RunArgs, peer_url: &str, client_url: &str) -> Vec<String> {
+/// Where pods reach this master's API (see --advertise-address).
+fn advertised_api(args: &RunArgs) -> Option<std::net::SocketAddr> {
+    let ip = args
+        .advertise_address
+        .or_else(|| Some(args.listen_api.ip()).filter(|ip| !ip.is_unspecified()))
+        .or_else(|| args.api_host.iter().find_map(|h| h.parse().ok()))?;
+    Some(std::net::SocketAddr::new(ip, args.listen_api.port()))
+}
+
+/// Every name and address this master answers on, and those pods use for
+/// the API: the `kubernetes` Service's cluster IP and DNS names.
+fn master_hosts(
+    args: &RunArgs,
+    peer_url: &str,
+    client_url: &str,
+    ranges: &crate::api::ServiceRanges,
+) -> Vec<String> {
     let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    hosts.push(ranges.kubernetes_ip().to_string());
+    hosts.extend(
+        [
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ]
+        .map(String::from),
+    );
+    hosts.extend(args.advertise_address.map(|a| a.to_string()));
     let listening = [
         args.listen_api,
         args.listen_client,

@@ -261,6 +261,22 @@ impl Registry {
         })
     }
 
+    /// Put `object` at `key`, whatever is there, attached to the store
+    /// lease `lease`: the key goes when the lease expires. Returns the
+    /// revision.
+    pub async fn put_leased(&self, key: &str, object: &Value, lease: i64) -> Result<i64> {
+        let mut op = put(key, object);
+        if let Op::Put(p) = &mut op {
+            p.lease = lease;
+        }
+        let txn = TxnRequest {
+            compare: Vec::new(),
+            success: vec![op],
+            failure: Vec::new(),
+        };
+        Ok(self.txn(txn).await?.2)
+    }
+
     /// Store a new object with its claims; fails if the key exists or a
     /// claim is held. Returns its revision.
     pub async fn create(&self, key: &str, object: &Value, claims: &Claims) -> Result<i64> {

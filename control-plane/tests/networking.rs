@@ -243,6 +243,7 @@ async fn pods_reach_each_other_and_services_across_nodes() {
     let env = Env { kc: kc.clone() };
     let result = std::panic::AssertUnwindSafe(async {
         let cidr_b = scenario(&env, &a.name, &b.name, &host_a, &host_b).await;
+        in_cluster_clients(&env, &cluster, &a.name, &a.dir).await;
         // A node deleted: the others drop their route to its pods.
         b.kill();
         ok(kubectl(&kc, &["delete", "node", &b.name]));
@@ -730,4 +731,243 @@ async fn dns_policies(env: &Env, node: &str) {
         kc,
         &["delete", "pod", "dns-none", "dns-default", "--wait=false"],
     ));
+}
+
+/// A service account, a role letting it read pods, and a pod under it on
+/// `node` running the real kubectl (the host's binary, mounted) and
+/// holding a Secret in a volume.
+const IN_CLUSTER: &str = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: reader}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: pod-reader}
+rules: [{apiGroups: [""], resources: [pods], verbs: [get, list]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: reader-reads-pods}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}
+subjects: [{kind: ServiceAccount, name: reader, namespace: default}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: sealed}
+stringData: {password: s3cr3t-on-tmpfs-only}
+"#;
+
+/// A client in a pod reaches the API through the `kubernetes` Service
+/// with the token projected into it, is allowed what its role allows and
+/// refused the rest; its token and a Secret volume are on tmpfs, nothing
+/// of them on the node's disk; the token stops working with the pod.
+async fn in_cluster_clients(env: &Env, cluster: &Cluster, node: &str, data_dir: &std::path::Path) {
+    let kc = &env.kc;
+    // The kubernetes Service: the first address of the range, every
+    // master's API behind it.
+    assert_eq!(
+        env.field(&[
+            "get",
+            "svc",
+            "kubernetes",
+            "-o",
+            "jsonpath={.spec.clusterIP}"
+        ]),
+        "10.96.0.1"
+    );
+    let masters: BTreeSet<String> = cluster.masters.iter().map(|m| m.api_ip.clone()).collect();
+    until("every master behind the kubernetes Service", || {
+        let seen: BTreeSet<String> = env.ready_endpoints("kubernetes").into_iter().collect();
+        (seen == masters).then_some(())
+    })
+    .await;
+    // Every namespace has the cluster CA.
+    let ca = env.field(&[
+        "get",
+        "configmap",
+        "kube-root-ca.crt",
+        "-o",
+        "jsonpath={.data.ca\\.crt}",
+    ]);
+    assert!(ca.contains("BEGIN CERTIFICATE"), "{ca}");
+
+    ok(kubectl_stdin(kc, &["apply", "-f", "-"], Some(IN_CLUSTER)));
+    let kubectl_bin = std::fs::canonicalize(
+        std::env::var_os("PATH")
+            .and_then(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join("kubectl"))
+                    .find(|p| p.exists())
+            })
+            .expect("kubectl on PATH"),
+    )
+    .expect("kubectl");
+    let pod = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: in-cluster}}
+spec:
+  serviceAccountName: reader
+  nodeName: {node}
+  containers:
+  - name: c
+    image: busybox:local
+    imagePullPolicy: Never
+    command: [sleep, "3600"]
+    env: [{{name: HOME, value: /tmp}}]
+    volumeMounts:
+    - {{name: kubectl, mountPath: /usr/local/bin/kubectl, readOnly: true}}
+    - {{name: sealed, mountPath: /sealed, readOnly: true}}
+  volumes:
+  - name: kubectl
+    hostPath: {{path: {}, type: File}}
+  - name: sealed
+    secret: {{secretName: sealed, defaultMode: 0400}}
+"#,
+        kubectl_bin.display()
+    );
+    ok(kubectl_stdin(kc, &["apply", "-f", "-"], Some(&pod)));
+    ok(kubectl(
+        kc,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/in-cluster",
+            "--timeout=60s",
+        ],
+    ));
+    let spec: Value = serde_json::from_str(&ok(kubectl(
+        kc,
+        &["get", "pod", "in-cluster", "-o", "json"],
+    )))
+    .expect("pod json");
+    let volume = spec["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| {
+            v["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("kube-api-access-"))
+        })
+        .expect("the token volume added at admission");
+    assert_eq!(
+        volume["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"], 3607,
+        "{volume}"
+    );
+    let exec = |args: &[&str]| {
+        let mut all = vec!["exec", "in-cluster", "--"];
+        all.extend_from_slice(args);
+        kubectl(kc, &all)
+    };
+    let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
+    assert_eq!(ok(exec(&["cat", &format!("{sa}/namespace")])), "default");
+    let env_out = ok(exec(&["env"]));
+    assert!(
+        env_out.contains("KUBERNETES_SERVICE_HOST=10.96.0.1"),
+        "{env_out}"
+    );
+    assert!(env_out.contains("KUBERNETES_SERVICE_PORT=443"), "{env_out}");
+    // The token and the Secret are on tmpfs, with the modes asked for.
+    let mounts = ok(exec(&["cat", "/proc/mounts"]));
+    for path in [sa, "/sealed"] {
+        assert!(
+            mounts
+                .lines()
+                .any(|l| l.contains(&format!(" {path} tmpfs "))),
+            "{path} is not a tmpfs:\n{mounts}"
+        );
+    }
+    let mode = ok(exec(&["stat", "-L", "-c", "%a", "/sealed/password"]));
+    assert_eq!(mode.trim(), "400");
+
+    // kubectl in the pod finds the API by itself (in-cluster config), and
+    // is allowed what the role allows.
+    let listed = ok(exec(&[
+        "/usr/local/bin/kubectl",
+        "get",
+        "pods",
+        "-o",
+        "name",
+    ]));
+    assert!(listed.contains("pod/in-cluster"), "{listed}");
+    let (allowed, out, err) = exec(&["/usr/local/bin/kubectl", "get", "secrets"]);
+    assert!(!allowed, "a pod reader listed secrets: {out}");
+    assert!(
+        err.contains("system:serviceaccount:default:reader") && err.contains("forbidden"),
+        "{err}"
+    );
+    let who = ok(exec(&[
+        "/usr/local/bin/kubectl",
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username}",
+    ]));
+    assert_eq!(who.trim(), "system:serviceaccount:default:reader");
+
+    // No byte of the Secret or the token on the node's disk: the volumes
+    // are tmpfs, so a search of the disk alone (one file system) finds
+    // nothing.
+    let token = ok(exec(&["cat", &format!("{sa}/token")]));
+    let on_disk = std::process::Command::new("grep")
+        .args([
+            "-r",
+            "-l",
+            "-s",
+            "--devices=skip",
+            "-e",
+            "s3cr3t-on-tmpfs-only",
+            "-e",
+            token.trim(),
+        ])
+        .arg(data_dir)
+        .output()
+        .expect("grep");
+    let found = String::from_utf8_lossy(&on_disk.stdout);
+    let on_disk_files: Vec<&str> = found
+        .lines()
+        .filter(|f| !mounted_on_tmpfs(std::path::Path::new(f)))
+        .collect();
+    assert!(
+        on_disk_files.is_empty(),
+        "secret bytes on disk: {on_disk_files:?}"
+    );
+
+    // The token works from outside while the pod lives, not after.
+    let with_token = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("kubectl");
+        cmd.args(["--server", &cluster.api_url(0), "--certificate-authority"])
+            .arg(cluster.pki().join("ca.crt"))
+            .args(["--token", token.trim()])
+            .args(args);
+        let out = cmd.output().expect("kubectl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (works, err) = with_token(&["get", "pods"]);
+    assert!(works, "{err}");
+    ok(kubectl(kc, &["delete", "pod", "in-cluster", "--wait=true"]));
+    let (works, err) = with_token(&["get", "pods"]);
+    assert!(
+        !works && err.contains("pod default/in-cluster has been deleted"),
+        "{err}"
+    );
+    ok(kubectl_stdin(kc, &["delete", "-f", "-"], Some(IN_CLUSTER)));
+}
+
+/// Whether `path` lies on a tmpfs (by the mount table).
+fn mounted_on_tmpfs(path: &std::path::Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.len() > 2 && f[2] == "tmpfs").then(|| std::path::PathBuf::from(f[1]))
+        })
+        .any(|m| path.starts_with(&m))
 }

@@ -45,6 +45,10 @@ pub struct Config {
     /// The pod network and the service proxy (None: pods use the engine's
     /// default network; no routes, no proxy, no cluster DNS).
     pub network: Option<NetworkConfig>,
+    /// Secret, projected and downwardAPI volumes on tmpfs, as the kubelet
+    /// puts them. Off only where nodes are not hosts of their own (the
+    /// scale benchmark: a thousand agents in one process).
+    pub memory_volumes: bool,
 }
 
 /// The node's part in the cluster network.
@@ -121,6 +125,7 @@ pub async fn start<R: Runtime>(cfg: Config, rt: R, stop: CancellationToken) -> R
         reports: reports.clone(),
         streams,
         endpoint: session::connect::endpoint()?,
+        current: Default::default(),
     });
     let pod_network = cfg
         .network
@@ -144,6 +149,8 @@ pub async fn start<R: Runtime>(cfg: Config, rt: R, stop: CancellationToken) -> R
             .as_ref()
             .map(|n| n.cluster_domain.clone())
             .unwrap_or_else(|| "cluster.local".into()),
+        tokens: Arc::new(pods::tokens::Tokens::new(session.clone())),
+        memory_volumes: cfg.memory_volumes,
     });
     // The thresholds the node crosses, from its status to its pod manager.
     let (pressure_tx, pressure) = tokio::sync::watch::channel(Vec::new());

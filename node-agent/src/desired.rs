@@ -168,6 +168,17 @@ impl Desired {
             .collect()
     }
 
+    /// The objects of `kind` in namespace `ns`.
+    pub fn list_in(&self, kind: &str, ns: &str) -> Vec<Arc<Value>> {
+        let from = (kind.to_string(), ns.to_string(), String::new());
+        self.lock()
+            .objects
+            .range(from..)
+            .take_while(|((k, n, _), _)| k == kind && n == ns)
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+
     pub fn pods(&self) -> Vec<Arc<Value>> {
         self.lock()
             .objects

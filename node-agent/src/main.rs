@@ -203,6 +203,7 @@ async fn run(args: RunArgs, filter: logging::Filter) -> Result<()> {
             .port(),
         eviction_hard: node_agent::pressure::parse_thresholds(&args.eviction_hard)?,
         links: true,
+        memory_volumes: true,
         network: (args.network == NetworkMode::Routed).then(|| agent::NetworkConfig {
             pods: node_agent::network::Settings {
                 network: "skiff-pods".into(),

@@ -13,6 +13,7 @@
 //!   certificate works only for the Node it was issued for; a deleted
 //!   node's connections are closed at once.
 //! - [`streams`]: streams this master opens to nodes (logs, exec, attach).
+//! - [`tokens`]: service account tokens for the pods of a node.
 //!
 //! Each stream the agent opens starts with an `AgentRequest` frame
 //! ([`proto::agent::frame`]); a stream that does not is reset, and the
@@ -26,6 +27,7 @@ pub mod node_graph;
 pub mod reports;
 pub mod session;
 pub mod streams;
+pub mod tokens;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -230,6 +232,11 @@ async fn stream(
         }
         (Some(agent_request::Request::Renew(r)), Some(node)) => {
             let response = join::renew(&gateway, &membership, &node, node_uid.as_deref(), r).await;
+            frame::write(&mut send, &response).await
+        }
+        (Some(agent_request::Request::Token(t)), Some(_)) => {
+            let who = who.as_ref().expect("a node has an identity");
+            let response = tokens::issue(&gateway.api, who, t).await;
             frame::write(&mut send, &response).await
         }
         (Some(agent_request::Request::Hello(h)), Some(node)) => {

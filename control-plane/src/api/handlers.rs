@@ -173,6 +173,10 @@ impl Api {
         let mut body = body;
         fields::check(openapi::documents(), r, &mut body, field_validation(q)?)?;
         let mut object = objects::for_create(r, ns, body)?;
+        if r.group.is_empty() && r.plural == "pods" {
+            self.admit_pod_service_account(ns.unwrap_or("default"), &mut object)
+                .await?;
+        }
         super::admission::admit(self, r, ns, None, &object).await?;
         if r.namespaced {
             self.check_namespace(ns.unwrap_or("default")).await?;

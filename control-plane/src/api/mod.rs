@@ -24,6 +24,7 @@
 //! a known bearer token; anything else gets 401. [`access`] then asks the
 //! authorization chain ([`crate::auth`]), before the body is read: 403 if
 //! it refuses. [`admission`] checks RBAC writes against their author;
+//! [`pod_service_account`] gives a new pod its service account and token;
 //! [`reviews`] answers `kubectl auth can-i` and `whoami`.
 
 mod access;
@@ -40,6 +41,7 @@ mod objects;
 mod openapi;
 mod patch;
 mod path;
+mod pod_service_account;
 mod pod_streams;
 mod port_forward;
 mod protobuf;
@@ -81,6 +83,7 @@ pub const MAX_BODY: usize = 3 << 20;
 pub use handlers::Filter;
 pub use handlers::Query as ApiQuery;
 pub use patch::PatchType;
+pub use pod_service_account::{MOUNT_PATH as SERVICE_ACCOUNT_MOUNT_PATH, ROOT_CA_CONFIGMAP};
 pub use resources::{find as find_resource, find_kind, Resource, RESOURCES};
 pub use services::Ranges as ServiceRanges;
 pub use status::ApiError;
@@ -535,9 +538,10 @@ async fn object(
         ("GET", Some(name), Some("log")) if r.plural == "pods" => {
             pod_streams::logs(api, ns.unwrap_or("default"), name, q).await
         }
-        (_, Some(_), Some("exec" | "attach")) if r.plural == "pods" => Err(ApiError::bad_request(
-            "exec and attach need a WebSocket upgrade (v5.channel.k8s.io); SPDY is not served",
-        )),
+        (_, Some(name), Some("exec" | "attach")) if r.plural == "pods" => {
+            let container = q.get("container").map(String::as_str);
+            Err(pod_streams::refuse_spdy(api, ns.unwrap_or("default"), name, container).await)
+        }
         (_, Some(_), Some("portforward")) if r.plural == "pods" => {
             Err(ApiError::bad_request(format!(
                 "port forwarding needs a WebSocket upgrade ({})",

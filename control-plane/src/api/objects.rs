@@ -320,6 +320,9 @@ pub fn for_update(
             None => m.remove(k),
         };
     }
+    if r.kind == "Pod" && r.group.is_empty() && sub != Some("status") {
+        check_pod_update(r, old, &out)?;
+    }
     if sub != Some("status") && spec_of(&out) != spec_of(old) {
         let g = old_meta
             .get("generation")
@@ -526,6 +529,54 @@ fn check_quantities(r: &Resource, object: &Value) -> ApiResult<()> {
     }
 }
 
+/// Kubernetes' rule for changing a pod: of its spec, only the images,
+/// `activeDeadlineSeconds`, `terminationGracePeriodSeconds` and added
+/// tolerations may change (the node it runs on is set by a binding).
+fn check_pod_update(r: &Resource, old: &Value, new: &Value) -> ApiResult<()> {
+    let fixed = |pod: &Value| {
+        let mut spec = pod.get("spec").cloned().unwrap_or(Value::Null);
+        for list in ["containers", "initContainers"] {
+            for c in spec[list].as_array_mut().into_iter().flatten() {
+                if let Some(c) = c.as_object_mut() {
+                    c.remove("image");
+                }
+            }
+        }
+        if let Some(o) = spec.as_object_mut() {
+            for k in [
+                "activeDeadlineSeconds",
+                "terminationGracePeriodSeconds",
+                "tolerations",
+            ] {
+                o.remove(k);
+            }
+        }
+        spec
+    };
+    let tolerations = |pod: &Value| {
+        pod.pointer("/spec/tolerations")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (before, after) = (tolerations(old), tolerations(new));
+    if fixed(old) == fixed(new) && before.iter().all(|t| after.contains(t)) {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        r,
+        name_of(old),
+        &[(
+            "spec".into(),
+            "pod updates may not change fields other than `spec.containers[*].image`,\
+             `spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` \
+             (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` \
+             (allow it to be set to 1 if it was previously negative)"
+                .into(),
+        )],
+    ))
+}
+
 fn pod_spec_defaults(spec: &mut Value) {
     set_default(spec, "restartPolicy", json!("Always"));
     set_default(spec, "dnsPolicy", json!("ClusterFirst"));
@@ -557,6 +608,35 @@ fn pod_spec_defaults(spec: &mut Value) {
 mod tests {
     use super::*;
     use crate::api::resources::find;
+
+    #[test]
+    fn a_pod_changes_only_its_images_deadlines_and_added_tolerations() {
+        let pods = find("", "v1", "pods").unwrap();
+        let pod = json!({"metadata": {"name": "p"}, "spec": {
+            "containers": [{"name": "c", "image": "busybox:1", "command": ["sleep"]}],
+            "tolerations": [{"key": "a", "operator": "Exists"}],
+        }});
+        let mut images = pod.clone();
+        images["spec"]["containers"][0]["image"] = json!("busybox:2");
+        images["spec"]["activeDeadlineSeconds"] = json!(30);
+        images["spec"]["tolerations"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"key": "b", "operator": "Exists"}));
+        assert!(check_pod_update(pods, &pod, &images).is_ok());
+        let mut command = pod.clone();
+        command["spec"]["containers"][0]["command"] = json!(["true"]);
+        let e = check_pod_update(pods, &pod, &command).unwrap_err();
+        assert_eq!(e.code, axum::http::StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            e.message.contains("pod updates may not change fields"),
+            "{}",
+            e.message
+        );
+        let mut dropped = pod.clone();
+        dropped["spec"]["tolerations"] = json!([]);
+        assert!(check_pod_update(pods, &pod, &dropped).is_err());
+    }
 
     #[test]
     fn create_sets_identity_and_defaults() {

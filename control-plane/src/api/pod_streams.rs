@@ -166,6 +166,19 @@ where
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
+/// What an exec or attach that is no WebSocket upgrade (kubectl falls
+/// back to SPDY when the upgrade is refused) is told: why the container
+/// cannot be reached, as the upgrade was told, else that SPDY is not
+/// served; so the fallback does not hide the reason.
+pub async fn refuse_spdy(api: &Api, ns: &str, name: &str, container: Option<&str>) -> ApiError {
+    match target(api, ns, name, container).await {
+        Err(e) => e,
+        Ok(_) => ApiError::bad_request(
+            "exec and attach need a WebSocket upgrade (v5.channel.k8s.io); SPDY is not served",
+        ),
+    }
+}
+
 pub async fn exec(
     api: &Api,
     ns: &str,

@@ -72,7 +72,7 @@ impl Api {
     }
 
     /// The core object `plural`/`name`, if it exists.
-    async fn find_core(
+    pub(super) async fn find_core(
         &self,
         plural: &str,
         ns: Option<&str>,

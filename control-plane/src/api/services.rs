@@ -76,6 +76,12 @@ impl Ranges {
         offset > 0 && offset < self.size() - 1
     }
 
+    /// The first address of the range: the `kubernetes` Service's, never
+    /// given to another Service unless asked for by address.
+    pub fn kubernetes_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.network + 1)
+    }
+
     pub fn cidr(&self) -> String {
         format!("{}/{}", Ipv4Addr::from(self.network), self.prefix)
     }
@@ -254,20 +260,22 @@ pub fn assign(
     }
 }
 
+/// A free address, never the first (the `kubernetes` Service's).
 fn free_ip(ranges: &Ranges, taken: &BTreeSet<String>) -> Option<String> {
-    let usable = ranges.size() - 2;
+    let usable = ranges.size() - 3;
+    let first = ranges.network + 2;
     let mut rng = rand::thread_rng();
     // Random probes find a free address quickly unless the range is nearly
     // full; then walk it from a random start.
     for _ in 0..64 {
-        let ip = Ipv4Addr::from(ranges.network + 1 + rng.gen_range(0..usable)).to_string();
+        let ip = Ipv4Addr::from(first + rng.gen_range(0..usable)).to_string();
         if !taken.contains(&ip_claim(&ip)) {
             return Some(ip);
         }
     }
     let start = rng.gen_range(0..usable);
     (0..usable)
-        .map(|i| Ipv4Addr::from(ranges.network + 1 + (start + i) % usable).to_string())
+        .map(|i| Ipv4Addr::from(first + (start + i) % usable).to_string())
         .find(|ip| !taken.contains(&ip_claim(ip)))
 }
 
@@ -395,14 +403,16 @@ mod tests {
         let mut s = svc(json!({"clusterIP": "10.0.0.1"}));
         let errs = assign(&r, &mut s, &taken).expect_err("out of range");
         assert!(errs[0].1.contains("not in the valid range"), "{errs:?}");
-        // Six usable addresses; every one but 10.96.0.3 free, all found.
+        // Six usable addresses, the first kept for `kubernetes`; every one
+        // but 10.96.0.3 free, all found, never 10.96.0.1.
         let mut seen = BTreeSet::new();
         let mut taken = taken;
-        for _ in 0..5 {
+        for _ in 0..4 {
             let mut s = svc(json!({}));
             assign(&r, &mut s, &taken).expect("free address");
             let ip = s["spec"]["clusterIP"].as_str().expect("ip").to_string();
             assert!(seen.insert(ip.clone()));
+            assert_ne!(ip, "10.96.0.1");
             taken.insert(ip_claim(&ip));
         }
         assert!(assign(&r, &mut svc(json!({})), &taken).is_err(), "full");

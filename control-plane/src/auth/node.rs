@@ -1,9 +1,9 @@
 //! What a node may do through the Kubernetes API, as Kubernetes' node
 //! authorizer and NodeRestriction decide together: read the Secrets,
-//! ConfigMaps, ServiceAccounts and claims a pod bound to it refers to; read
-//! nodes, pods, services and endpoints; change only its own Node, its own
-//! Lease, and the status of (and the deletion of) pods bound to it; post
-//! events. Anything else on a resource is refused outright; a path outside
+//! ConfigMaps, ServiceAccounts and claims a pod bound to it refers to, and
+//! ask for tokens of those ServiceAccounts; read nodes, pods, services and
+//! endpoints; change only its own Node, its own Lease, and the status of
+//! (and the deletion of) pods bound to it; post events. Anything else on a resource is refused outright; a path outside
 //! the resource tree is left to RBAC (discovery).
 
 use futures::future::BoxFuture;
@@ -56,6 +56,9 @@ pub async fn authorize(
         ("", "secrets" | "configmaps" | "serviceaccounts" | "persistentvolumeclaims", None) => {
             verb == "get" && graph.refers(node, r).await?
         }
+        // The kubelet's TokenRequest for a pod's projected token (bound
+        // to the pod by the gateway, which checks it is bound here).
+        ("", "serviceaccounts", Some("token")) => verb == "create" && graph.refers(node, r).await?,
         ("", "nodes", None | Some("status")) => {
             read || verb == "create" && sub.is_none()
                 || matches!(verb, "update" | "patch") && r.name.as_deref() == Some(node)

@@ -18,12 +18,14 @@ pub mod events;
 pub mod garbage_collector;
 pub mod hpa;
 pub mod job;
+pub mod kubernetes_service;
 pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod ownership;
 pub mod pods;
 pub mod replicaset;
+pub mod root_ca;
 pub mod runtime;
 pub mod serviceaccounts;
 pub mod statefulset;
@@ -107,6 +109,12 @@ pub struct Settings {
     /// The blocks of the cluster CIDR nodes get as their podCIDR (None:
     /// podCIDRs are not allocated).
     pub node_cidrs: Option<node_ipam::NodeCidrs>,
+    /// The cluster CA certificate (PEM) published in every namespace
+    /// (None: there is no CA, a cluster without TLS).
+    pub root_ca: Option<String>,
+    /// The `kubernetes` Service: its cluster IP and the port the API
+    /// listens on (None: it is not kept).
+    pub kubernetes_service: Option<kubernetes_service::Settings>,
 }
 
 impl Default for Settings {
@@ -117,6 +125,8 @@ impl Default for Settings {
             hpa_sync_period: Duration::from_secs(15),
             clock_offset: chrono::Duration::zero(),
             node_cidrs: None,
+            root_ca: None,
+            kubernetes_service: None,
         }
     }
 }
@@ -274,6 +284,11 @@ pub async fn start(api: Api, fence: Fence, settings: Settings, cancel: Cancellat
         (
             serviceaccounts::register(&ctx),
             spawner(serviceaccounts::reconcile, 1),
+        ),
+        (root_ca::register(&ctx), spawner(root_ca::reconcile, 1)),
+        (
+            kubernetes_service::register(&ctx),
+            spawner(kubernetes_service::reconcile, 1),
         ),
         (endpoints::register(&ctx), spawner(endpoints::reconcile, 2)),
         (hpa::register(&ctx), spawner(hpa::reconcile, 1)),

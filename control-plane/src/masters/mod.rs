@@ -4,7 +4,10 @@
 //! [`leave`] takes one out. Membership changes go through the etcd API,
 //! authenticated by a master certificate from the cluster CA, as etcdctl's
 //! `member add --learner`, `member promote` and `member remove` would.
+//! [`api_endpoint`] keeps each running master's API address in the store,
+//! for the `kubernetes` Service.
 
+pub mod api_endpoint;
 pub mod init;
 pub mod join;
 pub mod leave;

@@ -24,6 +24,9 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 pub struct Master {
     pub name: String,
     pub ip: String,
+    /// Where its API listens (its own address, or its address on the
+    /// node hosts' link).
+    pub api_ip: String,
     pub child: Option<Child>,
     args: Vec<String>,
     log: PathBuf,
@@ -97,7 +100,12 @@ impl Cluster {
                     "--initial-cluster".into(),
                     initial.clone(),
                     "--listen-api".into(),
-                    format!("{ip}:6443"),
+                    // Where agents are hosts of their own, pods reach the
+                    // API (the kubernetes Service) where the agents do.
+                    format!(
+                        "{}:6443",
+                        agent_ips.map(|a| a[i - 1].as_str()).unwrap_or(&ip)
+                    ),
                     "--listen-agents".into(),
                     format!(
                         "{}:6444",
@@ -109,6 +117,7 @@ impl Cluster {
                 args.extend(extra.iter().map(|s| s.to_string()));
                 Master {
                     name: format!("m{i}"),
+                    api_ip: agent_ips.map(|a| a[i - 1].clone()).unwrap_or(ip.clone()),
                     ip,
                     child: None,
                     args,
@@ -184,7 +193,9 @@ impl Cluster {
         ];
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             keys.push(format!("/registry/core/serviceaccounts/{ns}/default"));
+            keys.push(format!("/registry/core/configmaps/{ns}/kube-root-ca.crt"));
         }
+        keys.push("/registry/core/services/default/kubernetes".into());
         for key in keys {
             eventually(&key, Duration::from_secs(30), || {
                 let key = key.clone().into_bytes();
@@ -202,6 +213,29 @@ impl Cluster {
             })
             .await;
         }
+        // The kubernetes Service's endpoints: every running master.
+        let slice = b"/registry/discovery.k8s.io/endpointslices/default/kubernetes".to_vec();
+        eventually(
+            "every master in the kubernetes Service's endpoints",
+            Duration::from_secs(30),
+            || {
+                let key = slice.clone();
+                async move {
+                    let mut kv = self.kv(0).await;
+                    let r = kv
+                        .range(RangeRequest {
+                            key,
+                            ..Default::default()
+                        })
+                        .await
+                        .ok()?;
+                    let s: serde_json::Value =
+                        serde_json::from_slice(&r.into_inner().kvs.first()?.value).ok()?;
+                    (s["endpoints"].as_array()?.len() >= n).then_some(())
+                }
+            },
+        )
+        .await;
     }
 
     /// Start one more master that joins the running cluster (after `member add`).
@@ -248,6 +282,7 @@ impl Cluster {
         .collect();
         self.masters.push(Master {
             name: format!("m{i}"),
+            api_ip: ip.clone(),
             ip,
             child: None,
             args,
@@ -357,7 +392,7 @@ impl Cluster {
     }
 
     pub fn api_url(&self, i: usize) -> String {
-        format!("https://{}:6443", self.masters[i].ip)
+        format!("https://{}:6443", self.masters[i].api_ip)
     }
 
     /// A kubeconfig file for the admin against master `i`.

@@ -15,6 +15,7 @@ pub mod orphans;
 pub mod probes;
 pub mod spec;
 pub mod status;
+pub mod tokens;
 pub mod volumes;
 pub mod worker;
 
@@ -55,6 +56,10 @@ pub struct Context {
     pub network: Option<Arc<crate::network::PodNetwork>>,
     /// The cluster's DNS domain (cluster.local).
     pub cluster_domain: String,
+    /// Service account tokens for projected volumes.
+    pub tokens: Arc<tokens::Tokens>,
+    /// Secret, projected and downwardAPI volumes on tmpfs.
+    pub memory_volumes: bool,
 }
 
 /// Run the node's pods until `stop`; while `pressure` names thresholds

@@ -415,6 +415,10 @@ mod tests {
             reports: Arc::default(),
             network: None,
             cluster_domain: "cluster.local".into(),
+            tokens: Arc::new(crate::pods::tokens::Tokens::new(Arc::new(
+                crate::pods::tokens::NoMasters,
+            ))),
+            memory_volumes: false,
         });
         let stop = CancellationToken::new();
         let manager = tokio::spawn(crate::pods::run(

@@ -35,12 +35,96 @@ pub enum SpecError {
 /// Objects the node holds, by kind, namespace and name.
 pub trait Lookup {
     fn object(&self, kind: &str, ns: &str, name: &str) -> Option<std::sync::Arc<Value>>;
+    /// Every object of `kind` in `ns` (Services, for their variables).
+    fn list_in(&self, kind: &str, ns: &str) -> Vec<std::sync::Arc<Value>>;
 }
 
 impl Lookup for crate::desired::Desired {
     fn object(&self, kind: &str, ns: &str, name: &str) -> Option<std::sync::Arc<Value>> {
         self.get(kind, ns, name)
     }
+
+    fn list_in(&self, kind: &str, ns: &str) -> Vec<std::sync::Arc<Value>> {
+        crate::desired::Desired::list_in(self, kind, ns)
+    }
+}
+
+/// The namespace of the `kubernetes` Service, whose variables every
+/// container gets.
+const MASTER_SERVICE_NAMESPACE: &str = "default";
+
+/// A Service's name as a variable prefix: `my-svc` → `MY_SVC`.
+fn variable_name(s: &str) -> String {
+    s.replace('-', "_").to_uppercase()
+}
+
+/// The variables of one Service, as the kubelet (and Docker links before
+/// it) name them: `<SVC>_SERVICE_HOST`, `<SVC>_SERVICE_PORT[_<NAME>]`,
+/// `<SVC>_PORT`, `<SVC>_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR]`.
+fn service_variables(svc: &Value, out: &mut Vec<(String, String)>) {
+    let ip = svc["spec"]["clusterIP"].as_str().unwrap_or("");
+    let ports = svc["spec"]["ports"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    if ip.is_empty() || ip == "None" || ports.is_empty() {
+        return;
+    }
+    let prefix = variable_name(svc["metadata"]["name"].as_str().unwrap_or(""));
+    let port_of = |p: &Value| p["port"].as_i64().unwrap_or(0);
+    out.push((format!("{prefix}_SERVICE_HOST"), ip.to_string()));
+    out.push((
+        format!("{prefix}_SERVICE_PORT"),
+        port_of(&ports[0]).to_string(),
+    ));
+    for p in ports {
+        if let Some(name) = p["name"].as_str().filter(|n| !n.is_empty()) {
+            out.push((
+                format!("{prefix}_SERVICE_PORT_{}", variable_name(name)),
+                port_of(p).to_string(),
+            ));
+        }
+    }
+    for (i, p) in ports.iter().enumerate() {
+        let protocol = p["protocol"].as_str().unwrap_or("TCP");
+        let (lower, upper) = (protocol.to_lowercase(), protocol.to_uppercase());
+        let port = port_of(p);
+        let url = format!("{lower}://{ip}:{port}");
+        if i == 0 {
+            out.push((format!("{prefix}_PORT"), url.clone()));
+        }
+        let base = format!("{prefix}_PORT_{port}_{upper}");
+        out.push((format!("{base}_PROTO"), lower));
+        out.push((format!("{base}_PORT"), port.to_string()));
+        out.push((format!("{base}_ADDR"), ip.to_string()));
+        out.push((base, url));
+    }
+}
+
+/// The variables of the Services a pod sees: those of its namespace
+/// (unless `enableServiceLinks: false`) and the `kubernetes` Service.
+pub fn service_environment(pod: &Pod, lookup: &dyn Lookup) -> Vec<(String, String)> {
+    let ns = namespace(pod);
+    let links = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.enable_service_links)
+        .unwrap_or(true);
+    let mut services: BTreeMap<String, std::sync::Arc<Value>> = BTreeMap::new();
+    if links {
+        for s in lookup.list_in("Service", ns) {
+            let name = s["metadata"]["name"].as_str().unwrap_or("").to_string();
+            services.insert(name, s);
+        }
+    }
+    if let Some(s) = lookup.object("Service", MASTER_SERVICE_NAMESPACE, "kubernetes") {
+        services.insert("kubernetes".into(), s);
+    }
+    let mut out = Vec::new();
+    for s in services.values() {
+        service_variables(s, &mut out);
+    }
+    out
 }
 
 pub fn meta<'a>(
@@ -440,6 +524,10 @@ pub fn environment(
             vars.push((k, v));
         }
     };
+    // The Services' variables come last, unless the container sets them,
+    // and `$(VAR)` may name them (as the kubelet).
+    let services = service_environment(fields.pod, lookup);
+    defined.extend(services.iter().cloned());
     for from in c.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
         let (kind, name, optional) = match (&from.config_map_ref, &from.secret_ref) {
@@ -516,6 +604,11 @@ pub fn environment(
         };
         if let Some(v) = v {
             set(&mut vars, &mut defined, name.clone(), v);
+        }
+    }
+    for (k, v) in services {
+        if !vars.iter().any(|(n, _)| *n == k) {
+            vars.push((k, v));
         }
     }
     Ok(vars)
@@ -635,6 +728,84 @@ mod tests {
                 .find(|(k, n, _)| k == kind && n == name)
                 .map(|(_, _, v)| Arc::new(v.clone()))
         }
+
+        fn list_in(&self, kind: &str, _ns: &str) -> Vec<Arc<Value>> {
+            self.0
+                .iter()
+                .filter(|(k, _, _)| k == kind)
+                .map(|(_, _, v)| Arc::new(v.clone()))
+                .collect()
+        }
+    }
+
+    #[test]
+    fn services_are_seen_as_the_kubelet_names_them() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+            "spec": {"containers": [{"name": "c", "env": [
+                {"name": "API", "value": "$(KUBERNETES_SERVICE_HOST):$(KUBERNETES_SERVICE_PORT)"},
+                {"name": "MY_DB_SERVICE_HOST", "value": "mine"},
+            ]}]},
+        }))
+        .unwrap();
+        let objects = Objects(vec![
+            (
+                "Service".into(),
+                "kubernetes".into(),
+                json!({
+                    "metadata": {"name": "kubernetes", "namespace": "default"},
+                    "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443, "protocol": "TCP"}]},
+                }),
+            ),
+            (
+                "Service".into(),
+                "my-db".into(),
+                json!({
+                    "metadata": {"name": "my-db", "namespace": "ns"},
+                    "spec": {"clusterIP": "10.96.0.9", "ports": [{"port": 5432}, {"name": "metrics", "port": 9187, "protocol": "TCP"}]},
+                }),
+            ),
+            (
+                "Service".into(),
+                "headless".into(),
+                json!({
+                    "metadata": {"name": "headless", "namespace": "ns"},
+                    "spec": {"clusterIP": "None", "ports": [{"port": 80}]},
+                }),
+            ),
+        ]);
+        let fields = PodFields {
+            pod: &pod,
+            node: "n1",
+            pod_ip: "10.0.0.5",
+            host_ip: "127.0.0.1",
+        };
+        let c = &pod.spec.as_ref().unwrap().containers[0];
+        let env = environment(c, &fields, &objects, 4, 1 << 30).unwrap();
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("KUBERNETES_SERVICE_HOST"), Some("10.96.0.1"));
+        assert_eq!(get("KUBERNETES_SERVICE_PORT"), Some("443"));
+        assert_eq!(get("KUBERNETES_SERVICE_PORT_HTTPS"), Some("443"));
+        assert_eq!(get("KUBERNETES_PORT"), Some("tcp://10.96.0.1:443"));
+        assert_eq!(get("KUBERNETES_PORT_443_TCP"), Some("tcp://10.96.0.1:443"));
+        assert_eq!(get("KUBERNETES_PORT_443_TCP_PROTO"), Some("tcp"));
+        assert_eq!(get("KUBERNETES_PORT_443_TCP_ADDR"), Some("10.96.0.1"));
+        assert_eq!(get("API"), Some("10.96.0.1:443"));
+        assert_eq!(
+            get("MY_DB_SERVICE_HOST"),
+            Some("mine"),
+            "the container's own value wins"
+        );
+        assert_eq!(get("MY_DB_SERVICE_PORT"), Some("5432"));
+        assert_eq!(get("MY_DB_SERVICE_PORT_METRICS"), Some("9187"));
+        assert_eq!(get("MY_DB_PORT_9187_TCP_PORT"), Some("9187"));
+        assert!(get("HEADLESS_SERVICE_HOST").is_none());
+
+        let mut unlinked = pod.clone();
+        unlinked.spec.as_mut().unwrap().enable_service_links = Some(false);
+        let vars = service_environment(&unlinked, &objects);
+        assert!(vars.iter().any(|(k, _)| k == "KUBERNETES_SERVICE_HOST"));
+        assert!(!vars.iter().any(|(k, _)| k.starts_with("MY_DB")));
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! directory, a `..data` symlink is swapped to it in one rename, and each
 //! top-level name is a symlink through `..data`; so a running container
 //! sees the old files or the new ones, never half of each.
+//!
+//! Secret, projected and downwardAPI volumes live on a tmpfs of their own
+//! (as the kubelet puts them), so that no Secret and no token ever reaches
+//! the node's disk; the files are written with their final modes.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -14,6 +18,7 @@ use base64::Engine;
 use k8s_openapi::api::core::v1::{KeyToPath, Pod, Volume};
 
 use super::spec::{self, Lookup, PodFields, SpecError};
+use super::tokens::{self, Projected};
 use crate::runtime::Mount;
 
 /// One file of a volume: its content and mode.
@@ -123,14 +128,27 @@ fn downward_files(
     Ok(out)
 }
 
+/// Where file volumes' contents come from: the objects the node holds,
+/// the pod's tokens, and the node's size (for resource fields).
+pub struct Sources<'a> {
+    pub lookup: &'a dyn Lookup,
+    pub tokens: &'a Projected,
+    pub cpus: u64,
+    pub memory: u64,
+}
+
 /// The files a file volume holds, or None for a volume that is a directory.
 fn files_of(
     v: &Volume,
     fields: &PodFields<'_>,
-    lookup: &dyn Lookup,
-    cpus: u64,
-    memory: u64,
+    sources: &Sources<'_>,
 ) -> Result<Option<Files>, SpecError> {
+    let Sources {
+        lookup,
+        tokens,
+        cpus,
+        memory,
+    } = *sources;
     let ns = spec::namespace(fields.pod);
     if let Some(s) = &v.config_map {
         let mode = s.default_mode.unwrap_or(0o644) as u32;
@@ -186,6 +204,12 @@ fn files_of(
                 {
                     out.extend(items_of(d, s.items.as_ref(), mode, &s.name)?);
                 }
+            }
+            if let Some(t) = &src.service_account_token {
+                let token = tokens.get(&tokens::wanted_of(t)).ok_or_else(|| {
+                    SpecError::Invalid(format!("volume {:?}: no service account token yet", v.name))
+                })?;
+                out.insert(t.path.clone(), (token.as_bytes().to_vec(), mode));
             }
             if let Some(d) = &src.downward_api {
                 out.extend(downward_files(
@@ -291,9 +315,8 @@ pub fn prepare(
     data_dir: &Path,
     pod: &Pod,
     fields: &PodFields<'_>,
-    lookup: &dyn Lookup,
-    cpus: u64,
-    memory: u64,
+    sources: &Sources<'_>,
+    in_memory: bool,
 ) -> Result<BTreeMap<String, PathBuf>, SpecError> {
     let uid = spec::uid(pod);
     let mut out = BTreeMap::new();
@@ -332,8 +355,13 @@ pub fn prepare(
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777))
                 .map_err(|e| io(e, &p))?;
             p
-        } else if let Some(files) = files_of(v, fields, lookup, cpus, memory)? {
+        } else if let Some(files) = files_of(v, fields, sources)? {
             let p = volume_dir(data_dir, uid, &v.name);
+            if in_memory
+                && (v.secret.is_some() || v.projected.is_some() || v.downward_api.is_some())
+            {
+                memory_backed(&p)?;
+            }
             write_files(&p, &files)?;
             p
         } else {
@@ -381,9 +409,54 @@ pub fn mounts(
     Ok(out)
 }
 
+/// Whether `dir` is a mount point (on another device than its parent).
+fn is_mount_point(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(here), Some(Ok(parent))) = (
+        std::fs::symlink_metadata(dir),
+        dir.parent().map(std::fs::symlink_metadata),
+    ) else {
+        return false;
+    };
+    here.dev() != parent.dev()
+}
+
+/// Make `dir` a tmpfs of its own, unless it is one already.
+fn memory_backed(dir: &Path) -> Result<(), SpecError> {
+    use nix::mount::{mount, MsFlags};
+    std::fs::create_dir_all(dir).map_err(|e| io(e, dir))?;
+    if is_mount_point(dir) {
+        return Ok(());
+    }
+    mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=0755"),
+    )
+    .map_err(|e| SpecError::Invalid(format!("mounting a tmpfs at {}: {e}", dir.display())))
+}
+
+/// Unmount every tmpfs under the pod's volumes.
+fn unmount_volumes(pod: &Path) {
+    let Ok(entries) = std::fs::read_dir(pod.join("volumes")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if is_mount_point(&p) {
+            if let Err(e) = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
+                tracing::warn!(dir = %p.display(), "unmounting a volume: {e}");
+            }
+        }
+    }
+}
+
 /// Remove the pod's directory once its containers are gone.
 pub fn clean(data_dir: &Path, uid: &str) {
     let dir = pod_dir(data_dir, uid);
+    unmount_volumes(&dir);
     if let Err(e) = std::fs::remove_dir_all(&dir) {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(dir = %dir.display(), "removing the pod's directory: {e}");

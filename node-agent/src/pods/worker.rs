@@ -191,22 +191,28 @@ impl<R: Runtime> Worker<R> {
         };
         let host_ip = self.ctx.host_ip.clone();
         let pod_ip = sandbox_ip.clone().unwrap_or_default();
-        let volumes = {
+        let tokens = self.ctx.tokens.for_pod(&self.pod).await;
+        let volumes = tokens.and_then(|tokens| {
             let fields = PodFields {
                 pod: &self.pod,
                 node: &self.ctx.node,
                 pod_ip: &pod_ip,
                 host_ip: &host_ip,
             };
+            let sources = volumes::Sources {
+                lookup: &*self.ctx.lookup,
+                tokens: &tokens,
+                cpus: self.ctx.cpus,
+                memory: self.ctx.memory,
+            };
             volumes::prepare(
                 &self.ctx.data_dir,
                 &self.pod,
                 &fields,
-                &*self.ctx.lookup,
-                self.ctx.cpus,
-                self.ctx.memory,
+                &sources,
+                self.ctx.memory_volumes,
             )
-        };
+        });
         let volumes = match volumes {
             Ok(v) => {
                 if self.failure.as_ref().is_some_and(|f| f.0 == "FailedMount") {
@@ -852,6 +858,7 @@ impl<R: Runtime> Worker<R> {
             }
         }
         volumes::clean(&self.ctx.data_dir, &self.uid);
+        self.ctx.tokens.forget(&self.uid);
         if self.gone {
             self.ctx.reports.forget_pod(&self.uid);
         } else {

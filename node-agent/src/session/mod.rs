@@ -50,6 +50,9 @@ pub struct Session {
     /// (a master holds whichever of a node's connections came last).
     pub streams: StreamServer,
     pub endpoint: quinn::Endpoint,
+    /// The control session's connection while it is up: one-shot requests
+    /// (tokens) go on it rather than on a connection of their own.
+    pub current: std::sync::Mutex<Option<Connection>>,
 }
 
 impl Session {
@@ -82,6 +85,24 @@ impl Session {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("no masters known")))
     }
 
+    fn set_current(&self, conn: Option<Connection>) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = conn;
+    }
+
+    /// The control session's connection if it is up, else a new one.
+    async fn any_connection(&self) -> Result<Connection> {
+        let current = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .filter(|c| c.close_reason().is_none());
+        match current {
+            Some(c) => Ok(c),
+            None => Ok(self.connect_any().await?.1),
+        }
+    }
+
     /// Keep a session up until `stop`.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut backoff = BACKOFF_MIN;
@@ -99,7 +120,9 @@ impl Session {
                         }
                     })
                 };
+                self.set_current(Some(conn.clone()));
                 let r = self.serve(&conn).await;
+                self.set_current(None);
                 accepting.abort();
                 if let Some(reason) = connect::refusal(&conn) {
                     return Err(connect::NotAMember { master, reason }.into());
@@ -264,4 +287,24 @@ pub fn describe_metrics() {
         Unit::Count,
         "Node certificates renewed."
     );
+}
+
+impl crate::pods::tokens::Issuer for Session {
+    fn issue(
+        &self,
+        request: proto::agent::TokenRequest,
+    ) -> futures::future::BoxFuture<'_, Result<proto::agent::TokenResponse, String>> {
+        Box::pin(async move {
+            let conn = self.any_connection().await.map_err(|e| format!("{e:#}"))?;
+            connect::request(
+                &conn,
+                AgentRequest {
+                    request: Some(agent_request::Request::Token(request)),
+                },
+                frame::MAX_FRAME,
+            )
+            .await
+            .map_err(|e| format!("{e:#}"))
+        })
+    }
 }

@@ -156,6 +156,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             eviction_hard: Vec::new(),
             links: opts.links,
             network: None,
+            memory_volumes: false,
         };
         agents.push(agent::start(cfg, FakeRuntime::default(), stop.child_token()).await?);
     }

@@ -1,0 +1,97 @@
+//! Service account tokens for a node's pods: the kubelet's TokenRequest,
+//! over the agent protocol. The node authorizer decides as it does for
+//! `serviceaccounts/token` on the REST API (a pod bound to the node uses
+//! the account); then the pod must exist with the uid the node names,
+//! bound to this node and running under that account. The token is bound
+//! to the pod and its node, so it stops working when either is deleted.
+
+use proto::agent::{TokenRequest, TokenResponse};
+use serde_json::{json, Value};
+
+use crate::api::{find_resource, Api, ApiError};
+use crate::auth::{Attributes, ResourceRef};
+use crate::pki::Identity;
+
+/// Answer `request` from node `who`.
+pub async fn issue(api: &Api, who: &Identity, request: TokenRequest) -> TokenResponse {
+    let refused = |why: String| TokenResponse {
+        refused: why,
+        ..Default::default()
+    };
+    match token(api, who, &request).await {
+        Ok((token, expiration_timestamp)) => {
+            metrics::counter!("skiff_agent_tokens_issued_total").increment(1);
+            TokenResponse {
+                token,
+                expiration_timestamp,
+                refused: String::new(),
+            }
+        }
+        Err(e) => {
+            tracing::info!(
+                node = ?who.node_name(),
+                pod = %format!("{}/{}", request.pod_namespace, request.pod_name),
+                "token refused: {}", e.message
+            );
+            refused(e.message)
+        }
+    }
+}
+
+async fn token(api: &Api, who: &Identity, r: &TokenRequest) -> Result<(String, i64), ApiError> {
+    let node = who.node_name().unwrap_or_default();
+    let ns = r.pod_namespace.as_str();
+    let attrs = Attributes::resource(
+        who,
+        "create",
+        ResourceRef::new("", "serviceaccounts")
+            .in_namespace(Some(ns))
+            .named(Some(&r.service_account))
+            .subresource(Some("token")),
+    );
+    if let Err(why) = api
+        .auth()
+        .check(&attrs)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?
+    {
+        return Err(ApiError::forbidden(why));
+    }
+    let pods = find_resource("", "v1", "pods").expect("pods are served");
+    let pod = api.get(pods, Some(ns), &r.pod_name).await?.object;
+    let uid = pod.pointer("/metadata/uid").and_then(Value::as_str);
+    let account = pod
+        .pointer("/spec/serviceAccountName")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default");
+    if uid != Some(r.pod_uid.as_str())
+        || pod.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node)
+        || account != r.service_account
+    {
+        return Err(ApiError::forbidden(format!(
+            "node '{node}' may ask only for the service account of a pod bound to it: \
+             pod {ns}/{} (uid {}) is not one under service account {:?}",
+            r.pod_name, r.pod_uid, r.service_account
+        )));
+    }
+    let mut spec = json!({
+        "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": r.pod_name, "uid": r.pod_uid},
+    });
+    if !r.audiences.is_empty() {
+        spec["audiences"] = json!(r.audiences);
+    }
+    if r.expiration_seconds > 0 {
+        spec["expirationSeconds"] = json!(r.expiration_seconds);
+    }
+    let answer = api
+        .request_token(ns, &r.service_account, json!({ "spec": spec }))
+        .await?;
+    let token = answer["status"]["token"].as_str().unwrap_or("").to_string();
+    let expires = answer["status"]["expirationTimestamp"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp())
+        .unwrap_or(0);
+    Ok((token, expires))
+}
