@@ -37,43 +37,212 @@ fn terms(s: &str) -> Vec<&str> {
         .collect()
 }
 
-fn set(values: &str) -> Result<Vec<String>, String> {
-    let inner = values
-        .trim()
-        .strip_prefix('(')
-        .and_then(|v| v.strip_suffix(')'))
-        .ok_or_else(|| format!("expected a parenthesized set, got {values:?}"))?;
-    Ok(inner.split(',').map(|v| v.trim().to_string()).collect())
+/// A token of a label selector, as Kubernetes' lexer cuts them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    Word(String),
+    Not,
+    Equals,
+    NotEquals,
+    In,
+    NotIn,
+    Open,
+    Close,
+    Comma,
 }
 
+impl std::fmt::Display for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Token::Word(w) => write!(f, "{w:?}"),
+            Token::Not => f.write_str("'!'"),
+            Token::Equals => f.write_str("'='"),
+            Token::NotEquals => f.write_str("'!='"),
+            Token::In => f.write_str("'in'"),
+            Token::NotIn => f.write_str("'notin'"),
+            Token::Open => f.write_str("'('"),
+            Token::Close => f.write_str("')'"),
+            Token::Comma => f.write_str("','"),
+        }
+    }
+}
+
+/// Cut `s` into tokens: the symbols `! != = == ( ) ,` and words between
+/// them (`in` and `notin` are keywords); whitespace only separates.
+fn tokens(s: &str) -> Result<Vec<Token>, String> {
+    let chars: Vec<char> = s.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let special = |c: char| "!=(),<>".contains(c);
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        let (token, width) = match c {
+            c if c.is_whitespace() => {
+                i += 1;
+                continue;
+            }
+            '!' if next == Some('=') => (Token::NotEquals, 2),
+            '!' => (Token::Not, 1),
+            '=' if next == Some('=') => (Token::Equals, 2),
+            '=' => (Token::Equals, 1),
+            '(' => (Token::Open, 1),
+            ')' => (Token::Close, 1),
+            ',' => (Token::Comma, 1),
+            '<' | '>' => return Err(format!("unsupported selector operator {c:?}")),
+            _ => {
+                let start = i;
+                while i < chars.len() && !chars[i].is_whitespace() && !special(chars[i]) {
+                    i += 1;
+                }
+                let word: String = chars[start..i].iter().collect();
+                out.push(match word.as_str() {
+                    "in" => Token::In,
+                    "notin" => Token::NotIn,
+                    _ => Token::Word(word),
+                });
+                continue;
+            }
+        };
+        out.push(token);
+        i += width;
+    }
+    Ok(out)
+}
+
+/// `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`, at most 63 characters.
+fn is_name(s: &str) -> bool {
+    let ok = |c: char| c.is_ascii_alphanumeric();
+    s.len() <= 63
+        && s.starts_with(ok)
+        && s.ends_with(ok)
+        && s.chars().all(|c| ok(c) || c == '-' || c == '_' || c == '.')
+}
+
+/// A DNS subdomain: dot-separated lowercase labels, at most 253 characters.
+fn is_subdomain(s: &str) -> bool {
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    s.len() <= 253 && s.split('.').all(label)
+}
+
+/// A label key: a name, optionally behind a DNS subdomain and `/`.
 fn key(k: &str) -> Result<String, String> {
-    let k = k.trim();
-    if k.is_empty() || k.contains(char::is_whitespace) {
-        return Err(format!("invalid label key {k:?}"));
+    let valid = match k.split_once('/') {
+        Some((prefix, name)) => is_subdomain(prefix) && is_name(name),
+        None => is_name(k),
+    };
+    if !valid {
+        return Err(format!(
+            "invalid label key {k:?}: name part must consist of alphanumeric characters, '-', '_' \
+             or '.', and must start and end with an alphanumeric character (at most 63 \
+             characters), with an optional DNS subdomain prefix and '/'"
+        ));
     }
     Ok(k.to_string())
 }
 
+/// A label value: empty, or a name.
+fn value(v: &str) -> Result<String, String> {
+    if !v.is_empty() && !is_name(v) {
+        return Err(format!(
+            "invalid label value {v:?}: must be 63 characters or less and must be empty or \
+             begin and end with an alphanumeric character with '-', '_', '.' or alphanumerics \
+             between"
+        ));
+    }
+    Ok(v.to_string())
+}
+
 impl LabelSelector {
+    /// Kubernetes' selector syntax: `app=web,tier!=db,env in (a,b),
+    /// x notin (c),y,!legacy`; the error says what was found where.
     pub fn parse(s: &str) -> Result<Self, String> {
+        let tokens = tokens(s)?;
+        let mut it = tokens.into_iter().peekable();
         let mut reqs = Vec::new();
-        for t in terms(s) {
-            let req = if let Some(k) = t.strip_prefix('!') {
-                Req::NotExists(key(k)?)
-            } else if let Some((k, v)) = t.split_once("!=") {
-                Req::NotEq(key(k)?, v.trim().to_string())
-            } else if let Some((k, v)) = t.split_once("==") {
-                Req::Eq(key(k)?, v.trim().to_string())
-            } else if let Some((k, v)) = t.split_once('=') {
-                Req::Eq(key(k)?, v.trim().to_string())
-            } else if let Some((k, v)) = t.split_once(" notin ") {
-                Req::NotIn(key(k)?, set(v)?)
-            } else if let Some((k, v)) = t.split_once(" in ") {
-                Req::In(key(k)?, set(v)?)
-            } else {
-                Req::Exists(key(t)?)
+        let unexpected = |found: Option<Token>, wanted: &str| match found {
+            Some(t) => format!("unable to parse requirement: found {t}, expected: {wanted}"),
+            None => format!("unable to parse requirement: found end of string, expected: {wanted}"),
+        };
+        while it.peek().is_some() {
+            let req = match it.next() {
+                Some(Token::Not) => match it.next() {
+                    Some(Token::Word(k)) => Req::NotExists(key(&k)?),
+                    other => return Err(unexpected(other, "identifier after '!'")),
+                },
+                Some(Token::Word(k)) => {
+                    let k = key(&k)?;
+                    match it.peek() {
+                        None | Some(Token::Comma) => Req::Exists(k),
+                        Some(Token::Equals | Token::NotEquals) => {
+                            let equal = it.next() == Some(Token::Equals);
+                            let v = match it.peek() {
+                                None | Some(Token::Comma) => String::new(),
+                                Some(Token::Word(_)) => match it.next() {
+                                    Some(Token::Word(v)) => value(&v)?,
+                                    _ => unreachable!("peeked a word"),
+                                },
+                                Some(_) => return Err(unexpected(it.next(), "identifier")),
+                            };
+                            if equal {
+                                Req::Eq(k, v)
+                            } else {
+                                Req::NotEq(k, v)
+                            }
+                        }
+                        Some(Token::In | Token::NotIn) => {
+                            let within = it.next() == Some(Token::In);
+                            if it.next() != Some(Token::Open) {
+                                return Err(format!(
+                                    "unable to parse requirement: expected '(' after {}",
+                                    if within { "'in'" } else { "'notin'" }
+                                ));
+                            }
+                            let mut values = Vec::new();
+                            loop {
+                                match it.next() {
+                                    Some(Token::Word(v)) => values.push(value(&v)?),
+                                    Some(Token::Close) if values.is_empty() => return Err(
+                                        "for 'in', 'notin' operators, values set can't be empty"
+                                            .into(),
+                                    ),
+                                    other => return Err(unexpected(other, "identifier")),
+                                }
+                                match it.next() {
+                                    Some(Token::Comma) => continue,
+                                    Some(Token::Close) => break,
+                                    other => return Err(unexpected(other, "',' or ')'")),
+                                }
+                            }
+                            if within {
+                                Req::In(k, values)
+                            } else {
+                                Req::NotIn(k, values)
+                            }
+                        }
+                        Some(_) => {
+                            return Err(unexpected(
+                                it.next(),
+                                "'=', '!=', 'in', 'notin', ',' or end of string",
+                            ))
+                        }
+                    }
+                }
+                other => return Err(unexpected(other, "'!' or identifier")),
             };
             reqs.push(req);
+            match it.next() {
+                None => break,
+                Some(Token::Comma) if it.peek().is_some() => {}
+                other => return Err(unexpected(other, "',' and a requirement, or end of string")),
+            }
         }
         Ok(LabelSelector(reqs))
     }
@@ -92,7 +261,7 @@ impl LabelSelector {
                     let v = v
                         .as_str()
                         .ok_or_else(|| format!("matchLabels[{k}] must be a string"))?;
-                    reqs.push(Req::Eq(key(k)?, v.to_string()));
+                    reqs.push(Req::Eq(key(k)?, value(v)?));
                 }
             }
             _ => return Err("matchLabels must be a map of strings".into()),
@@ -112,6 +281,9 @@ impl LabelSelector {
                 .map(|v| v.as_str().map(str::to_string))
                 .collect::<Option<_>>()
                 .ok_or_else(|| format!("matchExpressions[{i}].values must be strings"))?;
+            for v in &values {
+                value(v).map_err(|err| format!("matchExpressions[{i}].values: {err}"))?;
+            }
             let op = e["operator"].as_str().unwrap_or("");
             let req = match op {
                 "In" | "NotIn" if values.is_empty() => {
@@ -231,6 +403,43 @@ mod tests {
         assert!(LabelSelector::parse("env in prod").is_err());
     }
 
+    /// What Kubernetes' parser accepts and refuses (each of these was
+    /// read wrongly before).
+    #[test]
+    fn label_selector_syntax_as_kubernetes() {
+        let o = json!({"metadata": {"labels": {"x": "a", "empty": ""}}});
+        let m = |s: &str| LabelSelector::parse(s).unwrap().matches(&o);
+        assert!(m("x in(a)"), "no space before the set");
+        assert!(m("x in (b, a),x notin(c)"));
+        assert!(m("empty="), "an empty value");
+        assert!(m("empty=="));
+        assert!(m("example.com/tier!=db"));
+        for bad in [
+            "!a=b",
+            "a=b=c",
+            "x in ()",
+            "x in (a",
+            "x in (a b)",
+            "a,",
+            ",a",
+            "a b",
+            "-a=b",
+            "a=-b",
+            "Example.com/a=b",
+            "a=b c",
+            "x>1",
+            "in=foo",
+        ] {
+            let e = LabelSelector::parse(bad);
+            assert!(e.is_err(), "{bad:?} was accepted: {e:?}");
+        }
+        let e = LabelSelector::parse("!a=b").unwrap_err();
+        assert!(e.contains("found '='"), "{e}");
+        let long = "v".repeat(64);
+        assert!(LabelSelector::parse(&format!("a={long}")).is_err());
+        assert!(LabelSelector::parse(&format!("{long}=a")).is_err());
+    }
+
     #[test]
     fn label_selector_objects() {
         let o = json!({"metadata": {"labels": {"app": "web", "env": "prod"}}});
@@ -248,6 +457,9 @@ mod tests {
             json!({"matchExpressions": [{"key": "a", "operator": "In"}]}),
             json!({"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}),
             json!({"matchLabels": {"a": 1}}),
+            json!({"matchLabels": {"a": "b c"}}),
+            json!({"matchLabels": {"a b": "c"}}),
+            json!({"matchExpressions": [{"key": "a", "operator": "In", "values": ["-x"]}]}),
             json!([]),
         ] {
             assert!(LabelSelector::from_object(&bad).is_err(), "{bad}");
