@@ -272,6 +272,11 @@ struct RunArgs {
     /// The cluster CA (ca.crt, ca.key) and optional tokens.csv; see `init`.
     #[arg(long)]
     pki_dir: Option<PathBuf>,
+    /// Kubernetes' EncryptionConfiguration file: which resources are
+    /// encrypted in the store, and with which keys (aesgcm, secretbox,
+    /// identity). Every master must be given the same file.
+    #[arg(long)]
+    encryption_provider_config: Option<PathBuf>,
     /// Extra names or addresses for this master's serving certificate.
     #[arg(long, value_delimiter = ',')]
     api_host: Vec<String>,
@@ -705,6 +710,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         &args.service_node_port_range,
     )
     .map_err(|e| anyhow::anyhow!("service ranges: {e}"))?;
+    let encryption = std::sync::Arc::new(match &args.encryption_provider_config {
+        Some(path) => crate::encryption::Encryption::load(path)?,
+        None => Default::default(),
+    });
     let master_cert = match &ca {
         Some(ca) => Some(crate::pki::MasterCert::issue(
             ca.clone(),
@@ -858,7 +867,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }),
     };
     let k8s = kube.map(|(listener, tls, tokens, agents, ca)| {
-        let registry = crate::registry::Registry::new(store.clone());
+        let registry = crate::registry::Registry::new(store.clone()).encrypting(encryption);
         let policy = crate::rbac_cache::RbacCache::start(&registry, leader_stop.clone());
         let graph = crate::agents::node_graph::StoreGraph::new(registry.clone());
         let chain = crate::auth::Chain::new(

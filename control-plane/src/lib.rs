@@ -24,6 +24,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod controllers;
+pub mod encryption;
 pub mod etcd;
 pub mod kube_state;
 pub mod leader;

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use crate::encryption::Encryption;
 use raft_store::mvcc::{
     Compare, CompareOp, CompareTarget, DeleteRequest, KeyRange, KeyValue, Op, OpResult, PutRequest,
     RangeRequest, TxnRequest,
@@ -34,8 +35,11 @@ pub enum RegistryError {
     /// (see [`Fence`]); nothing was written.
     #[error("leadership ended: write refused")]
     Fenced,
-    #[error("stored object {key} is not valid JSON: {detail}")]
+    #[error("stored object {key} cannot be read: {detail}")]
     Corrupt { key: String, detail: String },
+    /// The object could not be encrypted for storing.
+    #[error("{0}")]
+    Sealing(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -120,11 +124,24 @@ pub struct Fence {
 pub struct Registry {
     store: Arc<Store>,
     fence: Option<Fence>,
+    /// What seals objects before they are stored ([`crate::encryption`]).
+    encryption: Arc<Encryption>,
 }
 
 impl Registry {
     pub fn new(store: Arc<Store>) -> Self {
-        Registry { store, fence: None }
+        Registry {
+            store,
+            fence: None,
+            encryption: Arc::default(),
+        }
+    }
+
+    /// This registry, sealing what it writes and opening what it reads
+    /// as `encryption` says.
+    pub fn encrypting(mut self, encryption: Arc<Encryption>) -> Self {
+        self.encryption = encryption;
+        self
     }
 
     /// This registry, with every write fenced to `fence`: the writes of
@@ -133,6 +150,7 @@ impl Registry {
         Registry {
             store: self.store.clone(),
             fence: Some(fence),
+            encryption: self.encryption.clone(),
         }
     }
 
@@ -140,10 +158,18 @@ impl Registry {
         &self.store
     }
 
-    pub fn decode(kv: &KeyValue) -> Result<Stored> {
+    pub fn decode(&self, kv: &KeyValue) -> Result<Stored> {
+        let key = String::from_utf8_lossy(&kv.key);
+        let plain = self
+            .encryption
+            .open(&key, &kv.value)
+            .map_err(|e| RegistryError::Corrupt {
+                key: key.to_string(),
+                detail: e.to_string(),
+            })?;
         let mut object: Value =
-            serde_json::from_slice(&kv.value).map_err(|e| RegistryError::Corrupt {
-                key: String::from_utf8_lossy(&kv.key).into_owned(),
+            serde_json::from_slice(&plain).map_err(|e| RegistryError::Corrupt {
+                key: key.to_string(),
                 detail: e.to_string(),
             })?;
         set_resource_version(&mut object, kv.mod_revision);
@@ -162,7 +188,7 @@ impl Registry {
         let (resp, _) = self.store.range(&req, false).await?;
         resp.kvs
             .first()
-            .map(Self::decode)
+            .map(|kv| self.decode(kv))
             .unwrap_or(Err(RegistryError::NotFound))
     }
 
@@ -192,7 +218,7 @@ impl Registry {
         let items = resp
             .kvs
             .iter()
-            .map(Self::decode)
+            .map(|kv| self.decode(kv))
             .collect::<Result<Vec<_>>>()?;
         let next = match (resp.more, resp.kvs.last()) {
             (true, Some(last)) => {
@@ -250,7 +276,7 @@ impl Registry {
     ) -> Result<Result<i64, Vec<OpResult>>> {
         let txn = TxnRequest {
             compare: std::iter::once(guard).chain(claims.guards()).collect(),
-            success: std::iter::once(put(key, object))
+            success: std::iter::once(put(&self.encryption, key, object)?)
                 .chain(claims.ops(key))
                 .collect(),
             failure: std::iter::once(count(key)).chain(claims.probes()).collect(),
@@ -265,7 +291,7 @@ impl Registry {
     /// lease `lease`: the key goes when the lease expires. Returns the
     /// revision.
     pub async fn put_leased(&self, key: &str, object: &Value, lease: i64) -> Result<i64> {
-        let mut op = put(key, object);
+        let mut op = put(&self.encryption, key, object)?;
         if let Op::Put(p) = &mut op {
             p.lease = lease;
         }
@@ -330,7 +356,7 @@ impl Registry {
         match self.txn(txn).await? {
             (true, mut results, rev) => match results.swap_remove(0) {
                 OpResult::Delete { mut prev_kvs, .. } if !prev_kvs.is_empty() => {
-                    Ok((Self::decode(&prev_kvs.remove(0))?, rev))
+                    Ok((self.decode(&prev_kvs.remove(0))?, rev))
                 }
                 _ => Err(RegistryError::NotFound),
             },
@@ -398,16 +424,20 @@ fn compare(key: &str, target: CompareTarget) -> Compare {
     }
 }
 
-fn put(key: &str, object: &Value) -> Op {
+/// The write of `object` at `key`, sealed as `encryption` says.
+fn put(encryption: &Encryption, key: &str, object: &Value) -> Result<Op> {
     let mut stored = object.clone();
     if let Some(meta) = stored.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("resourceVersion");
     }
-    Op::Put(PutRequest {
+    let value = encryption
+        .seal(key, serde_json::to_vec(&stored).unwrap_or_default())
+        .map_err(|e| RegistryError::Sealing(e.to_string()))?;
+    Ok(Op::Put(PutRequest {
         key: key.as_bytes().to_vec(),
-        value: serde_json::to_vec(&stored).unwrap_or_default(),
+        value,
         ..Default::default()
-    })
+    }))
 }
 
 /// A failed guard: the count in the failure branch tells whether the object

@@ -268,6 +268,11 @@ pub fn describe_metrics() {
         "QUIC connections from agents that failed their handshake."
     );
     describe_counter!(
+        "skiff_agent_tokens_issued_total",
+        Unit::Count,
+        "Service account tokens issued to nodes for their pods."
+    );
+    describe_counter!(
         "skiff_agent_bad_frames_total",
         Unit::Count,
         "Frames from agents that could not be read or were not expected."

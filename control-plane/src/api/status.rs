@@ -246,7 +246,7 @@ impl ApiError {
                 "The resourceVersion {rev} is too old: it has been compacted"
             )),
             RegistryError::Fenced => Self::unavailable("leadership changed; try again"),
-            RegistryError::Corrupt { .. } => {
+            RegistryError::Corrupt { .. } | RegistryError::Sealing(_) => {
                 tracing::error!("{e}");
                 Self::internal(e.to_string())
             }

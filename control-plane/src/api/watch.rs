@@ -156,7 +156,7 @@ impl Api {
                         .filter_map(|e| {
                             let key = std::str::from_utf8(&e.kv.key).ok()?;
                             let i = prefixes.iter().position(|p| key.starts_with(p))?;
-                            translate(&scope, scope.resources[i].0, e)
+                            translate(&self.registry, &scope, scope.resources[i].0, e)
                         })
                         .collect();
                     if changes.is_empty() {
@@ -239,6 +239,7 @@ fn common_prefix(prefixes: &[String]) -> String {
 /// One store event as a watch event, seen through the selectors: an object
 /// that starts or stops matching is ADDED or DELETED for this watcher.
 fn translate(
+    registry: &Registry,
     scope: &WatchScope,
     resource: &'static Resource,
     e: &raft_store::mvcc::Event,
@@ -251,7 +252,7 @@ fn translate(
         })
     };
     let filter = &scope.filter;
-    let old = e.prev_kv.as_ref().and_then(|kv| Registry::decode(kv).ok());
+    let old = e.prev_kv.as_ref().and_then(|kv| registry.decode(kv).ok());
     match e.kind {
         EventKind::Delete if scope.previous => {
             let mut o = old?.object;
@@ -263,7 +264,7 @@ fn translate(
         }
         EventKind::Delete => change(EventType::Deleted, deleted_stub(resource, e)?),
         EventKind::Put => {
-            let new = Registry::decode(&e.kv).ok()?.object;
+            let new = registry.decode(&e.kv).ok()?.object;
             let matched = filter.matches(&new);
             if !scope.previous {
                 let kind = if e.kv.version == 1 {

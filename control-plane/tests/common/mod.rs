@@ -501,6 +501,22 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             print_log_tails(self.dir.path());
         }
+        unmount_under(self.dir.path());
+    }
+}
+
+/// Unmount what agents mounted under `dir` (pods' secret and token
+/// volumes are tmpfs mounts), so that the directory can be removed.
+pub fn unmount_under(dir: &std::path::Path) {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut under: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .filter(|m| std::path::Path::new(m).starts_with(dir))
+        .collect();
+    under.sort_by(|a, b| b.cmp(a));
+    for m in under {
+        let _ = Command::new("umount").args(["-l", m]).status();
     }
 }
 

@@ -287,6 +287,11 @@ pub fn describe_metrics() {
         Unit::Count,
         "Node certificates renewed."
     );
+    describe_counter!(
+        "skiff_agent_tokens_fetched_total",
+        Unit::Count,
+        "Service account tokens fetched from the masters for pods' projected volumes."
+    );
 }
 
 impl crate::pods::tokens::Issuer for Session {

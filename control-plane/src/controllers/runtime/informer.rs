@@ -366,7 +366,8 @@ impl<K: Cached> Informer<K> {
                 }) => {
                     for e in events {
                         match e.kind {
-                            EventKind::Put => match Registry::decode(&e.kv)
+                            EventKind::Put => match registry
+                                .decode(&e.kv)
                                 .map_err(|e| e.to_string())
                                 .and_then(|s| {
                                     serde_json::from_value::<K>(s.object).map_err(|e| e.to_string())
