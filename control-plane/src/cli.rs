@@ -850,6 +850,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics_listener,
         metrics,
         store.clone(),
+        encryption.clone(),
         stopped(stop_rx.clone()),
     ));
     let leader_stop = tokio_util::sync::CancellationToken::new();
@@ -864,6 +865,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         root_ca: ca.as_ref().map(|c| c.pem().to_string()),
         kubernetes_service: Some(crate::controllers::kubernetes_service::Settings {
             cluster_ip: ranges.kubernetes_ip(),
+            api_port: args.listen_api.port(),
         }),
     };
     let k8s = kube.map(|(listener, tls, tokens, agents, ca)| {
@@ -914,7 +916,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 ));
             }
             None => tracing::warn!(
-                "no address to list this master under in the kubernetes Service: pass --advertise-address"
+                listen = %args.listen_api,
+                "no address pods reach this master's API at (the API listens on loopback or on every \
+                 address): it is not listed in the kubernetes Service; pass --advertise-address"
             ),
         }
         tokio::spawn(crate::leader::run(
@@ -989,12 +993,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// Every name and address this master answers on, for its certificate.
-/// Where pods reach this master's API (see --advertise-address).
+/// Where pods reach this master's API (see --advertise-address). A
+/// loopback address is never one by default: in a pod it is the pod.
 fn advertised_api(args: &RunArgs) -> Option<std::net::SocketAddr> {
+    let reachable = |ip: &std::net::IpAddr| !ip.is_unspecified() && !ip.is_loopback();
     let ip = args
         .advertise_address
-        .or_else(|| Some(args.listen_api.ip()).filter(|ip| !ip.is_unspecified()))
-        .or_else(|| args.api_host.iter().find_map(|h| h.parse().ok()))?;
+        .or_else(|| Some(args.listen_api.ip()).filter(reachable))
+        .or_else(|| {
+            args.api_host
+                .iter()
+                .filter_map(|h| h.parse().ok())
+                .find(reachable)
+        })?;
     Some(std::net::SocketAddr::new(ip, args.listen_api.port()))
 }
 

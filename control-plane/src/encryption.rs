@@ -353,11 +353,14 @@ impl Encryption {
         };
         let provider = String::from_utf8_lossy(provider);
         let name = String::from_utf8_lossy(name);
+        // Only the providers of the resource's own rule (as Kubernetes):
+        // two rules may name different keys alike.
         let candidates = self
-            .rules
-            .iter()
+            .rule(key)
+            .into_iter()
             .flat_map(|r| r.providers.iter())
             .filter(|p| p.name() == provider);
+        let mut tried = None;
         for p in candidates {
             match p {
                 Provider::AesGcm(keys) => {
@@ -371,10 +374,10 @@ impl Encryption {
                     let nonce = Nonce::try_assume_unique_for_key(nonce)
                         .map_err(|_| fail("bad nonce".into()))?;
                     let mut buf = sealed.to_vec();
-                    let plain = k
-                        .open_in_place(nonce, Aad::from(key.as_bytes()), &mut buf)
-                        .map_err(|_| fail(format!("aesgcm key {name:?} does not open it")))?;
-                    return Ok(std::borrow::Cow::Owned(plain.to_vec()));
+                    match k.open_in_place(nonce, Aad::from(key.as_bytes()), &mut buf) {
+                        Ok(plain) => return Ok(std::borrow::Cow::Owned(plain.to_vec())),
+                        Err(_) => tried = Some(format!("aesgcm key {name:?} does not open it")),
+                    }
                 }
                 Provider::Secretbox(keys) => {
                     let Some((_, cipher)) = keys.iter().find(|(n, _)| *n == name) else {
@@ -384,17 +387,19 @@ impl Encryption {
                         return Err(fail("sealed data too short".into()));
                     }
                     let (nonce, sealed) = body.split_at(24);
-                    let plain = cipher
-                        .decrypt(nonce.into(), sealed)
-                        .map_err(|_| fail(format!("secretbox key {name:?} does not open it")))?;
-                    return Ok(std::borrow::Cow::Owned(plain));
+                    match cipher.decrypt(nonce.into(), sealed) {
+                        Ok(plain) => return Ok(std::borrow::Cow::Owned(plain)),
+                        Err(_) => tried = Some(format!("secretbox key {name:?} does not open it")),
+                    }
                 }
                 Provider::Identity => {}
             }
         }
-        Err(fail(format!(
-            "sealed by {provider} key {name:?}, which the encryption configuration does not hold"
-        )))
+        Err(fail(tried.unwrap_or_else(|| {
+            format!(
+                "sealed by {provider} key {name:?}, which the encryption configuration does not hold"
+            )
+        })))
     }
 }
 
@@ -450,6 +455,23 @@ mod tests {
         ));
         let e = other.open(SECRET, &sealed).unwrap_err().to_string();
         assert!(e.contains("does not hold"), "{e}");
+    }
+
+    #[test]
+    fn rules_naming_keys_alike_keep_them_apart() {
+        let both = Encryption::parse(&format!(
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n\
+             - resources: [secrets]\n  providers: [{{aesgcm: {{keys: [{{name: key1, secret: {}}}]}}}}]\n\
+             - resources: [configmaps]\n  providers: [{{aesgcm: {{keys: [{{name: key1, secret: {}}}]}}}}]\n",
+            key(1),
+            key(2)
+        ))
+        .unwrap();
+        let cm = "/registry/core/configmaps/default/c";
+        let sealed = both.seal(cm, b"{}".to_vec()).unwrap();
+        assert_eq!(&*both.open(cm, &sealed).unwrap(), b"{}");
+        let secret = both.seal(SECRET, b"{}".to_vec()).unwrap();
+        assert_eq!(&*both.open(SECRET, &secret).unwrap(), b"{}");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 use std::fmt::Write;
 
+use crate::encryption::Encryption;
 use raft_store::mvcc::{KeyRange, RangeRequest};
 use raft_store::{Store, StoreError};
 use serde_json::Value;
@@ -23,26 +24,37 @@ const CONDITION_STATUSES: &[(&str, &str)] =
 
 /// The exposition text of every series, or "" on a master that is not the
 /// leader.
-pub async fn scrape(store: &Store) -> Result<String, StoreError> {
+pub async fn scrape(store: &Store, encryption: &Encryption) -> Result<String, StoreError> {
     if !store.is_leader() {
         return Ok(String::new());
     }
-    let pods = list(store, "/registry/core/pods/").await?;
-    let deployments = list(store, "/registry/apps/deployments/").await?;
-    let nodes = list(store, "/registry/core/nodes/").await?;
+    let pods = list(store, encryption, "/registry/core/pods/").await?;
+    let deployments = list(store, encryption, "/registry/apps/deployments/").await?;
+    let nodes = list(store, encryption, "/registry/core/nodes/").await?;
     Ok(render(&pods, &deployments, &nodes))
 }
 
-async fn list(store: &Store, prefix: &str) -> Result<Vec<Value>, StoreError> {
+async fn list(
+    store: &Store,
+    encryption: &Encryption,
+    prefix: &str,
+) -> Result<Vec<Value>, StoreError> {
     let req = RangeRequest {
         range: KeyRange::prefix(prefix.as_bytes().to_vec()),
         ..Default::default()
     };
     let (resp, _) = store.range(&req, true).await?;
+    let decode = |kv: &raft_store::mvcc::KeyValue| -> Result<Value, String> {
+        let key = String::from_utf8_lossy(&kv.key);
+        let plain = encryption
+            .open(&key, &kv.value)
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice(&plain).map_err(|e| e.to_string())
+    };
     Ok(resp
         .kvs
         .iter()
-        .filter_map(|kv| match serde_json::from_slice(&kv.value) {
+        .filter_map(|kv| match decode(kv) {
             Ok(v) => Some(v),
             Err(e) => {
                 tracing::warn!(key = %String::from_utf8_lossy(&kv.key), "kube-state metrics: undecodable object: {e}");

@@ -99,18 +99,25 @@ pub fn advertised_url(listen: SocketAddr, host: Option<&str>) -> String {
 struct AppState {
     metrics: PrometheusHandle,
     store: Arc<Store>,
+    /// What opens encrypted objects for the kube-state series.
+    encryption: Arc<crate::encryption::Encryption>,
 }
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: PrometheusHandle,
     store: Arc<Store>,
+    encryption: Arc<crate::encryption::Encryption>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(render))
         .route("/health", get(health))
-        .with_state(AppState { metrics, store });
+        .with_state(AppState {
+            metrics,
+            store,
+            encryption,
+        });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
@@ -124,7 +131,7 @@ async fn render(State(s): State<AppState>) -> String {
         metrics::gauge!("etcd_mvcc_db_total_size_in_bytes").set(status.db_size as f64);
     }
     let mut text = s.metrics.render();
-    match crate::kube_state::scrape(&s.store).await {
+    match crate::kube_state::scrape(&s.store, &s.encryption).await {
         Ok(objects) if !objects.is_empty() => {
             if !text.is_empty() && !text.ends_with('\n') {
                 text.push('\n');

@@ -603,6 +603,36 @@ async fn agents_survive_failures_and_nodes_see_only_their_own() {
         !labelled && err.contains("Forbidden"),
         "a node changed its pod's labels: {err}"
     );
+    // A node has tokens only bound to its own pods: not unbound, not for
+    // another node's pod.
+    let uid = pod(&kc, "on-a")["metadata"]["uid"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let (minted, _, err) = kubectl(&kc_a, &["create", "token", "default", "--duration=87600h"]);
+    assert!(
+        !minted
+            && err.contains(
+                "may have a token of service account default/default only bound to a pod on it"
+            ),
+        "a node minted an unbound token: {err}"
+    );
+    let bound = [
+        "create",
+        "token",
+        "default",
+        "--bound-object-kind=Pod",
+        "--bound-object-name=on-a",
+    ];
+    let mut with_uid: Vec<&str> = bound.to_vec();
+    let uid_flag = format!("--bound-object-uid={uid}");
+    with_uid.push(&uid_flag);
+    let (minted, _, err) = kubectl(&kc_b, &with_uid);
+    assert!(
+        !minted && (err.contains("is forbidden") || err.contains("pod default/on-a")),
+        "node B had a token for node A's pod: {err}"
+    );
+    ok(kubectl(&kc_a, &with_uid));
     let holds = |d: &Value, kind: &str, name: &str| {
         d["objects"]
             .as_array()

@@ -6,9 +6,9 @@
 //! to the pod and its node, so it stops working when either is deleted.
 
 use proto::agent::{TokenRequest, TokenResponse};
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::api::{find_resource, Api, ApiError};
+use crate::api::{Api, ApiError};
 use crate::auth::{Attributes, ResourceRef};
 use crate::pki::Identity;
 
@@ -57,24 +57,8 @@ async fn token(api: &Api, who: &Identity, r: &TokenRequest) -> Result<(String, i
     {
         return Err(ApiError::forbidden(why));
     }
-    let pods = find_resource("", "v1", "pods").expect("pods are served");
-    let pod = api.get(pods, Some(ns), &r.pod_name).await?.object;
-    let uid = pod.pointer("/metadata/uid").and_then(Value::as_str);
-    let account = pod
-        .pointer("/spec/serviceAccountName")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .unwrap_or("default");
-    if uid != Some(r.pod_uid.as_str())
-        || pod.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node)
-        || account != r.service_account
-    {
-        return Err(ApiError::forbidden(format!(
-            "node '{node}' may ask only for the service account of a pod bound to it: \
-             pod {ns}/{} (uid {}) is not one under service account {:?}",
-            r.pod_name, r.pod_uid, r.service_account
-        )));
-    }
+    api.check_node_token(node, ns, &r.service_account, &r.pod_name, &r.pod_uid)
+        .await?;
     let mut spec = json!({
         "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": r.pod_name, "uid": r.pod_uid},
     });

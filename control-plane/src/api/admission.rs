@@ -25,7 +25,7 @@ pub async fn as_caller<F: std::future::Future>(who: Identity, f: F) -> F::Output
     CALLER.scope(who, f).await
 }
 
-fn caller() -> Option<Identity> {
+pub(super) fn caller() -> Option<Identity> {
     CALLER.try_with(Identity::clone).ok()
 }
 

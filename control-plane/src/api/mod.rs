@@ -560,9 +560,19 @@ async fn object(
             Ok(json_response(StatusCode::CREATED, &created))
         }
         ("POST", Some(name), Some("token")) if r.plural == "serviceaccounts" => {
-            let v = api
-                .request_token(ns.unwrap_or("default"), name, decode_body(headers, body)?)
-                .await?;
+            let ns = ns.unwrap_or("default");
+            let request = decode_body(headers, body)?;
+            let node = admission::caller().and_then(|c| c.node_name().map(String::from));
+            if let Some(node) = node {
+                let bound = &request["spec"]["boundObjectRef"];
+                let pod = match bound["kind"].as_str() {
+                    Some("Pod") => bound["name"].as_str().unwrap_or(""),
+                    _ => "",
+                };
+                let uid = bound["uid"].as_str().unwrap_or("");
+                api.check_node_token(&node, ns, name, pod, uid).await?;
+            }
+            let v = api.request_token(ns, name, request).await?;
             Ok(json_response(StatusCode::CREATED, &v))
         }
         ("POST", Some(name), Some("binding")) => {

@@ -320,9 +320,6 @@ pub fn for_update(
             None => m.remove(k),
         };
     }
-    if r.kind == "Pod" && r.group.is_empty() && sub != Some("status") {
-        check_pod_update(r, old, &out)?;
-    }
     if sub != Some("status") && spec_of(&out) != spec_of(old) {
         let g = old_meta
             .get("generation")
@@ -332,6 +329,9 @@ pub fn for_update(
     }
     omit_empty_meta(&mut out);
     defaults(r, &mut out);
+    if r.kind == "Pod" && r.group.is_empty() && sub != Some("status") {
+        check_pod_update(r, old, &out)?;
+    }
     if r.kind == "Job" && sub != Some("status") {
         job_selector::on_update(r, old, &out)?;
     }
@@ -560,7 +560,27 @@ fn check_pod_update(r: &Resource, old: &Value, new: &Value) -> ApiResult<()> {
             .unwrap_or_default()
     };
     let (before, after) = (tolerations(old), tolerations(new));
-    if fixed(old) == fixed(new) && before.iter().all(|t| after.contains(t)) {
+    let field = |pod: &Value, f: &str| pod.pointer(&format!("/spec/{f}")).and_then(Value::as_i64);
+    // A deadline may be set or shortened, never lengthened or removed.
+    let deadline = match (
+        field(old, "activeDeadlineSeconds"),
+        field(new, "activeDeadlineSeconds"),
+    ) {
+        (before, after) if before == after => true,
+        (None, Some(n)) => n > 0,
+        (Some(b), Some(n)) => n > 0 && n <= b,
+        _ => false,
+    };
+    // The grace period only from a negative value to 1.
+    let grace = match (
+        field(old, "terminationGracePeriodSeconds"),
+        field(new, "terminationGracePeriodSeconds"),
+    ) {
+        (before, after) if before == after => true,
+        (Some(b), Some(1)) => b < 0,
+        _ => false,
+    };
+    if fixed(old) == fixed(new) && before.iter().all(|t| after.contains(t)) && deadline && grace {
         return Ok(());
     }
     Err(ApiError::invalid(
@@ -636,6 +656,12 @@ mod tests {
         let mut dropped = pod.clone();
         dropped["spec"]["tolerations"] = json!([]);
         assert!(check_pod_update(pods, &pod, &dropped).is_err());
+        let mut longer = images.clone();
+        longer["spec"]["activeDeadlineSeconds"] = json!(60);
+        assert!(check_pod_update(pods, &images, &longer).is_err());
+        let mut grace = pod.clone();
+        grace["spec"]["terminationGracePeriodSeconds"] = json!(5);
+        assert!(check_pod_update(pods, &pod, &grace).is_err());
     }
 
     #[test]

@@ -10,6 +10,8 @@ enum Req {
     NotIn(String, Vec<String>),
     Exists(String),
     NotExists(String),
+    Gt(String, i64),
+    Lt(String, i64),
 }
 
 /// `app=web,tier!=db,env in (a,b),!legacy`.
@@ -49,6 +51,21 @@ enum Token {
     Open,
     Close,
     Comma,
+    Greater,
+    Less,
+}
+
+impl Token {
+    /// The token read where a value belongs: `in` and `notin` are words
+    /// there (as Kubernetes' lexer reads them in its values mode).
+    fn as_value(&self) -> Option<&str> {
+        match self {
+            Token::Word(w) => Some(w),
+            Token::In => Some("in"),
+            Token::NotIn => Some("notin"),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Display for Token {
@@ -63,13 +80,16 @@ impl std::fmt::Display for Token {
             Token::Open => f.write_str("'('"),
             Token::Close => f.write_str("')'"),
             Token::Comma => f.write_str("','"),
+            Token::Greater => f.write_str("'>'"),
+            Token::Less => f.write_str("'<'"),
         }
     }
 }
 
-/// Cut `s` into tokens: the symbols `! != = == ( ) ,` and words between
-/// them (`in` and `notin` are keywords); whitespace only separates.
-fn tokens(s: &str) -> Result<Vec<Token>, String> {
+/// Cut `s` into tokens: the symbols `! != = == ( ) , < >` and words
+/// between them (`in` and `notin` are keywords); whitespace only
+/// separates.
+fn tokens(s: &str) -> Vec<Token> {
     let chars: Vec<char> = s.chars().collect();
     let mut out = Vec::new();
     let mut i = 0;
@@ -89,7 +109,8 @@ fn tokens(s: &str) -> Result<Vec<Token>, String> {
             '(' => (Token::Open, 1),
             ')' => (Token::Close, 1),
             ',' => (Token::Comma, 1),
-            '<' | '>' => return Err(format!("unsupported selector operator {c:?}")),
+            '>' => (Token::Greater, 1),
+            '<' => (Token::Less, 1),
             _ => {
                 let start = i;
                 while i < chars.len() && !chars[i].is_whitespace() && !special(chars[i]) {
@@ -107,7 +128,128 @@ fn tokens(s: &str) -> Result<Vec<Token>, String> {
         out.push(token);
         i += width;
     }
-    Ok(out)
+    out
+}
+
+type Tokens = std::iter::Peekable<std::vec::IntoIter<Token>>;
+
+fn unexpected(found: Option<Token>, wanted: &str) -> String {
+    match found {
+        Some(t) => format!("unable to parse requirement: found {t}, expected: {wanted}"),
+        None => format!("unable to parse requirement: found end of string, expected: {wanted}"),
+    }
+}
+
+/// The value after `=`, `==` or `!=` (empty before a comma or the end).
+fn exact_value(it: &mut Tokens) -> Result<String, String> {
+    match it.peek() {
+        None | Some(Token::Comma) => Ok(String::new()),
+        Some(t) if t.as_value().is_some() => {
+            let t = it.next().unwrap_or(Token::Comma);
+            value(t.as_value().unwrap_or_default())
+        }
+        Some(_) => Err(unexpected(it.next(), "identifier")),
+    }
+}
+
+/// The set after `in` or `notin`, read as Kubernetes reads it: `()` is
+/// the empty value alone, and an empty place between commas (`(a,)`,
+/// `(,a)`, `(a,,b)`) is the empty value too.
+fn set_values(it: &mut Tokens) -> Result<Vec<String>, String> {
+    match it.next() {
+        Some(Token::Open) => {}
+        other => return Err(unexpected(other, "'('")),
+    }
+    let mut values: Vec<String> = Vec::new();
+    let add = |values: &mut Vec<String>, v: String| {
+        if !values.contains(&v) {
+            values.push(v);
+        }
+    };
+    // Whether the last thing read was a value (else a '(' or ',').
+    let mut after_value = false;
+    loop {
+        match it.next() {
+            Some(Token::Close) => {
+                if !after_value {
+                    add(&mut values, String::new());
+                }
+                return Ok(values);
+            }
+            Some(Token::Comma) => {
+                if !after_value {
+                    add(&mut values, String::new());
+                }
+                after_value = false;
+            }
+            Some(t) if !after_value && t.as_value().is_some() => {
+                add(&mut values, value(t.as_value().unwrap_or_default())?);
+                after_value = true;
+            }
+            other => return Err(unexpected(other, "',', ')' or identifier")),
+        }
+    }
+}
+
+/// The integer after `>` or `<`.
+fn number(it: &mut Tokens) -> Result<i64, String> {
+    match it.next() {
+        Some(t) if t.as_value().is_some() => {
+            let v = t.as_value().unwrap_or_default();
+            v.parse().map_err(|_| {
+                format!("for 'Gt', 'Lt' operators, the value must be an integer, not {v:?}")
+            })
+        }
+        other => Err(unexpected(other, "identifier")),
+    }
+}
+
+/// One requirement: `!k`, `k`, `k=v`, `k==v`, `k!=v`, `k in (..)`,
+/// `k notin (..)`, `k>n`, `k<n`.
+fn requirement(it: &mut Tokens) -> Result<Req, String> {
+    let k = match it.next() {
+        Some(Token::Not) => {
+            return match it.next() {
+                Some(Token::Word(k)) => Ok(Req::NotExists(key(&k)?)),
+                other => Err(unexpected(other, "identifier after '!'")),
+            }
+        }
+        Some(Token::Word(k)) => key(&k)?,
+        other => return Err(unexpected(other, "'!' or identifier")),
+    };
+    Ok(match it.peek() {
+        None | Some(Token::Comma) => Req::Exists(k),
+        Some(Token::Equals) => {
+            it.next();
+            Req::Eq(k, exact_value(it)?)
+        }
+        Some(Token::NotEquals) => {
+            it.next();
+            Req::NotEq(k, exact_value(it)?)
+        }
+        Some(Token::In) => {
+            it.next();
+            Req::In(k, set_values(it)?)
+        }
+        Some(Token::NotIn) => {
+            it.next();
+            Req::NotIn(k, set_values(it)?)
+        }
+        Some(Token::Greater) => {
+            it.next();
+            Req::Gt(k, number(it)?)
+        }
+        Some(Token::Less) => {
+            it.next();
+            Req::Lt(k, number(it)?)
+        }
+        Some(_) => {
+            return Err(unexpected(
+                it.next(),
+                "'=', '!=', 'in', 'notin', '>', '<', ',' or end of string",
+            ))
+        }
+    })
 }
 
 /// `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`, at most 63 characters.
@@ -162,82 +304,13 @@ fn value(v: &str) -> Result<String, String> {
 
 impl LabelSelector {
     /// Kubernetes' selector syntax: `app=web,tier!=db,env in (a,b),
-    /// x notin (c),y,!legacy`; the error says what was found where.
+    /// x notin (c),y,!legacy,replicas>2`; the error says what was found
+    /// where.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let tokens = tokens(s)?;
-        let mut it = tokens.into_iter().peekable();
+        let mut it = tokens(s).into_iter().peekable();
         let mut reqs = Vec::new();
-        let unexpected = |found: Option<Token>, wanted: &str| match found {
-            Some(t) => format!("unable to parse requirement: found {t}, expected: {wanted}"),
-            None => format!("unable to parse requirement: found end of string, expected: {wanted}"),
-        };
         while it.peek().is_some() {
-            let req = match it.next() {
-                Some(Token::Not) => match it.next() {
-                    Some(Token::Word(k)) => Req::NotExists(key(&k)?),
-                    other => return Err(unexpected(other, "identifier after '!'")),
-                },
-                Some(Token::Word(k)) => {
-                    let k = key(&k)?;
-                    match it.peek() {
-                        None | Some(Token::Comma) => Req::Exists(k),
-                        Some(Token::Equals | Token::NotEquals) => {
-                            let equal = it.next() == Some(Token::Equals);
-                            let v = match it.peek() {
-                                None | Some(Token::Comma) => String::new(),
-                                Some(Token::Word(_)) => match it.next() {
-                                    Some(Token::Word(v)) => value(&v)?,
-                                    _ => unreachable!("peeked a word"),
-                                },
-                                Some(_) => return Err(unexpected(it.next(), "identifier")),
-                            };
-                            if equal {
-                                Req::Eq(k, v)
-                            } else {
-                                Req::NotEq(k, v)
-                            }
-                        }
-                        Some(Token::In | Token::NotIn) => {
-                            let within = it.next() == Some(Token::In);
-                            if it.next() != Some(Token::Open) {
-                                return Err(format!(
-                                    "unable to parse requirement: expected '(' after {}",
-                                    if within { "'in'" } else { "'notin'" }
-                                ));
-                            }
-                            let mut values = Vec::new();
-                            loop {
-                                match it.next() {
-                                    Some(Token::Word(v)) => values.push(value(&v)?),
-                                    Some(Token::Close) if values.is_empty() => return Err(
-                                        "for 'in', 'notin' operators, values set can't be empty"
-                                            .into(),
-                                    ),
-                                    other => return Err(unexpected(other, "identifier")),
-                                }
-                                match it.next() {
-                                    Some(Token::Comma) => continue,
-                                    Some(Token::Close) => break,
-                                    other => return Err(unexpected(other, "',' or ')'")),
-                                }
-                            }
-                            if within {
-                                Req::In(k, values)
-                            } else {
-                                Req::NotIn(k, values)
-                            }
-                        }
-                        Some(_) => {
-                            return Err(unexpected(
-                                it.next(),
-                                "'=', '!=', 'in', 'notin', ',' or end of string",
-                            ))
-                        }
-                    }
-                }
-                other => return Err(unexpected(other, "'!' or identifier")),
-            };
-            reqs.push(req);
+            reqs.push(requirement(&mut it)?);
             match it.next() {
                 None => break,
                 Some(Token::Comma) if it.peek().is_some() => {}
@@ -321,6 +394,12 @@ impl LabelSelector {
             Req::NotIn(k, vs) => !get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
             Req::Exists(k) => get(k).is_some(),
             Req::NotExists(k) => get(k).is_none(),
+            Req::Gt(k, n) => get(k)
+                .and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|v| v > *n),
+            Req::Lt(k, n) => get(k)
+                .and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|v| v < *n),
         })
     }
 }
@@ -407,17 +486,24 @@ mod tests {
     /// read wrongly before).
     #[test]
     fn label_selector_syntax_as_kubernetes() {
-        let o = json!({"metadata": {"labels": {"x": "a", "empty": ""}}});
+        let o = json!({"metadata": {"labels": {"x": "a", "empty": "", "n": "5", "w": "in"}}});
         let m = |s: &str| LabelSelector::parse(s).unwrap().matches(&o);
         assert!(m("x in(a)"), "no space before the set");
         assert!(m("x in (b, a),x notin(c)"));
         assert!(m("empty="), "an empty value");
+        assert!(m("empty in ()"), "() is the empty value");
+        assert!(m("empty in (b,)") && m("x in (,a)") && m("empty in (b,,c)"));
+        assert!(!m("x in ()"));
+        assert!(
+            m("w=in") && m("w in (notin, in)"),
+            "keywords are values there"
+        );
+        assert!(m("n>4") && m("n<6") && !m("n>5") && !m("x>1"));
         assert!(m("empty=="));
         assert!(m("example.com/tier!=db"));
         for bad in [
             "!a=b",
             "a=b=c",
-            "x in ()",
             "x in (a",
             "x in (a b)",
             "a,",
@@ -427,7 +513,7 @@ mod tests {
             "a=-b",
             "Example.com/a=b",
             "a=b c",
-            "x>1",
+            "n>x",
             "in=foo",
         ] {
             let e = LabelSelector::parse(bad);

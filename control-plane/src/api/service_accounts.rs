@@ -86,6 +86,41 @@ impl Api {
         }
     }
 
+    /// NodeRestriction for tokens: a node may have a token only for a pod
+    /// bound to it (`pod` with uid `uid`), under the account that pod
+    /// runs as; the token is then bound to the pod.
+    pub async fn check_node_token(
+        &self,
+        node: &str,
+        ns: &str,
+        account: &str,
+        pod: &str,
+        uid: &str,
+    ) -> ApiResult<()> {
+        let found = self.find_core("pods", Some(ns), pod).await?;
+        let runs_as = |p: &Value| {
+            p.pointer("/spec/serviceAccountName")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .unwrap_or("default")
+                .to_string()
+        };
+        let allowed = found.as_ref().is_some_and(|p| {
+            p.pointer("/metadata/uid").and_then(Value::as_str) == Some(uid)
+                && !uid.is_empty()
+                && p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
+                && runs_as(p) == account
+        });
+        if allowed {
+            return Ok(());
+        }
+        Err(ApiError::forbidden(format!(
+            "node '{node}' may have a token of service account {ns}/{account} only bound to a \
+             pod on it that runs as that account (boundObjectRef kind Pod, with its uid); \
+             pod {ns}/{pod} (uid {uid:?}) is not one"
+        )))
+    }
+
     /// Answer a TokenRequest for service account `ns/name`.
     pub async fn request_token(&self, ns: &str, name: &str, body: Value) -> ApiResult<Value> {
         let sa_resource = find("", "v1", "serviceaccounts").expect("served");

@@ -264,7 +264,13 @@ fn translate(
         }
         EventKind::Delete => change(EventType::Deleted, deleted_stub(resource, e)?),
         EventKind::Put => {
-            let new = registry.decode(&e.kv).ok()?.object;
+            let new = match registry.decode(&e.kv) {
+                Ok(s) => s.object,
+                Err(err) => {
+                    tracing::warn!("watch: {err}; the event is skipped");
+                    return None;
+                }
+            };
             let matched = filter.matches(&new);
             if !scope.previous {
                 let kind = if e.kv.version == 1 {

@@ -27,6 +27,9 @@ use crate::masters::api_endpoint;
 pub struct Settings {
     /// The Service's cluster IP (the first of the range).
     pub cluster_ip: Ipv4Addr,
+    /// The port the API listens on: the target port while no master is
+    /// listed.
+    pub api_port: u16,
 }
 
 const NAME: &str = "kubernetes";
@@ -82,10 +85,11 @@ pub async fn reconcile(ctx: Arc<Ctx>, _key: String) -> Result<Action> {
     for a in masters.values() {
         *ports.entry(a.port()).or_default() += 1;
     }
-    let Some(port) = ports.iter().max_by_key(|(_, n)| **n).map(|(p, _)| *p) else {
-        // No lease read yet (the store just changed leader): keep what is.
-        return Ok(Action::After(RECHECK));
-    };
+    let port = ports
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(p, _)| *p)
+        .unwrap_or(settings.api_port);
     let mut ips: Vec<String> = masters
         .values()
         .filter(|a| a.port() == port)
@@ -140,6 +144,11 @@ pub async fn reconcile(ctx: Arc<Ctx>, _key: String) -> Result<Action> {
         Some(_) => {}
     }
 
+    if ips.is_empty() {
+        // No master is reachable from pods (or none is listed yet, the
+        // store having just changed leader): the endpoints stay as they are.
+        return Ok(Action::After(RECHECK));
+    }
     let subsets = vec![EndpointSubset {
         addresses: Some(
             ips.iter()

@@ -117,8 +117,11 @@ pub fn service_environment(pod: &Pod, lookup: &dyn Lookup) -> Vec<(String, Strin
             services.insert(name, s);
         }
     }
-    if let Some(s) = lookup.object("Service", MASTER_SERVICE_NAMESPACE, "kubernetes") {
-        services.insert("kubernetes".into(), s);
+    // The namespace's own Service of that name, if it has one, wins.
+    if !services.contains_key("kubernetes") {
+        if let Some(s) = lookup.object("Service", MASTER_SERVICE_NAMESPACE, "kubernetes") {
+            services.insert("kubernetes".into(), s);
+        }
     }
     let mut out = Vec::new();
     for s in services.values() {

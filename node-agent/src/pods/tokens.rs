@@ -44,6 +44,7 @@ impl Issuer for NoMasters {
 struct Held {
     token: String,
     refresh_at: SystemTime,
+    expires: SystemTime,
 }
 
 pub struct Tokens {
@@ -113,7 +114,7 @@ impl Tokens {
                 None => match self.fetch(pod, &w).await {
                     Ok(t) => t,
                     // A token still valid serves while a new one cannot be had.
-                    Err(e) => match self.lock().get(&key) {
+                    Err(e) => match self.lock().get(&key).filter(|h| h.expires > now) {
                         Some(h) => {
                             tracing::warn!(pod = %spec::name(pod), "refreshing a token: {e}");
                             h.token.clone()
@@ -165,6 +166,7 @@ impl Tokens {
             Held {
                 token: answer.token.clone(),
                 refresh_at: refresh_at(fetched, expires),
+                expires,
             },
         );
         Ok(answer.token)
