@@ -266,11 +266,6 @@ impl Encryption {
         Ok(Encryption { rules })
     }
 
-    /// Whether anything is sealed.
-    pub fn is_active(&self) -> bool {
-        !self.rules.is_empty()
-    }
-
     /// The first rule naming `key`'s resource (as Kubernetes, the first
     /// match wins).
     fn rule(&self, key: &str) -> Option<&Rule> {

@@ -83,7 +83,7 @@ pub const MAX_BODY: usize = 3 << 20;
 pub use handlers::Filter;
 pub use handlers::Query as ApiQuery;
 pub use patch::PatchType;
-pub use pod_service_account::{MOUNT_PATH as SERVICE_ACCOUNT_MOUNT_PATH, ROOT_CA_CONFIGMAP};
+pub use pod_service_account::ROOT_CA_CONFIGMAP;
 pub use resources::{find as find_resource, find_kind, Resource, RESOURCES};
 pub use services::Ranges as ServiceRanges;
 pub use status::ApiError;
